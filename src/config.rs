@@ -1,0 +1,257 @@
+//! Command line -> validated [`NetConfig`].
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+use crate::uplink::tap::valid_ifname;
+
+/// Errors in the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Bad MAC address.
+    #[error("invalid --mac {0:?}: expected six hex bytes like 52:54:00:12:34:56, unicast")]
+    Mac(String),
+    /// Bad TAP name.
+    #[error("invalid --tap {0:?}: 1 to 15 characters, no '/' or whitespace")]
+    TapName(String),
+    /// Bad queue size.
+    #[error("invalid --queue-size {0}: must be a power of two from 64 to 32768")]
+    QueueSize(u32),
+    /// Bad queue count.
+    #[error("invalid --queues {0}: must be 1 to {max}", max = MAX_QUEUE_PAIRS)]
+    Queues(u32),
+    /// Bad MTU.
+    #[error("invalid --mtu {0}: must be 68 to 65535")]
+    Mtu(u32),
+    /// Conflicting uplinks.
+    #[error("choose one uplink: --tap, --uplink or --xdp")]
+    UplinkConflict,
+}
+
+/// Largest number of queue pairs.
+pub const MAX_QUEUE_PAIRS: u32 = 16;
+
+/// Test and benchmark uplinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TestUplinkArg {
+    /// Discard every transmitted packet; receive nothing.
+    Null,
+    /// Reflect every transmitted packet back to the guest on the same queue pair.
+    Loopback,
+}
+
+/// vhost-user-net backend: moves a VM's virtio-net traffic between a vhost-user socket
+/// and a TAP device (or a test uplink), with netmem-style memory handling.
+///
+/// Examples:
+///   vhost-netmem --socket /tmp/vnm.sock                 (listen; create a tap vnmN)
+///   vhost-netmem --socket /tmp/vnm.sock --tap tap0 --queues 2
+///   vhost-netmem --socket /tmp/qemu.sock --client       (QEMU -chardev ...,server=on)
+#[derive(Debug, Parser)]
+#[command(name = "vhost-netmem", version, verbatim_doc_comment)]
+pub struct Cli {
+    /// vhost-user socket path. By default the backend listens on it (QEMU's default,
+    /// cloud-hypervisor's vhost_mode=client).
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+
+    /// Connect to --socket instead of listening (QEMU server=on, cloud-hypervisor
+    /// vhost_mode=server), retrying with backoff until the VMM listens.
+    #[arg(long)]
+    pub client: bool,
+
+    /// TAP interface to use, created if missing. Without any uplink option a TAP is
+    /// created from the pattern vnm%d and its name logged.
+    #[arg(long, value_name = "NAME")]
+    pub tap: Option<String>,
+
+    /// Test/benchmark uplink instead of a TAP.
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub uplink: Option<TestUplinkArg>,
+
+    /// Queue pairs offered to the guest (one worker thread each).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub queues: u32,
+
+    /// Largest ring size accepted per virtqueue.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub queue_size: u32,
+
+    /// Guest MAC address (default: a locally administered address derived from the
+    /// socket path, stable across restarts).
+    #[arg(long, value_name = "MAC")]
+    pub mac: Option<String>,
+
+    /// MTU offered to the guest.
+    #[arg(long, default_value_t = 1500)]
+    pub mtu: u32,
+
+    /// Exit when the first frontend disconnects (default: keep the TAP and serve the
+    /// next connection).
+    #[arg(long)]
+    pub once: bool,
+
+    /// Write per-queue counters as JSON to this file every second and at exit.
+    #[arg(long, value_name = "PATH")]
+    pub stats_file: Option<PathBuf>,
+}
+
+/// Which uplink to build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UplinkConfig {
+    /// A TAP by name or `%d` pattern.
+    Tap(String),
+    /// A test uplink.
+    Test(TestUplinkArg),
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Socket path.
+    pub socket: PathBuf,
+    /// Connect instead of listen.
+    pub client: bool,
+    /// Uplink.
+    pub uplink: UplinkConfig,
+    /// Queue pairs.
+    pub queue_pairs: u16,
+    /// Maximum ring size.
+    pub queue_size: u16,
+    /// Guest MAC.
+    pub mac: [u8; 6],
+    /// MTU.
+    pub mtu: u16,
+    /// Exit after the first connection.
+    pub once: bool,
+    /// Counter file.
+    pub stats_file: Option<PathBuf>,
+}
+
+/// Parse `aa:bb:cc:dd:ee:ff` (unicast only).
+pub fn parse_mac(s: &str) -> Result<[u8; 6], ConfigError> {
+    let err = || ConfigError::Mac(s.to_string());
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(err());
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return Err(err());
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| err())?;
+    }
+    if mac[0] & 1 != 0 || mac == [0; 6] {
+        return Err(err());
+    }
+    Ok(mac)
+}
+
+/// A locally administered unicast MAC derived from `seed` (FNV-1a).
+pub fn derived_mac(seed: &[u8]) -> [u8; 6] {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in seed {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = h.to_le_bytes();
+    [0x02, b[0], b[1], b[2], b[3], b[4]]
+}
+
+impl NetConfig {
+    /// Validate a parsed command line.
+    pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
+        let uplink = match (cli.tap, cli.uplink) {
+            (Some(_), Some(_)) => return Err(ConfigError::UplinkConflict),
+            (Some(t), None) => {
+                if !valid_ifname(&t) {
+                    return Err(ConfigError::TapName(t));
+                }
+                UplinkConfig::Tap(t)
+            }
+            (None, Some(k)) => UplinkConfig::Test(k),
+            (None, None) => UplinkConfig::Tap("vnm%d".into()),
+        };
+        if !(1..=MAX_QUEUE_PAIRS).contains(&cli.queues) {
+            return Err(ConfigError::Queues(cli.queues));
+        }
+        if !(64..=32768).contains(&cli.queue_size) || !cli.queue_size.is_power_of_two() {
+            return Err(ConfigError::QueueSize(cli.queue_size));
+        }
+        let mtu = u16::try_from(cli.mtu)
+            .ok()
+            .filter(|m| *m >= 68)
+            .ok_or(ConfigError::Mtu(cli.mtu))?;
+        let mac = match cli.mac {
+            Some(m) => parse_mac(&m)?,
+            None => derived_mac(cli.socket.as_os_str().as_encoded_bytes()),
+        };
+        Ok(NetConfig {
+            socket: cli.socket,
+            client: cli.client,
+            uplink,
+            queue_pairs: u16::try_from(cli.queues).map_err(|_| ConfigError::Queues(cli.queues))?,
+            queue_size: u16::try_from(cli.queue_size)
+                .map_err(|_| ConfigError::QueueSize(cli.queue_size))?,
+            mac,
+            mtu,
+            once: cli.once,
+            stats_file: cli.stats_file,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<NetConfig, String> {
+        let cli = Cli::try_parse_from(std::iter::once("vhost-netmem").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        NetConfig::from_cli(cli).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&["--socket", "/tmp/s"]).unwrap();
+        assert_eq!(c.uplink, UplinkConfig::Tap("vnm%d".into()));
+        assert_eq!((c.queue_pairs, c.queue_size, c.mtu), (1, 256, 1500));
+        assert_eq!(c.mac[0], 0x02);
+        assert_eq!(c.mac, parse(&["--socket", "/tmp/s"]).unwrap().mac);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(parse(&["--socket", "/s", "--queue-size", "100"])
+            .unwrap_err()
+            .contains("power of two"));
+        assert!(parse(&["--socket", "/s", "--queues", "0"])
+            .unwrap_err()
+            .contains("--queues"));
+        assert!(parse(&["--socket", "/s", "--mtu", "70000"])
+            .unwrap_err()
+            .contains("--mtu"));
+        assert!(parse(&["--socket", "/s", "--mac", "01:00:00:00:00:01"])
+            .unwrap_err()
+            .contains("unicast"));
+        assert!(parse(&["--socket", "/s", "--tap", "a", "--uplink", "null"])
+            .unwrap_err()
+            .contains("one uplink"));
+        assert!(parse(&["--socket", "/s", "--tap", "x/y"])
+            .unwrap_err()
+            .contains("--tap"));
+        assert!(parse(&[]).is_err());
+    }
+
+    #[test]
+    fn mac_parses() {
+        assert_eq!(
+            parse_mac("52:54:00:12:34:56").unwrap(),
+            [0x52, 0x54, 0, 0x12, 0x34, 0x56]
+        );
+        assert!(parse_mac("52:54:00:12:34").is_err());
+        assert!(parse_mac("zz:54:00:12:34:56").is_err());
+    }
+}

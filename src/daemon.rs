@@ -1,0 +1,1 @@
+//! Listen or connect, serve connections one after another, signals.

@@ -1,0 +1,1 @@
+//! The queue pair worker: TX, RX, notifications.

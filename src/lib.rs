@@ -1,0 +1,21 @@
+//! vhost-netmem: a vhost-user-net backend whose data path speaks Linux's netmem
+//! vocabulary.
+//!
+//! Module map:
+//! - [`config`]: command line -> validated `NetConfig`.
+//! - [`daemon`]: listen or connect, serve connections one after another, signals.
+//! - [`vhost_user`]: the control plane: our request handler and its loop.
+//! - [`virtio`]: virtio-net wire formats: header, features, config space, chain walker.
+//! - [`netmem`]: `NetmemRef`, `NetmemDesc`, `GuestPageMap`, `Frag`/`FragList`.
+//! - [`datapath`]: the queue pair worker: TX, RX, notifications.
+//! - [`uplink`]: `trait Uplink`; TAP, null and loopback.
+//! - [`metrics`]: per-queue-pair counters and their JSON exposition.
+
+pub mod config;
+pub mod daemon;
+pub mod datapath;
+pub mod metrics;
+pub mod netmem;
+pub mod uplink;
+pub mod vhost_user;
+pub mod virtio;

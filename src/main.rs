@@ -1,0 +1,2 @@
+//! vhost-netmem: command line entry point.
+fn main() {}

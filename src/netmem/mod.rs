@@ -1,0 +1,20 @@
+//! The netmem memory model (after Linux's `include/net/netmem.h` and `page_pool`).
+//!
+//! - [`NetmemRef`]: tagged handle to a page of guest memory or a net_iov.
+//! - [`NetmemDesc`]: page-like descriptor with `pp_ref_count`.
+//! - [`GuestPageMap`]: guest memory regions with their descriptors, following every
+//!   memory update through [`SharedPageMap`].
+//! - [`Frag`], [`FragList`]: a packet as a list of contiguous pieces.
+
+mod desc;
+mod frag;
+mod netmem_ref;
+mod page_map;
+
+pub use desc::{NetmemDesc, NETMEM_DESC_DIRTY};
+pub use frag::{Frag, FragList, MAX_INLINE_FRAGS};
+pub use netmem_ref::{NetmemKind, NetmemRef};
+pub use page_map::{
+    GuestPageMap, GuestRegion, PageMapError, RegionPages, RegionSpec, SharedPageMap, MAX_REGIONS,
+    PAGE_SIZE,
+};

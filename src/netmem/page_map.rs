@@ -1,0 +1,433 @@
+//! `GuestPageMap`: guest memory as regions of page descriptors (Linux: the memmap).
+//!
+//! `vm-memory` is the source of truth for mappings and bounds; `GuestPageMap` sits on top
+//! and adds, per region, a lazily committed array of [`NetmemDesc`] (one per 4 KiB page)
+//! plus a slot number that `NetmemRef` handles carry. A map is an immutable snapshot:
+//! every memory update (SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG) publishes a new one
+//! through [`SharedPageMap`], and workers load the current snapshot once per batch.
+//! A removed region stays mapped until no snapshot and no page reference uses it.
+
+use std::alloc::{self, Layout};
+use std::fs::File;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+    MemoryRegionAddress, MmapRegion,
+};
+
+use super::{Frag, FragList, NetmemDesc, NetmemRef};
+
+/// Page size the descriptors describe.
+pub const PAGE_SHIFT: u32 = 12;
+/// 4 KiB.
+pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
+
+/// Errors of the guest page map.
+#[derive(Debug, thiserror::Error)]
+pub enum PageMapError {
+    /// guest range {gpa:#x}+{len:#x} is outside guest memory
+    #[error("guest range {gpa:#x}+{len:#x} is outside guest memory")]
+    OutOfRange {
+        /// Start of the range.
+        gpa: u64,
+        /// Length of the range.
+        len: u64,
+    },
+    /// guest range wraps around the address space
+    #[error("guest range {gpa:#x}+{len:#x} wraps around the address space")]
+    Wraps {
+        /// Start of the range.
+        gpa: u64,
+        /// Length of the range.
+        len: u64,
+    },
+    /// Mapping a region failed.
+    #[error("cannot map guest region at {gpa:#x} ({size:#x} bytes): {source}")]
+    Mmap {
+        /// Guest-physical start.
+        gpa: u64,
+        /// Size.
+        size: u64,
+        /// Cause.
+        source: vm_memory::mmap::MmapRegionError,
+    },
+    /// The new region list is invalid (overlap, empty region).
+    #[error("invalid guest memory layout: {0}")]
+    Layout(#[from] vm_memory::GuestRegionCollectionError),
+    /// No region matches a removal request.
+    #[error("no guest region at {gpa:#x} with size {size:#x}")]
+    NoSuchRegion {
+        /// Guest-physical start.
+        gpa: u64,
+        /// Size.
+        size: u64,
+    },
+    /// Too many regions.
+    #[error("too many guest memory regions (limit {0})")]
+    TooManyRegions(usize),
+}
+
+/// Descriptors of one guest memory region.
+#[derive(Debug)]
+pub struct RegionPages {
+    slot: u16,
+    gpa: u64,
+    size: u64,
+    descs: Box<[NetmemDesc]>,
+    /// Pages of this region with a non-zero `pp_ref_count`.
+    pinned: AtomicUsize,
+}
+
+impl RegionPages {
+    fn new(slot: u16, gpa: u64, size: u64) -> Self {
+        let n = usize::try_from(size.div_ceil(PAGE_SIZE)).unwrap_or(usize::MAX);
+        RegionPages {
+            slot,
+            gpa,
+            size,
+            descs: zeroed_descs(n),
+            pinned: AtomicUsize::new(0),
+        }
+    }
+
+    /// Slot number carried by this region's `NetmemRef`s.
+    pub fn slot(&self) -> u16 {
+        self.slot
+    }
+
+    /// Guest-physical start.
+    pub fn gpa(&self) -> u64 {
+        self.gpa
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Descriptor of page `index`, if in range.
+    pub fn desc(&self, index: u64) -> Option<&NetmemDesc> {
+        self.descs.get(usize::try_from(index).ok()?)
+    }
+
+    /// Take a reference on page `index` (held until [`Self::put_page`]).
+    pub fn get_page(&self, index: u64) -> bool {
+        match self.desc(index) {
+            Some(d) => {
+                if d.get_ref() {
+                    self.pinned.fetch_add(1, Ordering::AcqRel);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drop a reference taken with [`Self::get_page`].
+    pub fn put_page(&self, index: u64) {
+        if let Some(d) = self.desc(index) {
+            if d.put_ref() {
+                self.pinned.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Number of pages currently referenced.
+    pub fn pinned_pages(&self) -> usize {
+        self.pinned.load(Ordering::Acquire)
+    }
+}
+
+/// A zero-filled descriptor array; large arrays come from fresh anonymous mappings, so
+/// pages of it that are never touched are never resident.
+fn zeroed_descs(n: usize) -> Box<[NetmemDesc]> {
+    if n == 0 {
+        return Box::new([]);
+    }
+    let layout = Layout::array::<NetmemDesc>(n).expect("descriptor array layout");
+    // SAFETY: `layout` has a non-zero size (n > 0, NetmemDesc is 8 bytes).
+    let ptr = unsafe { alloc::alloc_zeroed(layout) }.cast::<NetmemDesc>();
+    if ptr.is_null() {
+        alloc::handle_alloc_error(layout);
+    }
+    // SAFETY: `ptr` is a fresh, non-null allocation of exactly `n` NetmemDescs with the
+    // global allocator's layout for `[NetmemDesc; n]`, which is what Box<[T]> frees
+    // with; all-zero bytes are a valid NetmemDesc (two AtomicU32 zeros).
+    unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, n)) }
+}
+
+/// One region of a snapshot: the vm-memory mapping and its page descriptors.
+#[derive(Debug, Clone)]
+pub struct GuestRegion {
+    region: Arc<GuestRegionMmap>,
+    pages: Arc<RegionPages>,
+}
+
+impl GuestRegion {
+    /// Page descriptors of this region.
+    pub fn pages(&self) -> &Arc<RegionPages> {
+        &self.pages
+    }
+}
+
+/// An immutable snapshot of guest memory with its page descriptors.
+#[derive(Debug, Default)]
+pub struct GuestPageMap {
+    mem: GuestMemoryMmap,
+    regions: Vec<GuestRegion>,
+}
+
+impl GuestPageMap {
+    /// The vm-memory view (for the virtqueues).
+    pub fn mem(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// Regions in guest-physical order.
+    pub fn regions(&self) -> &[GuestRegion] {
+        &self.regions
+    }
+
+    /// The region owning `slot`, if it is part of this snapshot.
+    pub fn region_by_slot(&self, slot: u16) -> Option<&GuestRegion> {
+        self.regions.iter().find(|r| r.pages.slot == slot)
+    }
+
+    /// Descriptor of the page a `NetmemRef` names (None for net_iovs and stale slots).
+    pub fn desc(&self, netmem: NetmemRef) -> Option<&NetmemDesc> {
+        if netmem.is_net_iov() {
+            return None;
+        }
+        self.region_by_slot(netmem.owner())?
+            .pages
+            .desc(netmem.index())
+    }
+
+    fn find(&self, gpa: u64) -> Option<&GuestRegion> {
+        let i = self.regions.partition_point(|r| r.pages.gpa <= gpa);
+        let r = self.regions.get(i.checked_sub(1)?)?;
+        (gpa - r.pages.gpa < r.pages.size).then_some(r)
+    }
+
+    /// Append frags covering guest range `gpa..gpa + len` to `list` (one frag per region
+    /// the range touches). The whole range must be guest memory; on error nothing is
+    /// appended.
+    pub fn push_frags<'m>(
+        &'m self,
+        gpa: u64,
+        len: u32,
+        list: &mut FragList<'m>,
+    ) -> Result<(), PageMapError> {
+        let len64 = u64::from(len);
+        let end = gpa
+            .checked_add(len64)
+            .ok_or(PageMapError::Wraps { gpa, len: len64 })?;
+        // Validate first so that a failing range leaves `list` untouched.
+        let mut at = gpa;
+        while at < end {
+            let r = self
+                .find(at)
+                .ok_or(PageMapError::OutOfRange { gpa, len: len64 })?;
+            at = r.pages.gpa + r.pages.size;
+        }
+        let mut at = gpa;
+        while at < end {
+            let r = self
+                .find(at)
+                .ok_or(PageMapError::OutOfRange { gpa, len: len64 })?;
+            let off = at - r.pages.gpa;
+            let n = (end - at).min(r.pages.size - off);
+            let n32 = u32::try_from(n).map_err(|_| PageMapError::OutOfRange { gpa, len: len64 })?;
+            let slice = r
+                .region
+                .get_slice(MemoryRegionAddress(off), n as usize)
+                .map_err(|_| PageMapError::OutOfRange { gpa, len: len64 })?;
+            let frag = Frag {
+                netmem: NetmemRef::page(r.pages.slot, off >> PAGE_SHIFT),
+                offset: u32::try_from(off & (PAGE_SIZE - 1)).unwrap_or(0),
+                len: n32,
+            };
+            // SAFETY: `slice` is vm-memory's bounds-checked view of exactly `n` bytes of
+            // this region's mapping, and the mapping is owned (through Arc) by `self`,
+            // which `list` borrows for 'm.
+            unsafe { list.push_unchecked(frag, slice.ptr_guard_mut().as_ptr()) };
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// Whether `gpa..gpa + len` lies entirely in guest memory.
+    pub fn contains(&self, gpa: u64, len: u64) -> bool {
+        let Some(end) = gpa.checked_add(len) else {
+            return false;
+        };
+        let mut at = gpa;
+        while at < end {
+            match self.find(at) {
+                Some(r) => at = r.pages.gpa + r.pages.size,
+                None => return false,
+            }
+        }
+        true
+    }
+}
+
+/// A region description from the frontend: where, how big, which file at what offset.
+#[derive(Debug)]
+pub struct RegionSpec {
+    /// Guest-physical start.
+    pub gpa: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Backing file (memfd) and the offset of the region in it (`mmap_offset`).
+    pub file: File,
+    /// Offset of the region in `file`.
+    pub offset: u64,
+}
+
+/// Maximum number of regions (vhost-user's memory slot limit we advertise).
+pub const MAX_REGIONS: usize = 32;
+
+/// How long a region removal waits for in-flight frags before deferring the unmap.
+const REMOVE_WAIT: Duration = Duration::from_secs(2);
+
+/// The current `GuestPageMap`, replaced atomically on every memory update.
+#[derive(Debug, Default)]
+pub struct SharedPageMap {
+    current: ArcSwap<GuestPageMap>,
+    next_slot: Mutex<u16>,
+    retired: Mutex<Vec<Arc<RegionPages>>>,
+}
+
+impl SharedPageMap {
+    /// An empty map (no guest memory yet).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The current snapshot; hold it for one batch, not across sleeps.
+    pub fn load(&self) -> Arc<GuestPageMap> {
+        self.current.load_full()
+    }
+
+    fn map_region(&self, spec: RegionSpec) -> Result<GuestRegion, PageMapError> {
+        let size = usize::try_from(spec.size).map_err(|_| PageMapError::OutOfRange {
+            gpa: spec.gpa,
+            len: spec.size,
+        })?;
+        let mapping = MmapRegion::from_file(FileOffset::new(spec.file, spec.offset), size)
+            .map_err(|source| PageMapError::Mmap {
+                gpa: spec.gpa,
+                size: spec.size,
+                source,
+            })?;
+        let region =
+            GuestRegionMmap::new(mapping, GuestAddress(spec.gpa)).ok_or(PageMapError::Wraps {
+                gpa: spec.gpa,
+                len: spec.size,
+            })?;
+        let slot = {
+            let mut s = self.next_slot.lock().unwrap_or_else(|e| e.into_inner());
+            *s = s.wrapping_add(1);
+            *s
+        };
+        Ok(GuestRegion {
+            region: Arc::new(region),
+            pages: Arc::new(RegionPages::new(slot, spec.gpa, spec.size)),
+        })
+    }
+
+    fn publish(&self, mut regions: Vec<GuestRegion>) -> Result<(), PageMapError> {
+        if regions.len() > MAX_REGIONS {
+            return Err(PageMapError::TooManyRegions(MAX_REGIONS));
+        }
+        regions.sort_by_key(|r| r.pages.gpa);
+        let mem = GuestMemoryMmap::from_arc_regions(
+            regions.iter().map(|r| Arc::clone(&r.region)).collect(),
+        )?;
+        self.current.store(Arc::new(GuestPageMap { mem, regions }));
+        Ok(())
+    }
+
+    /// Replace the whole table (SET_MEM_TABLE).
+    pub fn set_table(&self, specs: Vec<RegionSpec>) -> Result<(), PageMapError> {
+        let old = self.load();
+        let regions = specs
+            .into_iter()
+            .map(|s| self.map_region(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.publish(regions)?;
+        for r in old.regions() {
+            self.retire(Arc::clone(&r.pages));
+        }
+        Ok(())
+    }
+
+    /// Add one region (ADD_MEM_REG).
+    pub fn add_region(&self, spec: RegionSpec) -> Result<(), PageMapError> {
+        let old = self.load();
+        let mut regions = old.regions.clone();
+        regions.push(self.map_region(spec)?);
+        self.publish(regions)
+    }
+
+    /// Remove one region (REM_MEM_REG). The new map is published at once; the region's
+    /// mapping is released only when no snapshot or page reference still uses it.
+    pub fn remove_region(&self, gpa: u64, size: u64) -> Result<(), PageMapError> {
+        let old = self.load();
+        let pos = old
+            .regions
+            .iter()
+            .position(|r| r.pages.gpa == gpa && r.pages.size == size)
+            .ok_or(PageMapError::NoSuchRegion { gpa, size })?;
+        let mut regions = old.regions.clone();
+        let removed = regions.remove(pos);
+        drop(old);
+        self.publish(regions)?;
+        let pages = Arc::clone(&removed.pages);
+        drop(removed);
+        self.retire(pages);
+        Ok(())
+    }
+
+    /// Wait (bounded) for a removed region to become unreferenced; if it does not,
+    /// keep it on the retired list (still mapped) and report it.
+    fn retire(&self, pages: Arc<RegionPages>) {
+        let deadline = Instant::now() + REMOVE_WAIT;
+        loop {
+            // One count is ours; snapshots and frags in flight hold the others.
+            if Arc::strong_count(&pages) == 1 && pages.pinned_pages() == 0 {
+                return;
+            }
+            if Instant::now() >= deadline {
+                log::warn!(
+                    "guest region {:#x}+{:#x} still referenced ({} pages pinned); kept mapped until released",
+                    pages.gpa,
+                    pages.size,
+                    pages.pinned_pages()
+                );
+                let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+                retired.retain(|p| Arc::strong_count(p) > 1 || p.pinned_pages() > 0);
+                retired.push(pages);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Regions removed from the map but still referenced.
+    pub fn retired_regions(&self) -> usize {
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.retain(|p| Arc::strong_count(p) > 1 || p.pinned_pages() > 0);
+        retired.len()
+    }
+
+    /// Drop all memory (frontend disconnected).
+    pub fn clear(&self) {
+        let _ = self.set_table(Vec::new());
+    }
+}

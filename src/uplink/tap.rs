@@ -1,0 +1,369 @@
+//! TAP uplink: `/dev/net/tun` with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`
+//! (`IFF_MULTI_QUEUE` for more than one queue pair), a 12-byte vnet header, offloads
+//! following the guest's acked features, one non-blocking fd per queue pair.
+//!
+//! TX is one `writev` of [virtio header, frags...]; RX is one `readv` straight into the
+//! guest's buffers.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use smallvec::SmallVec;
+
+use super::{QueueSlots, SendStatus, Uplink, UplinkError, UplinkQueue};
+use crate::netmem::{FragList, MAX_INLINE_FRAGS};
+use crate::virtio::features::{
+    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6,
+};
+use crate::virtio::{Features, VirtioNetHdr, VNET_HDR_LEN};
+
+mod ioctls {
+    #![allow(missing_docs)]
+    use vmm_sys_util::ioctl_iow_nr;
+    const TUNTAP_TYPE: u32 = b'T' as u32;
+    ioctl_iow_nr!(TUNSETIFF, TUNTAP_TYPE, 202, libc::c_int);
+    ioctl_iow_nr!(TUNSETOFFLOAD, TUNTAP_TYPE, 208, libc::c_uint);
+    ioctl_iow_nr!(TUNSETVNETHDRSZ, TUNTAP_TYPE, 216, libc::c_int);
+}
+use ioctls::{TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ};
+
+const IFF_TAP: i16 = 0x0002;
+const IFF_NO_PI: i16 = 0x1000;
+const IFF_VNET_HDR: i16 = 0x4000;
+const IFF_MULTI_QUEUE: i16 = 0x0100;
+
+/// `TUNSETOFFLOAD` bits.
+pub const TUN_F_CSUM: u32 = 0x01;
+/// TCPv4 segmentation offload.
+pub const TUN_F_TSO4: u32 = 0x02;
+/// TCPv6 segmentation offload.
+pub const TUN_F_TSO6: u32 = 0x04;
+/// TSO with ECN bits.
+pub const TUN_F_TSO_ECN: u32 = 0x08;
+
+/// Errors of the TAP uplink.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    /// Opening `/dev/net/tun` failed.
+    #[error("cannot open /dev/net/tun: {0}")]
+    OpenTun(#[source] io::Error),
+    /// The interface name is not usable.
+    #[error("invalid tap name {0:?}: 1 to 15 characters, no '/' or whitespace")]
+    InvalidName(String),
+    /// `TUNSETIFF` failed.
+    #[error("cannot attach to tap {name:?}: {source}{hint}")]
+    SetIff {
+        /// Interface name.
+        name: String,
+        /// Extra explanation for common causes.
+        hint: &'static str,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Setting the vnet header size failed.
+    #[error("cannot set vnet header size on tap {0:?}: {1}")]
+    VnetHdrSize(String, #[source] io::Error),
+    /// Setting offloads failed.
+    #[error("cannot set offloads {flags:#x} on tap {name:?}: {source}")]
+    Offload {
+        /// Interface name.
+        name: String,
+        /// Requested TUN_F_* bits.
+        flags: u32,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    flags: i16,
+    _pad: [u8; 22],
+}
+
+fn ifreq(name: &str, flags: i16) -> IfReq {
+    let mut r = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags,
+        _pad: [0; 22],
+    };
+    r.name[..name.len()].copy_from_slice(name.as_bytes());
+    r
+}
+
+fn name_from(r: &IfReq) -> String {
+    let end = r.name.iter().position(|&b| b == 0).unwrap_or(r.name.len());
+    String::from_utf8_lossy(&r.name[..end]).into_owned()
+}
+
+/// Whether `name` is a legal interface name or `%d` pattern.
+pub fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < libc::IFNAMSIZ
+        && !name.contains('/')
+        && !name.chars().any(char::is_whitespace)
+}
+
+/// Translate acked guest features into `TUNSETOFFLOAD` bits.
+pub fn offload_flags(features: Features) -> u32 {
+    let mut f = 0;
+    if features.has(VIRTIO_NET_F_GUEST_CSUM) {
+        f |= TUN_F_CSUM;
+        if features.has(VIRTIO_NET_F_GUEST_TSO4) {
+            f |= TUN_F_TSO4;
+        }
+        if features.has(VIRTIO_NET_F_GUEST_TSO6) {
+            f |= TUN_F_TSO6;
+        }
+        if f & (TUN_F_TSO4 | TUN_F_TSO6) != 0 && features.has(VIRTIO_NET_F_GUEST_ECN) {
+            f |= TUN_F_TSO_ECN;
+        }
+    }
+    f
+}
+
+fn open_queue(name: &str, multi_queue: bool) -> Result<(File, String), TapError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/net/tun")
+        .map_err(TapError::OpenTun)?;
+    let mut flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    if multi_queue {
+        flags |= IFF_MULTI_QUEUE;
+    }
+    let mut req = ifreq(name, flags);
+    // SAFETY: TUNSETIFF reads and writes one `struct ifreq`; `req` is a repr(C) value of
+    // the kernel's 40-byte layout that lives across the call; the fd is ours.
+    let ret = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF(), &mut req) };
+    if ret < 0 {
+        let source = io::Error::last_os_error();
+        let hint = match source.raw_os_error() {
+            Some(libc::EPERM) => " (creating or attaching a tap needs CAP_NET_ADMIN)",
+            Some(libc::EINVAL) if multi_queue => {
+                " (is it an existing tap without multi_queue, or not a tap at all?)"
+            }
+            Some(libc::EINVAL) => {
+                " (does it exist as a multi_queue tap, or as another kind of interface?)"
+            }
+            Some(libc::EBUSY) => " (another process holds it)",
+            _ => "",
+        };
+        return Err(TapError::SetIff {
+            name: name.to_string(),
+            hint,
+            source,
+        });
+    }
+    let actual = name_from(&req);
+    let hdr_len = libc::c_int::try_from(VNET_HDR_LEN).unwrap_or(12);
+    // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer, which points at a live
+    // local; the fd is a tun fd we own.
+    let ret = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ(), &hdr_len) };
+    if ret < 0 {
+        return Err(TapError::VnetHdrSize(actual, io::Error::last_os_error()));
+    }
+    Ok((file, actual))
+}
+
+fn set_link_up(name: &str) -> io::Result<()> {
+    // SAFETY: plain socket(2) call; the result is checked and owned below.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `sock` is a fresh fd that nothing else owns.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(sock) };
+    let mut req = ifreq(name, 0);
+    // SAFETY: SIOCGIFFLAGS fills the flags of a live, correctly laid out ifreq.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    req.flags |= i16::try_from(libc::IFF_UP).unwrap_or(1);
+    // SAFETY: SIOCSIFFLAGS reads the same live ifreq.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A TAP device with one queue per queue pair.
+pub struct Tap {
+    name: String,
+    control: File,
+    queues: QueueSlots,
+}
+
+impl Tap {
+    /// Open (or create) the TAP `name` (a `%d` pattern lets the kernel pick) with
+    /// `queue_pairs` queues.
+    pub fn open(name: &str, queue_pairs: usize) -> Result<Self, TapError> {
+        if !valid_ifname(name) {
+            return Err(TapError::InvalidName(name.to_string()));
+        }
+        let existed =
+            !name.contains('%') && std::path::Path::new("/sys/class/net").join(name).exists();
+        let multi_queue = queue_pairs > 1;
+        let (first, actual) = open_queue(name, multi_queue)?;
+        let mut files = vec![first];
+        for _ in 1..queue_pairs {
+            files.push(open_queue(&actual, multi_queue)?.0);
+        }
+        if existed {
+            log::info!("attached to existing tap {actual} ({queue_pairs} queue(s))");
+        } else {
+            log::info!("created tap {actual} ({queue_pairs} queue(s))");
+            if let Err(e) = set_link_up(&actual) {
+                log::warn!("cannot bring tap {actual} up: {e}");
+            }
+        }
+        let control = files[0].try_clone().map_err(TapError::OpenTun)?;
+        let queues = files
+            .into_iter()
+            .map(|file| Box::new(TapQueue { file }) as Box<dyn UplinkQueue>)
+            .collect();
+        Ok(Tap {
+            name: actual,
+            control,
+            queues: QueueSlots::new(queues),
+        })
+    }
+
+    /// The interface name the kernel gave.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Set `TUNSETOFFLOAD` bits.
+    pub fn set_offload(&self, flags: u32) -> Result<(), TapError> {
+        // SAFETY: TUNSETOFFLOAD takes the flags by value; the fd is a tun fd we own.
+        let ret = unsafe {
+            libc::ioctl(
+                self.control.as_raw_fd(),
+                TUNSETOFFLOAD(),
+                libc::c_ulong::from(flags),
+            )
+        };
+        if ret < 0 {
+            return Err(TapError::Offload {
+                name: self.name.clone(),
+                flags,
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Uplink for Tap {
+    fn describe(&self) -> String {
+        format!("tap {}", self.name)
+    }
+
+    fn take_queue(&self, pair: usize) -> Result<Box<dyn UplinkQueue>, UplinkError> {
+        self.queues.take(pair)
+    }
+
+    fn return_queue(&self, pair: usize, queue: Box<dyn UplinkQueue>) {
+        self.queues.put(pair, queue)
+    }
+
+    fn apply_features(&self, features: Features) -> Result<(), UplinkError> {
+        let flags = offload_flags(features);
+        self.set_offload(flags)?;
+        log::info!("tap {}: offloads {flags:#x}", self.name);
+        Ok(())
+    }
+}
+
+/// One queue of a TAP: a non-blocking tun fd.
+pub struct TapQueue {
+    file: File,
+}
+
+type IoVecs = SmallVec<[libc::iovec; MAX_INLINE_FRAGS + 1]>;
+
+fn would_block(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR))
+}
+
+impl UplinkQueue for TapQueue {
+    fn fd(&self) -> Option<RawFd> {
+        Some(self.file.as_raw_fd())
+    }
+
+    fn send(&mut self, hdr: &VirtioNetHdr, pkt: &FragList<'_>) -> Result<SendStatus, UplinkError> {
+        let hdr_bytes = hdr.to_bytes();
+        let mut iov = IoVecs::new();
+        iov.push(libc::iovec {
+            iov_base: hdr_bytes.as_ptr() as *mut libc::c_void,
+            iov_len: hdr_bytes.len(),
+        });
+        iov.extend_from_slice(pkt.iovecs());
+        let cnt = libc::c_int::try_from(iov.len()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: every iovec points at readable memory that lives across the call:
+        // the header copy on our stack and the frags' guest memory, which `pkt` borrows
+        // from a live snapshot. writev only reads it.
+        let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), cnt) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if would_block(&e) {
+                return Ok(SendStatus::WouldBlock);
+            }
+            // EINVAL/EFAULT/EIO: the kernel refused this packet; others keep flowing.
+            log::debug!("tap writev: {e}");
+            return Ok(SendStatus::Dropped);
+        }
+        Ok(SendStatus::Sent)
+    }
+
+    fn recv(&mut self, bufs: &FragList<'_>) -> Result<Option<usize>, UplinkError> {
+        let iov = bufs.iovecs();
+        let cnt = libc::c_int::try_from(iov.len()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: the iovecs point at guest buffers of a live snapshot that `bufs`
+        // borrows; they were bounds-checked by vm-memory when the list was built, and
+        // the guest handed them to us as device-writable.
+        let n = unsafe { libc::readv(self.file.as_raw_fd(), iov.as_ptr(), cnt) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if would_block(&e) {
+                return Ok(None);
+            }
+            return Err(UplinkError::Io(e));
+        }
+        Ok(Some(usize::try_from(n).unwrap_or(0)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::features::SUPPORTED;
+
+    #[test]
+    fn offloads_follow_guest_features() {
+        assert_eq!(
+            offload_flags(Features::from_bits(SUPPORTED)),
+            TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
+        );
+        assert_eq!(offload_flags(Features::default()), 0);
+        let no_csum = SUPPORTED & !(1 << VIRTIO_NET_F_GUEST_CSUM);
+        assert_eq!(offload_flags(Features::from_bits(no_csum)), 0);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(valid_ifname("vnm%d"));
+        assert!(valid_ifname("tap0"));
+        assert!(!valid_ifname(""));
+        assert!(!valid_ifname("a/b"));
+        assert!(!valid_ifname("sixteen-chars-xx"));
+    }
+}

@@ -1,0 +1,12 @@
+//! virtio-net wire formats: the packet header, feature bits, config space and the
+//! split-ring descriptor chain walker.
+
+pub mod chain;
+pub mod config_space;
+pub mod features;
+pub mod header;
+
+pub use chain::{ChainError, ChainWalker, Segment};
+pub use config_space::NetConfigSpace;
+pub use features::Features;
+pub use header::{HeaderError, VirtioNetHdr, VNET_HDR_LEN};
