@@ -1,1 +1,2 @@
+//! Page pool microbenchmarks (placeholder until the pool lands).
 fn main() {}

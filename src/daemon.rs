@@ -1,1 +1,248 @@
-//! Listen or connect, serve connections one after another, signals.
+//! The daemon: build the uplink, then listen (or connect) and serve one vhost-user
+//! connection after another until a signal, or after the first with `--once`.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::{NetConfig, TestUplinkArg, UplinkConfig};
+use crate::metrics::DeviceMetrics;
+use crate::uplink::null::{TestUplink, TestUplinkKind};
+use crate::uplink::tap::Tap;
+use crate::uplink::{Uplink, UplinkError};
+use crate::vhost_user::{serve_connection, ConnectionEnd, NetBackend};
+use crate::virtio::features::SUPPORTED;
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The uplink could not be set up.
+    #[error("{0}")]
+    Uplink(#[from] UplinkError),
+    /// Another process serves the socket path.
+    #[error("socket {0} is in use by another process")]
+    SocketInUse(PathBuf),
+    /// Binding the socket failed.
+    #[error("cannot listen on {path}: {source}")]
+    Listen {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// Accepting a connection failed.
+    #[error("cannot accept on {path}: {source}")]
+    Accept {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// Signal handling could not be set up.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(io::Error),
+}
+
+/// Build the configured uplink.
+pub fn open_uplink(config: &NetConfig) -> Result<Arc<dyn Uplink>, UplinkError> {
+    let pairs = usize::from(config.queue_pairs);
+    Ok(match &config.uplink {
+        UplinkConfig::Tap(name) => Arc::new(Tap::open(name, pairs)?),
+        UplinkConfig::Test(TestUplinkArg::Null) => {
+            Arc::new(TestUplink::new(TestUplinkKind::Null, pairs)?)
+        }
+        UplinkConfig::Test(TestUplinkArg::Loopback) => {
+            Arc::new(TestUplink::new(TestUplinkKind::Loopback, pairs)?)
+        }
+    })
+}
+
+/// A readable end that becomes ready on SIGINT or SIGTERM.
+fn stop_signal() -> io::Result<UnixStream> {
+    let (read, write) = UnixStream::pair()?;
+    read.set_nonblocking(true)?;
+    write.set_nonblocking(true)?;
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::low_level::pipe::register(sig, write.try_clone()?)?;
+    }
+    Ok(read)
+}
+
+fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(DaemonError::SocketInUse(path.to_path_buf()));
+        }
+        // A stale socket file from an earlier run.
+        let _ = std::fs::remove_file(path);
+    }
+    UnixListener::bind(path).map_err(|source| DaemonError::Listen {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn poll_two(a: &impl AsFd, b: &impl AsFd, timeout_ms: i32) -> io::Result<(bool, bool)> {
+    use std::os::fd::AsRawFd;
+    let mut fds = [
+        libc::pollfd {
+            fd: a.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: b.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: `fds` is a live array of two initialised pollfds; the count matches.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok((false, false));
+        }
+        return Err(e);
+    }
+    Ok((fds[0].revents != 0, fds[1].revents != 0))
+}
+
+/// Connect to a listening VMM, retrying with backoff; None when stopped.
+fn connect(path: &Path, stop: &UnixStream) -> Option<UnixStream> {
+    let mut delay = Duration::from_millis(50);
+    let mut waited = Duration::ZERO;
+    let mut announced = false;
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => return Some(s),
+            Err(e) => {
+                if !announced || waited >= Duration::from_secs(10) {
+                    log::info!("waiting for the VMM to listen on {}: {e}", path.display());
+                    announced = true;
+                    waited = Duration::ZERO;
+                }
+            }
+        }
+        let ms = i32::try_from(delay.as_millis()).unwrap_or(1000);
+        if let Ok((_, true)) = poll_two(stop, stop, ms) {
+            return None;
+        }
+        waited += delay;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+}
+
+fn spawn_stats_writer(metrics: Arc<DeviceMetrics>, path: PathBuf, done: Arc<AtomicBool>) {
+    let _ = std::thread::Builder::new()
+        .name("vnm-stats".into())
+        .spawn(move || {
+            while !done.load(Ordering::Acquire) {
+                if let Err(e) = metrics.write_file(&path) {
+                    log::warn!("cannot write stats file {}: {e}", path.display());
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+}
+
+/// Run the daemon until a signal (or the first disconnect with `--once`).
+pub fn run(config: NetConfig) -> Result<(), DaemonError> {
+    let config = Arc::new(config);
+    let stop = stop_signal().map_err(DaemonError::Signals)?;
+    let uplink = open_uplink(&config)?;
+    let metrics = Arc::new(DeviceMetrics::new(usize::from(config.queue_pairs)));
+    let done = Arc::new(AtomicBool::new(false));
+    if let Some(path) = &config.stats_file {
+        spawn_stats_writer(Arc::clone(&metrics), path.clone(), Arc::clone(&done));
+    }
+    let listener = if config.client {
+        None
+    } else {
+        Some(bind(&config.socket)?)
+    };
+    log::info!(
+        "vhost-netmem {} on {} ({}), {} queue pair(s), uplink: {}",
+        env!("CARGO_PKG_VERSION"),
+        config.socket.display(),
+        if config.client { "client" } else { "listening" },
+        config.queue_pairs,
+        uplink.describe()
+    );
+    let result = serve(&config, listener.as_ref(), &stop, &uplink, &metrics);
+    done.store(true, Ordering::Release);
+    if let Some(path) = &config.stats_file {
+        if let Err(e) = metrics.write_file(path) {
+            log::warn!("cannot write stats file {}: {e}", path.display());
+        }
+    }
+    if listener.is_some() {
+        let _ = std::fs::remove_file(&config.socket);
+    }
+    result
+}
+
+fn serve(
+    config: &Arc<NetConfig>,
+    listener: Option<&UnixListener>,
+    stop: &UnixStream,
+    uplink: &Arc<dyn Uplink>,
+    metrics: &Arc<DeviceMetrics>,
+) -> Result<(), DaemonError> {
+    loop {
+        let stream = match listener {
+            Some(l) => loop {
+                match poll_two(l, stop, -1) {
+                    Ok((_, true)) => return Ok(()),
+                    Ok((true, _)) => match l.accept() {
+                        Ok((s, _)) => break s,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(source) => {
+                            return Err(DaemonError::Accept {
+                                path: config.socket.clone(),
+                                source,
+                            })
+                        }
+                    },
+                    Ok(_) => {}
+                    Err(source) => {
+                        return Err(DaemonError::Accept {
+                            path: config.socket.clone(),
+                            source,
+                        })
+                    }
+                }
+            },
+            None => match connect(&config.socket, stop) {
+                Some(s) => s,
+                None => return Ok(()),
+            },
+        };
+        log::info!("frontend connected");
+        let backend = Arc::new(Mutex::new(NetBackend::new(
+            Arc::clone(config),
+            SUPPORTED,
+            Arc::clone(uplink),
+            Arc::clone(metrics),
+        )));
+        let end = serve_connection(stream, Arc::clone(&backend), stop);
+        backend.lock().unwrap_or_else(|e| e.into_inner()).shutdown();
+        match end {
+            ConnectionEnd::Stopped => {
+                log::info!("stopping on signal");
+                return Ok(());
+            }
+            ConnectionEnd::Disconnected => log::info!("frontend disconnected"),
+            ConnectionEnd::ProtocolError(e) => {
+                log::error!("closing connection after a protocol error: {e}")
+            }
+        }
+        if config.once {
+            return Ok(());
+        }
+    }
+}

@@ -77,18 +77,21 @@ pub struct RegionPages {
     slot: u16,
     gpa: u64,
     size: u64,
+    /// The frontend's virtual address of the region (ring addresses arrive as these).
+    user_addr: u64,
     descs: Box<[NetmemDesc]>,
     /// Pages of this region with a non-zero `pp_ref_count`.
     pinned: AtomicUsize,
 }
 
 impl RegionPages {
-    fn new(slot: u16, gpa: u64, size: u64) -> Self {
+    fn new(slot: u16, gpa: u64, size: u64, user_addr: u64) -> Self {
         let n = usize::try_from(size.div_ceil(PAGE_SIZE)).unwrap_or(usize::MAX);
         RegionPages {
             slot,
             gpa,
             size,
+            user_addr,
             descs: zeroed_descs(n),
             pinned: AtomicUsize::new(0),
         }
@@ -244,7 +247,7 @@ impl GuestPageMap {
             let n32 = u32::try_from(n).map_err(|_| PageMapError::OutOfRange { gpa, len: len64 })?;
             let slice = r
                 .region
-                .get_slice(MemoryRegionAddress(off), n as usize)
+                .get_slice(MemoryRegionAddress(off), n32 as usize)
                 .map_err(|_| PageMapError::OutOfRange { gpa, len: len64 })?;
             let frag = Frag {
                 netmem: NetmemRef::page(r.pages.slot, off >> PAGE_SHIFT),
@@ -258,6 +261,14 @@ impl GuestPageMap {
             at += n;
         }
         Ok(())
+    }
+
+    /// Translate a frontend virtual address (as in SET_VRING_ADDR) to guest-physical.
+    pub fn va_to_gpa(&self, va: u64) -> Option<u64> {
+        self.regions.iter().find_map(|r| {
+            let off = va.checked_sub(r.pages.user_addr)?;
+            (off < r.pages.size).then(|| r.pages.gpa + off)
+        })
     }
 
     /// Whether `gpa..gpa + len` lies entirely in guest memory.
@@ -287,6 +298,8 @@ pub struct RegionSpec {
     pub file: File,
     /// Offset of the region in `file`.
     pub offset: u64,
+    /// The frontend's virtual address of the region.
+    pub user_addr: u64,
 }
 
 /// Maximum number of regions (vhost-user's memory slot limit we advertise).
@@ -337,7 +350,7 @@ impl SharedPageMap {
         };
         Ok(GuestRegion {
             region: Arc::new(region),
-            pages: Arc::new(RegionPages::new(slot, spec.gpa, spec.size)),
+            pages: Arc::new(RegionPages::new(slot, spec.gpa, spec.size, spec.user_addr)),
         })
     }
 

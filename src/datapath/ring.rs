@@ -1,0 +1,168 @@
+//! A virtqueue as a worker sees it.
+
+use std::num::Wrapping;
+use std::sync::atomic::Ordering;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::metrics::QueueMetrics;
+use crate::virtio::ChainWalker;
+
+/// Everything needed to run one ring, handed from the control plane to a worker.
+#[derive(Debug)]
+pub struct RingSetup {
+    /// Ring size.
+    pub size: u16,
+    /// Guest-physical addresses of the descriptor table, avail and used rings.
+    pub desc: u64,
+    /// Avail ring.
+    pub avail: u64,
+    /// Used ring.
+    pub used: u64,
+    /// Next avail index to process.
+    pub next_avail: u16,
+    /// Next used index to write.
+    pub next_used: u16,
+    /// The guest kicks this eventfd.
+    pub kick: EventFd,
+    /// We signal this eventfd (None: the frontend wants no interrupts).
+    pub call: Option<EventFd>,
+    /// EVENT_IDX negotiated.
+    pub event_idx: bool,
+    /// RING_INDIRECT_DESC negotiated.
+    pub indirect: bool,
+}
+
+/// Why a ring stopped working.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingFault {
+    /// The avail index is more than a ring ahead, or the ring is unreadable.
+    Broken,
+}
+
+/// A running ring.
+#[derive(Debug)]
+pub struct Ring {
+    /// virtio-queue's ring state (avail/used indices, notification suppression).
+    pub queue: Queue,
+    /// Kick eventfd.
+    pub kick: EventFd,
+    /// Call eventfd.
+    pub call: Option<EventFd>,
+    /// Descriptor chain walker for this ring.
+    pub walker: ChainWalker,
+    /// Set once the ring misbehaved; it is then ignored until set up again.
+    pub fault: Option<RingFault>,
+    /// Used entries added since the last notification decision.
+    pending_signal: bool,
+}
+
+impl Ring {
+    /// Build from a setup; fails if the ring parameters are unusable.
+    pub fn new(setup: RingSetup, max_size: u16) -> Result<Self, virtio_queue::Error> {
+        let mut queue = Queue::new(max_size)?;
+        queue.try_set_size(setup.size)?;
+        queue.try_set_desc_table_address(vm_memory::GuestAddress(setup.desc))?;
+        queue.try_set_avail_ring_address(vm_memory::GuestAddress(setup.avail))?;
+        queue.try_set_used_ring_address(vm_memory::GuestAddress(setup.used))?;
+        queue.set_next_avail(setup.next_avail);
+        queue.set_next_used(setup.next_used);
+        queue.set_event_idx(setup.event_idx);
+        queue.set_ready(true);
+        Ok(Ring {
+            walker: ChainWalker {
+                desc_table: setup.desc,
+                queue_size: setup.size,
+                indirect: setup.indirect,
+            },
+            queue,
+            kick: setup.kick,
+            call: setup.call,
+            fault: None,
+            pending_signal: false,
+        })
+    }
+
+    /// Heads available to pop now; None (and the ring marked broken) when the avail
+    /// index is impossible or unreadable.
+    pub fn available(&mut self, mem: &GuestMemoryMmap, m: &QueueMetrics) -> Option<u16> {
+        if self.fault.is_some() {
+            return None;
+        }
+        let avail = match self.queue.avail_idx(mem, Ordering::Acquire) {
+            Ok(a) => a,
+            Err(_) => return self.broken(m),
+        };
+        let pending = (avail - Wrapping(self.queue.next_avail())).0;
+        if pending > self.queue.size() {
+            return self.broken(m);
+        }
+        Some(pending)
+    }
+
+    fn broken(&mut self, m: &QueueMetrics) -> Option<u16> {
+        self.fault = Some(RingFault::Broken);
+        m.ring_errors.inc();
+        log::error!("virtqueue broken (impossible avail index or unreadable ring); ring stopped until set up again");
+        None
+    }
+
+    /// Pop the next head (call only after [`Self::available`] said there is one).
+    pub fn pop_head(&mut self, mem: &GuestMemoryMmap) -> Option<u16> {
+        self.queue.iter(mem).ok()?.next().map(|c| c.head_index())
+    }
+
+    /// Give back the last `n` popped heads (they will be popped again).
+    pub fn unpop(&mut self, n: u16) {
+        let next = Wrapping(self.queue.next_avail()) - Wrapping(n);
+        self.queue.set_next_avail(next.0);
+    }
+
+    /// Return a chain to the guest with `len` bytes written.
+    pub fn add_used(&mut self, mem: &GuestMemoryMmap, head: u16, len: u32) -> bool {
+        match self.queue.add_used(mem, head, len) {
+            Ok(()) => {
+                self.pending_signal = true;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Notify the guest if anything was used and EVENT_IDX (or the NO_INTERRUPT flag)
+    /// does not suppress it.
+    pub fn signal(&mut self, mem: &GuestMemoryMmap, m: &QueueMetrics) {
+        if !self.pending_signal {
+            return;
+        }
+        self.pending_signal = false;
+        let needed = self.queue.needs_notification(mem).unwrap_or(true);
+        if !needed {
+            m.notifications_suppressed.inc();
+            return;
+        }
+        if let Some(call) = &self.call {
+            if call.write(1).is_ok() {
+                m.notifications.inc();
+            }
+        }
+    }
+
+    /// Ask the guest to kick us when it adds buffers; returns true when buffers
+    /// arrived meanwhile (process again before sleeping).
+    pub fn enable_notification(&mut self, mem: &GuestMemoryMmap) -> bool {
+        self.queue.enable_notification(mem).unwrap_or(false)
+    }
+
+    /// Tell the guest not to kick while we are draining.
+    pub fn disable_notification(&mut self, mem: &GuestMemoryMmap) {
+        let _ = self.queue.disable_notification(mem);
+    }
+
+    /// (next_avail, next_used) for handing the ring back to the control plane.
+    pub fn indices(&self) -> (u16, u16) {
+        (self.queue.next_avail(), self.queue.next_used())
+    }
+}

@@ -1,0 +1,277 @@
+//! RX: uplink -> guest RX buffers.
+//!
+//! The worker only reads from the uplink while the guest has posted buffers. Popped
+//! chains wait in a small stash (already walked and checked); with MRG_RXBUF the stash
+//! is topped up until it can hold the largest frame the negotiated offloads allow, the
+//! uplink writes one packet across the stashed chains with a single `readv`, the
+//! chains actually used are returned with their lengths and `num_buffers` is set in
+//! the header; the rest stay stashed for the next packet. Without MRG_RXBUF each packet
+//! takes exactly one chain. When the worker stops, stashed chains go back to the avail
+//! side untouched.
+
+use std::collections::VecDeque;
+
+use vm_memory::{Bytes, GuestAddress};
+
+use super::ring::Ring;
+use super::LogLimiter;
+use crate::metrics::QueueMetrics;
+use crate::netmem::{FragList, GuestPageMap};
+use crate::uplink::UplinkQueue;
+use crate::virtio::chain::Segments;
+use crate::virtio::features::VIRTIO_NET_F_MRG_RXBUF;
+use crate::virtio::{Features, VNET_HDR_LEN};
+
+/// Packets moved before the guest is notified and the loop checks other work.
+pub const RX_BATCH: usize = 64;
+
+/// Offset of `num_buffers` in the virtio-net header.
+const NUM_BUFFERS_OFFSET: u64 = 10;
+
+/// What the RX path stopped on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxOutcome {
+    /// The uplink has nothing more.
+    Drained,
+    /// The guest has no (or not enough) buffers: wait for a kick.
+    NoBuffers,
+    /// The batch budget ran out; more work may be pending.
+    Budget,
+}
+
+#[derive(Debug)]
+struct Stashed {
+    head: u16,
+    segs: Segments,
+    cap: u64,
+}
+
+/// The RX half of a queue pair worker.
+#[derive(Debug)]
+pub struct RxPath {
+    stash: VecDeque<Stashed>,
+    stash_cap: u64,
+    /// The stash is exactly the last chains popped (so it can be un-popped).
+    contiguous: bool,
+    log: LogLimiter,
+}
+
+impl Default for RxPath {
+    fn default() -> Self {
+        RxPath {
+            stash: VecDeque::new(),
+            stash_cap: 0,
+            contiguous: true,
+            log: LogLimiter::new(10),
+        }
+    }
+}
+
+fn write_at(map: &GuestPageMap, segs: &Segments, mut offset: u64, bytes: &[u8]) -> bool {
+    let mut done = 0usize;
+    for s in segs {
+        let len = u64::from(s.len);
+        if offset >= len {
+            offset -= len;
+            continue;
+        }
+        let n = usize::try_from(len - offset)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len() - done);
+        if map
+            .mem()
+            .write_slice(&bytes[done..done + n], GuestAddress(s.gpa + offset))
+            .is_err()
+        {
+            return false;
+        }
+        done += n;
+        offset = 0;
+        if done == bytes.len() {
+            return true;
+        }
+    }
+    false
+}
+
+impl RxPath {
+    fn drop_chain(&mut self, ring: &mut Ring, map: &GuestPageMap, head: u16, why: &str) {
+        if !self.stash.is_empty() {
+            self.contiguous = false;
+        }
+        let _ = ring.add_used(map.mem(), head, 0);
+        if self.log.allow() {
+            log::warn!("guest RX chain dropped: {why}");
+        }
+    }
+
+    /// Pop one chain into the stash. Returns false when the ring has no more.
+    fn stash_one(&mut self, ring: &mut Ring, map: &GuestPageMap, m: &QueueMetrics) -> bool {
+        let mem = map.mem();
+        match ring.available(mem, m) {
+            Some(n) if n > 0 => {}
+            _ => return false,
+        }
+        let Some(head) = ring.pop_head(mem) else {
+            return false;
+        };
+        let mut segs = Segments::new();
+        if let Err(e) = ring.walker.walk(mem, head, &mut segs) {
+            m.rx_drop_bad_chain.inc();
+            self.drop_chain(ring, map, head, &e.to_string());
+            return true;
+        }
+        if segs.iter().any(|s| !s.write) {
+            m.rx_drop_bad_direction.inc();
+            self.drop_chain(ring, map, head, "device-readable buffer in an RX chain");
+            return true;
+        }
+        if segs.iter().any(|s| !map.contains(s.gpa, u64::from(s.len))) {
+            m.rx_drop_bad_memory.inc();
+            self.drop_chain(ring, map, head, "buffer outside guest memory");
+            return true;
+        }
+        let cap: u64 = segs.iter().map(|s| u64::from(s.len)).sum();
+        if cap < VNET_HDR_LEN as u64 {
+            m.rx_drop_short_buffer.inc();
+            self.drop_chain(ring, map, head, "buffer smaller than the virtio-net header");
+            return true;
+        }
+        self.stash_cap += cap;
+        self.stash.push_back(Stashed { head, segs, cap });
+        true
+    }
+
+    /// Move up to [`RX_BATCH`] packets from the uplink into guest buffers.
+    pub fn process(
+        &mut self,
+        ring: &mut Ring,
+        map: &GuestPageMap,
+        uplink: &mut dyn UplinkQueue,
+        features: Features,
+        mtu: u16,
+        m: &QueueMetrics,
+    ) -> RxOutcome {
+        let mem = map.mem();
+        let mrg = features.has(VIRTIO_NET_F_MRG_RXBUF);
+        let need = if mrg {
+            features.max_rx_frame(mtu) as u64
+        } else {
+            0
+        };
+        let mut packets = 0u64;
+        let mut bytes = 0u64;
+        let mut outcome = RxOutcome::Budget;
+        while packets < RX_BATCH as u64 {
+            // Top up the stash until it holds a whole packet's worth of buffers.
+            let mut starved = false;
+            while self.stash.is_empty() || (mrg && self.stash_cap < need) {
+                if !self.stash_one(ring, map, m) {
+                    if ring.fault.is_some() || !ring.enable_notification(mem) {
+                        starved = true;
+                        break;
+                    }
+                    ring.disable_notification(mem);
+                }
+            }
+            // A guest whose whole ring holds less than a maximal frame still gets
+            // packets (a larger one would be truncated by the uplink).
+            if starved
+                && (self.stash.is_empty() || self.stash.len() < usize::from(ring.walker.queue_size))
+            {
+                m.rx_no_buffers.inc();
+                outcome = RxOutcome::NoBuffers;
+                break;
+            }
+            let chains = if mrg { self.stash.len() } else { 1 };
+            let mut frags = FragList::new();
+            let mut ok = true;
+            for c in self.stash.iter().take(chains) {
+                for s in &c.segs {
+                    if map.push_frags(s.gpa, s.len, &mut frags).is_err() {
+                        ok = false;
+                    }
+                }
+            }
+            if !ok {
+                // Memory changed under a stashed chain: return the stash and start over.
+                m.rx_drop_bad_memory.inc();
+                while let Some(c) = self.stash.pop_front() {
+                    let _ = ring.add_used(mem, c.head, 0);
+                }
+                self.stash_cap = 0;
+                self.contiguous = true;
+                continue;
+            }
+            let n = match uplink.recv(&frags) {
+                Ok(Some(n)) => n,
+                Ok(None) => {
+                    outcome = RxOutcome::Drained;
+                    break;
+                }
+                Err(e) => {
+                    m.rx_uplink_errors.inc();
+                    if self.log.allow() {
+                        log::warn!("uplink receive: {e}");
+                    }
+                    outcome = RxOutcome::Drained;
+                    break;
+                }
+            };
+            drop(frags);
+            // Distribute the packet over the chains in order.
+            let mut left = n as u64;
+            let mut used: smallvec::SmallVec<[(u16, u32); 8]> = smallvec::SmallVec::new();
+            for c in self.stash.iter().take(chains) {
+                let take = c.cap.min(left);
+                used.push((c.head, u32::try_from(take).unwrap_or(u32::MAX)));
+                left -= take;
+                if left == 0 {
+                    break;
+                }
+            }
+            let num_buffers = u16::try_from(used.len()).unwrap_or(u16::MAX);
+            if let Some(first) = self.stash.front() {
+                write_at(
+                    map,
+                    &first.segs,
+                    NUM_BUFFERS_OFFSET,
+                    &num_buffers.to_le_bytes(),
+                );
+            }
+            for (head, len) in used {
+                if let Some(c) = self.stash.pop_front() {
+                    self.stash_cap -= c.cap;
+                }
+                let _ = ring.add_used(mem, head, len);
+            }
+            if self.stash.is_empty() {
+                self.contiguous = true;
+            }
+            packets += 1;
+            bytes += (n as u64).saturating_sub(VNET_HDR_LEN as u64);
+        }
+        m.rx_packets.add(packets);
+        m.rx_bytes.add(bytes);
+        if packets > 0 {
+            m.rx_batches.inc();
+        }
+        ring.signal(mem, m);
+        outcome
+    }
+
+    /// Hand stashed chains back before the ring changes hands: un-pop them when they
+    /// are the last chains popped, otherwise return them empty.
+    pub fn release(&mut self, ring: &mut Ring, map: &GuestPageMap) {
+        if self.contiguous {
+            ring.unpop(u16::try_from(self.stash.len()).unwrap_or(0));
+        } else {
+            for c in &self.stash {
+                let _ = ring.add_used(map.mem(), c.head, 0);
+            }
+        }
+        self.stash.clear();
+        self.stash_cap = 0;
+        self.contiguous = true;
+    }
+}

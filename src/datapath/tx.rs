@@ -1,0 +1,203 @@
+//! TX: guest TX ring -> `FragList` over guest pages -> uplink.
+//!
+//! Per chain: walk it, check every buffer is device-readable, read the 12-byte
+//! virtio-net header (it may span buffers), validate it against the acked features,
+//! turn the rest of the chain into frags (no copy) and hand header + frags to the
+//! uplink. The chain goes back to the used ring with length 0 whatever happens,
+//! except when the uplink has no room: then the chain is given back to the avail side
+//! and the worker waits for the uplink to become writable (no loss).
+
+use vm_memory::{Bytes, GuestAddress};
+
+use super::ring::Ring;
+use super::LogLimiter;
+use crate::metrics::QueueMetrics;
+use crate::netmem::{FragList, GuestPageMap, PageMapError};
+use crate::uplink::{SendStatus, UplinkQueue};
+use crate::virtio::chain::Segments;
+use crate::virtio::{ChainError, Features, VirtioNetHdr, VNET_HDR_LEN};
+
+/// Largest frame a guest may transmit (64 KiB GSO payload + Ethernet + VLAN).
+pub const MAX_TX_FRAME: usize = 65535 + 14 + 4;
+
+/// Chains handled before the guest is notified and the loop checks other work.
+pub const TX_BATCH: usize = 256;
+
+/// What the TX path stopped on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxOutcome {
+    /// The ring is drained.
+    Drained,
+    /// The batch budget ran out; more work is pending.
+    Budget,
+    /// The uplink has no room: wait for it to be writable.
+    Blocked,
+}
+
+#[derive(Debug)]
+enum TxDrop {
+    Chain(ChainError),
+    Memory(PageMapError),
+    Direction,
+    Header(String),
+    Oversized(usize),
+}
+
+/// The TX half of a queue pair worker.
+#[derive(Debug)]
+pub struct TxPath {
+    segs: Segments,
+    log: LogLimiter,
+}
+
+impl Default for TxPath {
+    fn default() -> Self {
+        TxPath {
+            segs: Segments::new(),
+            log: LogLimiter::new(10),
+        }
+    }
+}
+
+fn read_header(map: &GuestPageMap, segs: &Segments) -> Result<VirtioNetHdr, TxDrop> {
+    let mut b = [0u8; VNET_HDR_LEN];
+    let mut got = 0;
+    for s in segs {
+        if got == VNET_HDR_LEN {
+            break;
+        }
+        let n = (VNET_HDR_LEN - got).min(s.len as usize);
+        map.mem()
+            .read_slice(&mut b[got..got + n], GuestAddress(s.gpa))
+            .map_err(|_| {
+                TxDrop::Memory(PageMapError::OutOfRange {
+                    gpa: s.gpa,
+                    len: u64::from(s.len),
+                })
+            })?;
+        got += n;
+    }
+    if got < VNET_HDR_LEN {
+        return Err(TxDrop::Header(format!(
+            "chain of {got} bytes is shorter than the virtio-net header"
+        )));
+    }
+    Ok(VirtioNetHdr::from_bytes(&b))
+}
+
+impl TxPath {
+    fn build<'m>(
+        &mut self,
+        ring: &Ring,
+        map: &'m GuestPageMap,
+        head: u16,
+        features: Features,
+        frags: &mut FragList<'m>,
+    ) -> Result<VirtioNetHdr, TxDrop> {
+        ring.walker
+            .walk(map.mem(), head, &mut self.segs)
+            .map_err(TxDrop::Chain)?;
+        if self.segs.iter().any(|s| s.write) {
+            return Err(TxDrop::Direction);
+        }
+        let total: usize = self.segs.iter().map(|s| s.len as usize).sum();
+        if total > MAX_TX_FRAME + VNET_HDR_LEN {
+            return Err(TxDrop::Oversized(total));
+        }
+        let hdr = read_header(map, &self.segs)?;
+        let mut skip = u32::try_from(VNET_HDR_LEN).unwrap_or(12);
+        for s in &self.segs {
+            let cut = skip.min(s.len);
+            skip -= cut;
+            if cut == s.len {
+                continue;
+            }
+            map.push_frags(s.gpa + u64::from(cut), s.len - cut, frags)
+                .map_err(TxDrop::Memory)?;
+        }
+        hdr.validate_tx(features, frags.len())
+            .map_err(|e| TxDrop::Header(e.to_string()))?;
+        Ok(hdr)
+    }
+
+    fn count_drop(&mut self, d: &TxDrop, m: &QueueMetrics) {
+        match d {
+            TxDrop::Chain(_) => m.tx_drop_bad_chain.inc(),
+            TxDrop::Memory(_) => m.tx_drop_bad_memory.inc(),
+            TxDrop::Direction => m.tx_drop_bad_direction.inc(),
+            TxDrop::Header(_) => m.tx_drop_bad_header.inc(),
+            TxDrop::Oversized(_) => m.tx_drop_oversized.inc(),
+        }
+        if self.log.allow() {
+            let why = match d {
+                TxDrop::Chain(e) => e.to_string(),
+                TxDrop::Memory(e) => e.to_string(),
+                TxDrop::Direction => "device-writable buffer in a TX chain".into(),
+                TxDrop::Header(e) => format!("bad virtio-net header: {e}"),
+                TxDrop::Oversized(n) => format!("{n}-byte chain exceeds the largest frame"),
+            };
+            log::warn!("guest TX chain dropped: {why}");
+        }
+    }
+
+    /// Move up to [`TX_BATCH`] packets from the guest to the uplink.
+    pub fn process(
+        &mut self,
+        ring: &mut Ring,
+        map: &GuestPageMap,
+        uplink: &mut dyn UplinkQueue,
+        features: Features,
+        m: &QueueMetrics,
+    ) -> TxOutcome {
+        let mem = map.mem();
+        let mut done = 0usize;
+        let mut packets = 0u64;
+        let mut bytes = 0u64;
+        let outcome = loop {
+            let Some(avail) = ring.available(mem, m) else {
+                break TxOutcome::Drained;
+            };
+            if avail == 0 {
+                break TxOutcome::Drained;
+            }
+            if done >= TX_BATCH {
+                break TxOutcome::Budget;
+            }
+            let Some(head) = ring.pop_head(mem) else {
+                break TxOutcome::Drained;
+            };
+            done += 1;
+            let mut frags = FragList::new();
+            match self.build(ring, map, head, features, &mut frags) {
+                Ok(hdr) => match uplink.send(&hdr, &frags) {
+                    Ok(SendStatus::Sent) => {
+                        packets += 1;
+                        bytes += frags.len() as u64;
+                    }
+                    Ok(SendStatus::WouldBlock) => {
+                        ring.unpop(1);
+                        m.tx_eagain.inc();
+                        break TxOutcome::Blocked;
+                    }
+                    Ok(SendStatus::Dropped) | Err(_) => m.tx_drop_uplink.inc(),
+                },
+                Err(d) => self.count_drop(&d, m),
+            }
+            drop(frags);
+            // An impossible head index cannot be returned; the walker already counted it.
+            let _ = ring.add_used(mem, head, 0);
+        };
+        if let Err(e) = uplink.flush() {
+            if self.log.allow() {
+                log::warn!("uplink flush: {e}");
+            }
+        }
+        m.tx_packets.add(packets);
+        m.tx_bytes.add(bytes);
+        if done > 0 {
+            m.tx_batches.inc();
+        }
+        ring.signal(mem, m);
+        outcome
+    }
+}

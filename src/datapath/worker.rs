@@ -1,0 +1,287 @@
+//! The queue pair worker thread: one epoll over the pair's kick eventfds, the uplink
+//! queue fd and an exit eventfd.
+//!
+//! Event ids are the variants of [`Event`], private to each worker's own epoll
+//! instance, so they cannot collide with each other or with the exit event whatever
+//! the number of queue pairs. A ring starts working as soon as the worker starts (the
+//! guest may have posted RX buffers long ago and will not kick again).
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::ring::{Ring, RingSetup};
+use super::rx::{RxOutcome, RxPath};
+use super::tx::{TxOutcome, TxPath};
+use crate::metrics::QueueMetrics;
+use crate::netmem::SharedPageMap;
+use crate::uplink::UplinkQueue;
+use crate::virtio::Features;
+
+/// Epoll event ids of a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u64)]
+enum Event {
+    Exit = 1,
+    RxKick = 2,
+    TxKick = 3,
+    Uplink = 4,
+}
+
+impl Event {
+    fn from_u64(v: u64) -> Option<Self> {
+        [Event::Exit, Event::RxKick, Event::TxKick, Event::Uplink]
+            .into_iter()
+            .find(|e| *e as u64 == v)
+    }
+}
+
+/// Everything a worker needs.
+pub struct WorkerSpec {
+    /// Queue pair index.
+    pub pair: usize,
+    /// RX ring (virtqueue 2 * pair), if active.
+    pub rx: Option<RingSetup>,
+    /// TX ring (virtqueue 2 * pair + 1), if active.
+    pub tx: Option<RingSetup>,
+    /// Acked features.
+    pub features: Features,
+    /// MTU (bounds RX frames without GSO).
+    pub mtu: u16,
+    /// Largest ring size we accept.
+    pub max_queue_size: u16,
+    /// Guest memory.
+    pub memory: Arc<SharedPageMap>,
+    /// This pair's counters.
+    pub metrics: Arc<QueueMetrics>,
+    /// This pair's uplink queue.
+    pub uplink: Box<dyn UplinkQueue>,
+}
+
+/// What a stopped worker hands back.
+pub struct WorkerState {
+    /// RX ring (next_avail, next_used), if it ran.
+    pub rx: Option<(u16, u16)>,
+    /// TX ring (next_avail, next_used), if it ran.
+    pub tx: Option<(u16, u16)>,
+    /// The uplink queue.
+    pub uplink: Box<dyn UplinkQueue>,
+}
+
+/// A running worker.
+pub struct PairWorker {
+    exit: EventFd,
+    thread: JoinHandle<WorkerState>,
+}
+
+impl PairWorker {
+    /// Start a worker thread.
+    pub fn spawn(spec: WorkerSpec) -> io::Result<Self> {
+        let exit = EventFd::new(EFD_NONBLOCK)?;
+        let exit2 = exit.try_clone()?;
+        let pair = spec.pair;
+        let thread = std::thread::Builder::new()
+            .name(format!("vnm-q{pair}"))
+            .spawn(move || run(spec, exit2))?;
+        Ok(PairWorker { exit, thread })
+    }
+
+    /// Stop the worker and take back its state.
+    ///
+    /// # Panics
+    /// If the worker thread panicked (a bug: guest input never panics a worker).
+    pub fn stop(self) -> WorkerState {
+        let _ = self.exit.write(1);
+        match self.thread.join() {
+            Ok(s) => s,
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    }
+}
+
+struct Poller {
+    epfd: RawFd,
+    uplink_fd: Option<RawFd>,
+    uplink_interest: Option<epoll::Events>,
+}
+
+impl Poller {
+    fn add(&self, fd: RawFd, ev: Event, events: epoll::Events) -> io::Result<()> {
+        epoll::ctl(
+            self.epfd,
+            epoll::ControlOptions::EPOLL_CTL_ADD,
+            fd,
+            epoll::Event::new(events, ev as u64),
+        )
+    }
+
+    /// Poll the uplink for readability only while RX can take packets, and for
+    /// writability only while TX is blocked.
+    fn set_uplink(&mut self, want_in: bool, want_out: bool) -> io::Result<()> {
+        let Some(fd) = self.uplink_fd else {
+            return Ok(());
+        };
+        let mut ev = epoll::Events::empty();
+        if want_in {
+            ev |= epoll::Events::EPOLLIN;
+        }
+        if want_out {
+            ev |= epoll::Events::EPOLLOUT;
+        }
+        if self.uplink_interest == Some(ev) {
+            return Ok(());
+        }
+        let op = if self.uplink_interest.is_none() {
+            epoll::ControlOptions::EPOLL_CTL_ADD
+        } else {
+            epoll::ControlOptions::EPOLL_CTL_MOD
+        };
+        epoll::ctl(
+            self.epfd,
+            op,
+            fd,
+            epoll::Event::new(ev, Event::Uplink as u64),
+        )?;
+        self.uplink_interest = Some(ev);
+        Ok(())
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        // SAFETY: `epfd` came from epoll_create1 and is closed exactly once, here.
+        unsafe { libc::close(self.epfd) };
+    }
+}
+
+fn make_ring(setup: Option<RingSetup>, max: u16, pair: usize, what: &str) -> Option<Ring> {
+    let setup = setup?;
+    match Ring::new(setup, max) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            log::error!("queue pair {pair}: {what} ring unusable: {e}");
+            None
+        }
+    }
+}
+
+fn run(spec: WorkerSpec, exit: EventFd) -> WorkerState {
+    let WorkerSpec {
+        pair,
+        rx,
+        tx,
+        features,
+        mtu,
+        max_queue_size,
+        memory,
+        metrics,
+        mut uplink,
+    } = spec;
+    let mut rx_ring = make_ring(rx, max_queue_size, pair, "RX");
+    let mut tx_ring = make_ring(tx, max_queue_size, pair, "TX");
+    let mut rx_path = RxPath::default();
+    let mut tx_path = TxPath::default();
+    let m = &*metrics;
+
+    let result = (|| -> io::Result<()> {
+        let mut poller = Poller {
+            epfd: epoll::create(true)?,
+            uplink_fd: uplink.fd(),
+            uplink_interest: None,
+        };
+        poller.add(exit.as_raw_fd(), Event::Exit, epoll::Events::EPOLLIN)?;
+        if let Some(r) = &rx_ring {
+            poller.add(r.kick.as_raw_fd(), Event::RxKick, epoll::Events::EPOLLIN)?;
+        }
+        if let Some(r) = &tx_ring {
+            poller.add(r.kick.as_raw_fd(), Event::TxKick, epoll::Events::EPOLLIN)?;
+        }
+        let mut rx_armed = rx_ring.is_some();
+        let mut tx_blocked = false;
+        let mut need_rx = rx_ring.is_some();
+        let mut need_tx = tx_ring.is_some();
+        let mut events = vec![epoll::Event::new(epoll::Events::empty(), 0); 8];
+        loop {
+            // Work until nothing is left, then sleep.
+            while (need_tx && !tx_blocked) || (need_rx && rx_armed) {
+                let map = memory.load();
+                if need_tx && !tx_blocked {
+                    if let Some(ring) = tx_ring.as_mut() {
+                        ring.disable_notification(map.mem());
+                        match tx_path.process(ring, &map, uplink.as_mut(), features, m) {
+                            TxOutcome::Blocked => tx_blocked = true,
+                            TxOutcome::Budget => {}
+                            TxOutcome::Drained => need_tx = ring.enable_notification(map.mem()),
+                        }
+                    } else {
+                        need_tx = false;
+                    }
+                }
+                if need_rx && rx_armed {
+                    if let Some(ring) = rx_ring.as_mut() {
+                        match rx_path.process(ring, &map, uplink.as_mut(), features, mtu, m) {
+                            RxOutcome::NoBuffers => {
+                                rx_armed = false;
+                                need_rx = false;
+                            }
+                            RxOutcome::Drained => need_rx = false,
+                            RxOutcome::Budget => {}
+                        }
+                    } else {
+                        need_rx = false;
+                    }
+                }
+            }
+            poller.set_uplink(rx_armed && rx_ring.is_some(), tx_blocked)?;
+            let n = match epoll::wait(poller.epfd, -1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            for ev in &events[..n] {
+                let flags = epoll::Events::from_bits_truncate(ev.events);
+                match Event::from_u64(ev.data) {
+                    Some(Event::Exit) => return Ok(()),
+                    Some(Event::RxKick) => {
+                        if let Some(r) = &rx_ring {
+                            let _ = r.kick.read();
+                        }
+                        rx_armed = true;
+                        need_rx = true;
+                    }
+                    Some(Event::TxKick) => {
+                        if let Some(r) = &tx_ring {
+                            let _ = r.kick.read();
+                        }
+                        need_tx = true;
+                    }
+                    Some(Event::Uplink) => {
+                        if flags.intersects(epoll::Events::EPOLLOUT | epoll::Events::EPOLLERR) {
+                            tx_blocked = false;
+                            need_tx = true;
+                        }
+                        if flags.intersects(epoll::Events::EPOLLIN | epoll::Events::EPOLLHUP) {
+                            need_rx = true;
+                        }
+                    }
+                    None => {}
+                }
+            }
+        }
+    })();
+    if let Err(e) = result {
+        log::error!("queue pair {pair}: worker stopped: {e}");
+    }
+    if let Some(ring) = rx_ring.as_mut() {
+        let map = memory.load();
+        rx_path.release(ring, &map);
+    }
+    WorkerState {
+        rx: rx_ring.map(|r| r.indices()),
+        tx: tx_ring.map(|r| r.indices()),
+        uplink,
+    }
+}

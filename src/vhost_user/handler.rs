@@ -1,0 +1,482 @@
+//! `NetBackend`: our vhost-user request handler (the control plane's state).
+//!
+//! It keeps the negotiated features, the memory table (through `SharedPageMap`), the
+//! ring configurations and one worker per queue pair. Whenever a request changes the
+//! rings of a pair, that pair's worker is stopped (its ring indices and uplink queue
+//! come back) and started again with the new configuration if any ring is active.
+
+use std::fs::File;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::sync::Arc;
+
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
+    VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
+    VhostUserSharedMsg, VhostUserSingleMemoryRegion, VhostUserVringAddrFlags, VhostUserVringState,
+};
+use vhost::vhost_user::VhostUserBackendReqHandlerMut;
+use vhost::vhost_user::{Backend, Error as VhostError, GpuBackend, Result as VhostResult};
+use vhost::VhostUserMemoryRegionBase;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::vring::VringConfig;
+use crate::config::NetConfig;
+use crate::datapath::{PairWorker, RingSetup, WorkerSpec};
+use crate::metrics::DeviceMetrics;
+use crate::netmem::{RegionSpec, SharedPageMap, MAX_REGIONS};
+use crate::uplink::Uplink;
+use crate::virtio::features::{
+    VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
+use crate::virtio::{Features, NetConfigSpace};
+
+/// The vhost-user protocol features we offer.
+pub fn protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+        | VhostUserProtocolFeatures::STATUS
+}
+
+fn refuse(what: &'static str) -> VhostError {
+    VhostError::InvalidOperation(what)
+}
+
+/// The control plane of one connection.
+pub struct NetBackend {
+    config: Arc<NetConfig>,
+    offered: u64,
+    uplink: Arc<dyn Uplink>,
+    memory: Arc<SharedPageMap>,
+    metrics: Arc<DeviceMetrics>,
+    acked_features: Option<u64>,
+    acked_protocol: u64,
+    status: u8,
+    vrings: Vec<VringConfig>,
+    workers: Vec<Option<PairWorker>>,
+}
+
+impl NetBackend {
+    /// A backend for one connection, offering `offered` virtio features.
+    pub fn new(
+        config: Arc<NetConfig>,
+        offered: u64,
+        uplink: Arc<dyn Uplink>,
+        metrics: Arc<DeviceMetrics>,
+    ) -> Self {
+        let pairs = usize::from(config.queue_pairs);
+        NetBackend {
+            offered,
+            uplink,
+            memory: Arc::new(SharedPageMap::new()),
+            metrics,
+            acked_features: None,
+            acked_protocol: 0,
+            status: 0,
+            vrings: (0..pairs * 2).map(|_| VringConfig::default()).collect(),
+            workers: (0..pairs).map(|_| None).collect(),
+            config,
+        }
+    }
+
+    /// Whether VHOST_USER_F_PROTOCOL_FEATURES was acked (SET_FEATURES seen with it).
+    pub fn protocol_features_acked(&self) -> bool {
+        self.acked_features
+            .is_some_and(|f| f & (1 << VHOST_USER_F_PROTOCOL_FEATURES) != 0)
+    }
+
+    /// The guest memory of this connection.
+    pub fn memory(&self) -> &Arc<SharedPageMap> {
+        &self.memory
+    }
+
+    /// Device status (VHOST_USER_SET_STATUS).
+    pub fn set_status(&mut self, status: u8) {
+        self.status = status;
+    }
+
+    /// Device status (VHOST_USER_GET_STATUS).
+    pub fn status(&self) -> u8 {
+        self.status
+    }
+
+    /// Record SET_VRING_ENABLE, including the early ones QEMU 7.2 sends before
+    /// SET_FEATURES (which the protocol layer refuses): they are applied once the
+    /// rings start.
+    pub fn record_enable(&mut self, index: u32, enable: bool) -> VhostResult<()> {
+        let i = self.ring_index(index)?;
+        self.vrings[i].enabled = enable;
+        self.sync_pair(i / 2);
+        Ok(())
+    }
+
+    fn ring_index(&self, index: u32) -> VhostResult<usize> {
+        let i = usize::try_from(index).map_err(|_| VhostError::InvalidParam)?;
+        if i >= self.vrings.len() {
+            log::warn!(
+                "frontend named ring {index}; this device has {}",
+                self.vrings.len()
+            );
+            return Err(VhostError::InvalidParam);
+        }
+        Ok(i)
+    }
+
+    /// Stop pair `pair`'s worker, folding its ring indices back into the configs.
+    fn stop_pair(&mut self, pair: usize) {
+        if let Some(w) = self.workers[pair].take() {
+            let state = w.stop();
+            if let Some((a, u)) = state.rx {
+                self.vrings[2 * pair].next_avail = a;
+                self.vrings[2 * pair].next_used = u;
+            }
+            if let Some((a, u)) = state.tx {
+                self.vrings[2 * pair + 1].next_avail = a;
+                self.vrings[2 * pair + 1].next_used = u;
+            }
+            self.uplink.return_queue(pair, state.uplink);
+        }
+    }
+
+    fn ring_setup(&self, i: usize, features: Features) -> Option<RingSetup> {
+        let v = &self.vrings[i];
+        if !v.is_active(self.protocol_features_acked()) {
+            return None;
+        }
+        let (desc, avail, used) = v.addrs?;
+        let kick = v.kick.as_ref()?.try_clone().ok()?;
+        Some(RingSetup {
+            size: v.size,
+            desc,
+            avail,
+            used,
+            next_avail: v.next_avail,
+            next_used: v.next_used,
+            kick,
+            call: v.call.as_ref().and_then(|c| c.try_clone().ok()),
+            event_idx: features.has(VIRTIO_RING_F_EVENT_IDX),
+            indirect: features.has(VIRTIO_RING_F_INDIRECT_DESC),
+        })
+    }
+
+    /// Restart pair `pair` with the current ring configuration.
+    fn sync_pair(&mut self, pair: usize) {
+        self.stop_pair(pair);
+        let Some(acked) = self.acked_features else {
+            return;
+        };
+        let features = Features::from_bits(acked);
+        let rx = self.ring_setup(2 * pair, features);
+        let tx = self.ring_setup(2 * pair + 1, features);
+        if rx.is_none() && tx.is_none() {
+            return;
+        }
+        let uplink = match self.uplink.take_queue(pair) {
+            Ok(q) => q,
+            Err(e) => {
+                log::error!("queue pair {pair}: {e}");
+                return;
+            }
+        };
+        let spec = WorkerSpec {
+            pair,
+            rx,
+            tx,
+            features,
+            mtu: self.config.mtu,
+            max_queue_size: self.config.queue_size,
+            memory: Arc::clone(&self.memory),
+            metrics: self.metrics.queue(pair),
+            uplink,
+        };
+        match PairWorker::spawn(spec) {
+            Ok(w) => self.workers[pair] = Some(w),
+            Err(e) => log::error!("queue pair {pair}: cannot start worker: {e}"),
+        }
+    }
+
+    fn sync_all(&mut self) {
+        for pair in 0..self.workers.len() {
+            self.sync_pair(pair);
+        }
+    }
+
+    /// Stop every worker and give the uplink queues back (end of connection).
+    pub fn shutdown(&mut self) {
+        for pair in 0..self.workers.len() {
+            self.stop_pair(pair);
+        }
+        self.memory.clear();
+    }
+
+    fn eventfd(file: Option<File>) -> Option<EventFd> {
+        // SAFETY: the fd comes from a File we own (received over the socket); ownership
+        // moves into the EventFd, which closes it exactly once.
+        file.map(|f| unsafe { EventFd::from_raw_fd(f.into_raw_fd()) })
+    }
+}
+
+impl Drop for NetBackend {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl VhostUserBackendReqHandlerMut for NetBackend {
+    fn set_owner(&mut self) -> VhostResult<()> {
+        Ok(())
+    }
+
+    fn reset_owner(&mut self) -> VhostResult<()> {
+        self.shutdown();
+        self.acked_features = None;
+        for v in &mut self.vrings {
+            *v = VringConfig::default();
+        }
+        Ok(())
+    }
+
+    fn reset_device(&mut self) -> VhostResult<()> {
+        self.reset_owner()
+    }
+
+    fn get_features(&mut self) -> VhostResult<u64> {
+        Ok(self.offered)
+    }
+
+    fn set_features(&mut self, features: u64) -> VhostResult<()> {
+        if features & !self.offered != 0 {
+            log::error!(
+                "frontend acked features {:#x} that were not offered",
+                features & !self.offered
+            );
+            return Err(VhostError::InvalidParam);
+        }
+        self.acked_features = Some(features);
+        if let Err(e) = self.uplink.apply_features(Features::from_bits(features)) {
+            log::error!("{}: {e}", self.uplink.describe());
+        }
+        log::info!("features acked: {features:#x}");
+        self.sync_all();
+        Ok(())
+    }
+
+    fn set_mem_table(
+        &mut self,
+        ctx: &[VhostUserMemoryRegion],
+        files: Vec<File>,
+        _postcopy: Option<bool>,
+    ) -> VhostResult<Option<Vec<VhostUserMemoryRegionBase>>> {
+        let specs = ctx
+            .iter()
+            .zip(files)
+            .map(|(r, file)| RegionSpec {
+                gpa: r.guest_phys_addr,
+                size: r.memory_size,
+                file,
+                offset: r.mmap_offset,
+                user_addr: r.user_addr,
+            })
+            .collect();
+        self.memory.set_table(specs).map_err(|e| {
+            log::error!("SET_MEM_TABLE: {e}");
+            VhostError::InvalidParam
+        })?;
+        Ok(None)
+    }
+
+    fn set_vring_num(&mut self, index: u32, num: u32) -> VhostResult<()> {
+        let i = self.ring_index(index)?;
+        let size = u16::try_from(num)
+            .ok()
+            .filter(|n| *n != 0 && n.is_power_of_two() && *n <= self.config.queue_size);
+        let Some(size) = size else {
+            log::error!(
+                "ring {index}: size {num} refused (power of two up to {})",
+                self.config.queue_size
+            );
+            return Err(VhostError::InvalidParam);
+        };
+        self.vrings[i].size = size;
+        self.sync_pair(i / 2);
+        Ok(())
+    }
+
+    fn set_vring_addr(
+        &mut self,
+        index: u32,
+        _flags: VhostUserVringAddrFlags,
+        descriptor: u64,
+        used: u64,
+        available: u64,
+        _log: u64,
+    ) -> VhostResult<()> {
+        let i = self.ring_index(index)?;
+        let map = self.memory.load();
+        let t = |va: u64| map.va_to_gpa(va);
+        let (Some(d), Some(a), Some(u)) = (t(descriptor), t(available), t(used)) else {
+            log::error!("ring {index}: ring addresses are not in the memory table");
+            return Err(VhostError::InvalidParam);
+        };
+        self.vrings[i].addrs = Some((d, a, u));
+        self.sync_pair(i / 2);
+        Ok(())
+    }
+
+    fn set_vring_base(&mut self, index: u32, base: u32) -> VhostResult<()> {
+        let i = self.ring_index(index)?;
+        let base = u16::try_from(base).map_err(|_| VhostError::InvalidParam)?;
+        self.vrings[i].next_avail = base;
+        self.vrings[i].next_used = base;
+        self.sync_pair(i / 2);
+        Ok(())
+    }
+
+    fn get_vring_base(&mut self, index: u32) -> VhostResult<VhostUserVringState> {
+        let i = self.ring_index(index)?;
+        let pair = i / 2;
+        self.stop_pair(pair);
+        // The ring is stopped until its next SET_VRING_KICK.
+        self.vrings[i].kick = None;
+        self.sync_pair(pair);
+        Ok(VhostUserVringState::new(
+            index,
+            u32::from(self.vrings[i].next_avail),
+        ))
+    }
+
+    fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VhostResult<()> {
+        let i = self.ring_index(u32::from(index))?;
+        let Some(kick) = Self::eventfd(fd) else {
+            log::error!("ring {index}: polling mode (no kick fd) is not supported");
+            return Err(VhostError::InvalidParam);
+        };
+        self.vrings[i].kick = Some(kick);
+        self.sync_pair(i / 2);
+        Ok(())
+    }
+
+    fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VhostResult<()> {
+        let i = self.ring_index(u32::from(index))?;
+        self.vrings[i].call = Self::eventfd(fd);
+        self.sync_pair(i / 2);
+        Ok(())
+    }
+
+    fn set_vring_err(&mut self, index: u8, _fd: Option<File>) -> VhostResult<()> {
+        self.ring_index(u32::from(index)).map(|_| ())
+    }
+
+    fn get_protocol_features(&mut self) -> VhostResult<VhostUserProtocolFeatures> {
+        Ok(protocol_features())
+    }
+
+    fn set_protocol_features(&mut self, features: u64) -> VhostResult<()> {
+        self.acked_protocol = features;
+        Ok(())
+    }
+
+    fn get_queue_num(&mut self) -> VhostResult<u64> {
+        Ok(u64::from(self.config.queue_pairs) * 2)
+    }
+
+    fn set_vring_enable(&mut self, index: u32, enable: bool) -> VhostResult<()> {
+        self.record_enable(index, enable)
+    }
+
+    fn get_config(
+        &mut self,
+        offset: u32,
+        size: u32,
+        _flags: VhostUserConfigFlags,
+    ) -> VhostResult<Vec<u8>> {
+        NetConfigSpace::new(self.config.mac, self.config.queue_pairs, self.config.mtu)
+            .read(offset, size)
+            .ok_or(VhostError::InvalidParam)
+    }
+
+    fn set_config(
+        &mut self,
+        _offset: u32,
+        _buf: &[u8],
+        _flags: VhostUserConfigFlags,
+    ) -> VhostResult<()> {
+        Err(refuse("the config space is read-only"))
+    }
+
+    fn set_backend_req_fd(&mut self, _backend: Backend) {}
+
+    fn set_gpu_socket(&mut self, _gpu_backend: GpuBackend) -> VhostResult<()> {
+        Err(refuse("not a gpu device"))
+    }
+
+    fn get_shared_object(&mut self, _uuid: VhostUserSharedMsg) -> VhostResult<File> {
+        Err(refuse("shared objects are not supported"))
+    }
+
+    fn get_inflight_fd(
+        &mut self,
+        _inflight: &VhostUserInflight,
+    ) -> VhostResult<(VhostUserInflight, File)> {
+        Err(refuse("inflight tracking is not offered"))
+    }
+
+    fn set_inflight_fd(&mut self, _inflight: &VhostUserInflight, _file: File) -> VhostResult<()> {
+        Err(refuse("inflight tracking is not offered"))
+    }
+
+    fn get_max_mem_slots(&mut self) -> VhostResult<u64> {
+        Ok(MAX_REGIONS as u64)
+    }
+
+    fn add_mem_region(
+        &mut self,
+        region: &VhostUserSingleMemoryRegion,
+        fd: File,
+        _postcopy: Option<bool>,
+    ) -> VhostResult<Option<VhostUserMemoryRegionBase>> {
+        let spec = RegionSpec {
+            gpa: region.guest_phys_addr,
+            size: region.memory_size,
+            file: fd,
+            offset: region.mmap_offset,
+            user_addr: region.user_addr,
+        };
+        self.memory.add_region(spec).map_err(|e| {
+            log::error!("ADD_MEM_REG: {e}");
+            VhostError::InvalidParam
+        })?;
+        Ok(None)
+    }
+
+    fn remove_mem_region(&mut self, region: &VhostUserSingleMemoryRegion) -> VhostResult<()> {
+        self.memory
+            .remove_region(region.guest_phys_addr, region.memory_size)
+            .map_err(|e| {
+                log::error!("REM_MEM_REG: {e}");
+                VhostError::InvalidParam
+            })
+    }
+
+    fn set_device_state_fd(
+        &mut self,
+        _direction: VhostTransferStateDirection,
+        _phase: VhostTransferStatePhase,
+        _fd: File,
+    ) -> VhostResult<Option<File>> {
+        Err(refuse("device state transfer is not offered"))
+    }
+
+    fn check_device_state(&mut self) -> VhostResult<()> {
+        Err(refuse("device state transfer is not offered"))
+    }
+
+    fn get_shmem_config(&mut self) -> VhostResult<VhostUserShMemConfig> {
+        Err(refuse("shared memory regions are not offered"))
+    }
+
+    fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> VhostResult<()> {
+        Err(refuse("dirty logging is not offered"))
+    }
+}

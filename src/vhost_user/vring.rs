@@ -1,0 +1,33 @@
+//! Control-plane state of one virtqueue, as set by the frontend.
+
+use vmm_sys_util::eventfd::EventFd;
+
+/// What the frontend told us about one ring.
+#[derive(Debug, Default)]
+pub struct VringConfig {
+    /// SET_VRING_NUM.
+    pub size: u16,
+    /// SET_VRING_ADDR, translated to guest-physical (desc, avail, used).
+    pub addrs: Option<(u64, u64, u64)>,
+    /// Next avail index (SET_VRING_BASE, or where a stopped worker left off).
+    pub next_avail: u16,
+    /// Next used index.
+    pub next_used: u16,
+    /// SET_VRING_KICK; cleared by GET_VRING_BASE (the ring is stopped).
+    pub kick: Option<EventFd>,
+    /// SET_VRING_CALL.
+    pub call: Option<EventFd>,
+    /// SET_VRING_ENABLE.
+    pub enabled: bool,
+}
+
+impl VringConfig {
+    /// Whether the ring can run: sized, addressed, kicked and enabled (rings count as
+    /// enabled when VHOST_USER_F_PROTOCOL_FEATURES was not negotiated).
+    pub fn is_active(&self, protocol_features: bool) -> bool {
+        self.size != 0
+            && self.addrs.is_some()
+            && self.kick.is_some()
+            && (self.enabled || !protocol_features)
+    }
+}
