@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The whole test suite of vhost-netmem (the README's test command; CI runs it through
+# .ci/run). Needs root: TAP devices, network namespaces, AF_XDP and QEMU guests are
+# part of the suite, and privileged tests must run, not skip.
+#
+#   bash ci/test.sh            # everything
+#   VNM_SKIP_GUEST=1 ...       # skip the QEMU guest suite (local iteration only)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+    echo "ci/test.sh: must run as root (TAP, namespaces, AF_XDP, QEMU guests)" >&2
+    exit 1
+fi
+
+step() { printf '\n==== %s ====\n' "$*"; }
+
+step "system packages"
+bash ci/deps.sh
+
+step "rust components"
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+step "cargo fmt --check"
+cargo fmt --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo doc (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+
+step "unit and integration tests"
+cargo test --all-targets -- --test-threads=2
+
+if [ -z "${VNM_SKIP_GUEST:-}" ] && [ -f ci/guest-test.sh ]; then
+    step "guest tests (QEMU)"
+    bash ci/guest-test.sh
+fi
+
+if [ -f ci/bench.sh ]; then
+    step "benchmark smoke run (numbers not judged)"
+    bash ci/bench.sh --quick --out "${TMPDIR:-/tmp}/vnm-bench-ci"
+fi
+
+step "all tests passed"
