@@ -1,0 +1,765 @@
+//! A virtio-net "guest" driven over vhost-user: the VMM's part (the setup messages,
+//! through `vhost::vhost_user::Frontend`) and the driver's part (queue pairs in guest
+//! memory, TX chains, RX buffers, kicks and calls).
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::message::{
+    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures,
+};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::VhostBackend;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
+    VIRTIO_NET_F_STATUS,
+};
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::daemon::{Daemon, DaemonLog};
+use super::memory::TestMemory;
+use super::packet::{VnetHdr, VNET_HDR_LEN};
+use super::ring::{Buf, SplitRing, Used};
+use super::TIMEOUT;
+
+/// `1 << n` for a feature number.
+pub const fn bit(n: u32) -> u64 {
+    1 << n
+}
+
+/// vhost-user's PROTOCOL_FEATURES virtio feature bit.
+pub const VHOST_USER_F_PROTOCOL_FEATURES: u32 = 30;
+
+/// The features a plain test guest acks (MQ is added for more than one pair).
+pub const BASE_FEATURES: u64 = bit(VIRTIO_F_VERSION_1)
+    | bit(VIRTIO_NET_F_MAC)
+    | bit(VIRTIO_NET_F_MTU)
+    | bit(VIRTIO_NET_F_STATUS)
+    | bit(VIRTIO_NET_F_MRG_RXBUF)
+    | bit(VIRTIO_RING_F_EVENT_IDX)
+    | bit(VIRTIO_RING_F_INDIRECT_DESC);
+
+/// The vhost-user protocol features the daemon must offer.
+pub fn wanted_protocol() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+        | VhostUserProtocolFeatures::STATUS
+}
+
+/// vhost-user request codes used in raw messages.
+pub mod req {
+    /// GET_FEATURES.
+    pub const GET_FEATURES: u32 = 1;
+    /// SET_FEATURES.
+    pub const SET_FEATURES: u32 = 2;
+    /// SET_VRING_NUM.
+    pub const SET_VRING_NUM: u32 = 8;
+    /// GET_QUEUE_NUM.
+    pub const GET_QUEUE_NUM: u32 = 17;
+    /// SET_VRING_ENABLE.
+    pub const SET_VRING_ENABLE: u32 = 18;
+}
+
+/// Header flags: protocol version 1.
+pub const HDR_VERSION: u32 = 0x1;
+/// Header flags: this is a reply.
+pub const HDR_REPLY: u32 = 0x4;
+
+/// In which order the setup messages are sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetupOrder {
+    /// Features, memory, rings, then SET_VRING_ENABLE(1) per ring (QEMU >= 8, DPDK).
+    Standard,
+    /// QEMU 7.2: SET_VRING_ENABLE(1) for every ring right after SET_PROTOCOL_FEATURES,
+    /// before SET_FEATURES, without NEED_REPLY, never repeated. The `Frontend` refuses
+    /// to send it then, so these are raw messages.
+    Qemu72,
+}
+
+/// What the guest negotiates.
+#[derive(Clone, Debug)]
+pub struct GuestConfig {
+    /// Queue pairs.
+    pub pairs: usize,
+    /// Ring size.
+    pub queue_size: u16,
+    /// virtio features to ack (PROTOCOL_FEATURES, and MQ for >1 pair, are added).
+    pub features: u64,
+    /// Protocol features to ack (intersected with the offer).
+    pub protocol: VhostUserProtocolFeatures,
+    /// Regions sent in SET_MEM_TABLE (indices into `memory::REGIONS`).
+    pub mem_regions: Vec<usize>,
+    /// Setup message order.
+    pub order: SetupOrder,
+}
+
+impl Default for GuestConfig {
+    fn default() -> Self {
+        GuestConfig {
+            pairs: 1,
+            queue_size: 256,
+            features: BASE_FEATURES,
+            protocol: wanted_protocol(),
+            mem_regions: vec![0, 1],
+            order: SetupOrder::Standard,
+        }
+    }
+}
+
+/// One virtqueue of the guest with its eventfds.
+pub struct Vq {
+    /// vhost-user ring index.
+    pub index: usize,
+    /// The split ring.
+    pub ring: SplitRing,
+    /// Kick eventfd (guest -> device).
+    pub kick: EventFd,
+    /// Call eventfd (device -> guest).
+    pub call: EventFd,
+    /// Call signals consumed so far.
+    pub calls: u64,
+}
+
+impl Vq {
+    fn new(mem: &TestMemory, index: usize, size: u16) -> Vq {
+        Vq {
+            index,
+            ring: SplitRing::new(mem, 0, size),
+            kick: EventFd::new(EFD_NONBLOCK).expect("kick eventfd"),
+            call: EventFd::new(EFD_NONBLOCK).expect("call eventfd"),
+            calls: 0,
+        }
+    }
+
+    /// Consume a pending call signal without waiting; returns whether there was one.
+    pub fn take_call(&mut self) -> bool {
+        match self.call.read() {
+            Ok(n) => {
+                self.calls += n;
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            Err(e) => panic!("read call eventfd: {e}"),
+        }
+    }
+
+    /// Whether the device signalled the call eventfd since the counter was last reset
+    /// (consumes a pending signal).
+    pub fn was_called(&mut self) -> bool {
+        self.take_call();
+        self.calls > 0
+    }
+
+    /// Wait up to `timeout` for a call signal and consume it.
+    pub fn wait_call(&mut self, timeout: Duration) -> bool {
+        if self.take_call() {
+            return true;
+        }
+        let mut pfd = libc::pollfd {
+            fd: self.call.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: `pfd` is one live pollfd and the count passed is 1; result checked.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        rc > 0 && self.take_call()
+    }
+
+    /// Make posted chains visible; kick when the device asked for it (or always,
+    /// unless `honour_avail_event`).
+    pub fn publish(&mut self, mem: &TestMemory, honour_avail_event: bool) -> bool {
+        let need = self.ring.publish(mem);
+        if need || !honour_avail_event {
+            self.kick.write(1).expect("kick");
+        }
+        need
+    }
+
+    /// Wait up to `timeout` for at least `min` used entries (consuming calls on the
+    /// way, and re-arming used_event with EVENT_IDX).
+    pub fn wait_used(
+        &mut self,
+        mem: &TestMemory,
+        min: usize,
+        timeout: Duration,
+        log: &DaemonLog,
+    ) -> Vec<Used> {
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::new();
+        loop {
+            let index = self.index;
+            got.extend(
+                self.ring
+                    .take_used(mem, &|| format!(" (vring {index}){}", log.context())),
+            );
+            if got.len() >= min {
+                return got;
+            }
+            if self.ring.event_idx() {
+                // Ask for a call at the next used entry, then re-check (the race every
+                // driver closes this way).
+                self.ring.set_used_event(mem, self.ring.last_used());
+                if self.ring.has_used(mem) {
+                    continue;
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                panic!(
+                    "vring {}: waited {timeout:?} for {min} used entries, got {} \
+                     (used.idx {} in memory, {} chains still posted, {} calls seen){}",
+                    self.index,
+                    got.len(),
+                    self.ring.used_idx(mem),
+                    self.ring.in_flight(),
+                    self.calls,
+                    log.context()
+                );
+            }
+            self.wait_call((deadline - now).min(Duration::from_millis(200)));
+        }
+    }
+}
+
+/// An RX and a TX queue.
+pub struct QueuePair {
+    /// Receive queue (ring 2p).
+    pub rx: Vq,
+    /// Transmit queue (ring 2p+1).
+    pub tx: Vq,
+}
+
+/// A packet the device wrote into RX buffers.
+#[derive(Clone, Debug)]
+pub struct RxPacket {
+    /// The virtio-net header.
+    pub hdr: VnetHdr,
+    /// The frame after the header (gathered over every buffer).
+    pub frame: Vec<u8>,
+    /// Used entries (buffers) the packet took.
+    pub buffers: usize,
+}
+
+/// How a TX chain is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxLayout {
+    /// Header and frame in one descriptor.
+    Single,
+    /// Header descriptor (region 0), frame descriptor (next buffer region).
+    Split,
+    /// The split chain inside an indirect table.
+    Indirect,
+}
+
+/// How an RX chain is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RxLayout {
+    /// One writable descriptor.
+    Single,
+    /// A 12-byte header descriptor and a data descriptor in another region.
+    Split,
+}
+
+/// The vhost-user connection of a guest.
+pub struct Connection {
+    /// The `vhost` crate's frontend.
+    pub fe: Frontend,
+    /// The same socket, for raw messages.
+    raw: UnixStream,
+    /// Features the daemon offered.
+    pub offered: u64,
+    /// Protocol features the daemon offered.
+    pub protocol_offered: VhostUserProtocolFeatures,
+    /// Protocol features acked.
+    pub protocol: VhostUserProtocolFeatures,
+    /// GET_QUEUE_NUM's answer (0 when MQ was not negotiated).
+    pub queue_num: u64,
+    /// GET_MAX_MEM_SLOTS's answer (0 without CONFIGURE_MEM_SLOTS).
+    pub max_mem_slots: u64,
+}
+
+impl Connection {
+    /// Write one raw message: header (`request`, `flags`, `size`) then `body`.
+    pub fn send_raw(&mut self, request: u32, flags: u32, size: u32, body: &[u8]) {
+        let mut msg = Vec::with_capacity(12 + body.len());
+        msg.extend_from_slice(&request.to_le_bytes());
+        msg.extend_from_slice(&flags.to_le_bytes());
+        msg.extend_from_slice(&size.to_le_bytes());
+        msg.extend_from_slice(body);
+        self.raw
+            .write_all(&msg)
+            .expect("write a raw vhost-user message");
+    }
+
+    /// Read one raw reply: (request, flags, body).
+    pub fn recv_raw(&mut self) -> (u32, u32, Vec<u8>) {
+        let mut hdr = [0u8; 12];
+        self.raw
+            .read_exact(&mut hdr)
+            .expect("read a vhost-user reply header");
+        let u = |i: usize| u32::from_le_bytes(hdr[i..i + 4].try_into().expect("4 bytes"));
+        let mut body = vec![0u8; usize::try_from(u(8)).expect("fits")];
+        self.raw
+            .read_exact(&mut body)
+            .expect("read a vhost-user reply body");
+        (u(0), u(4), body)
+    }
+
+    /// A request answered with a u64, sent raw (leaves the `Frontend`'s state alone).
+    pub fn request_u64(&mut self, request: u32) -> u64 {
+        self.send_raw(request, HDR_VERSION, 0, &[]);
+        let (code, flags, body) = self.recv_raw();
+        assert_eq!(code, request, "reply to the wrong request");
+        assert!(flags & HDR_REPLY != 0, "reply without the reply flag");
+        assert_eq!(body.len(), 8, "u64 reply of {} bytes", body.len());
+        u64::from_le_bytes(body[..8].try_into().expect("8 bytes"))
+    }
+
+    /// SET_VRING_ENABLE as a raw message without NEED_REPLY.
+    pub fn raw_vring_enable(&mut self, index: u32, enable: bool) {
+        let mut body = Vec::new();
+        body.extend_from_slice(&index.to_le_bytes());
+        body.extend_from_slice(&u32::from(enable).to_le_bytes());
+        self.send_raw(req::SET_VRING_ENABLE, HDR_VERSION, 8, &body);
+    }
+
+    /// Whether the daemon closed the connection within `timeout`.
+    pub fn wait_closed(&mut self, timeout: Duration) -> bool {
+        self.raw
+            .set_read_timeout(Some(timeout))
+            .expect("socket timeout");
+        let mut b = [0u8; 256];
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.raw.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+        }
+    }
+
+    /// The virtio-net config space (12 bytes: mac, status, max pairs, mtu).
+    pub fn net_config(&mut self) -> Vec<u8> {
+        let (_, payload) = self
+            .fe
+            .get_config(0, 12, VhostUserConfigFlags::WRITABLE, &[0u8; 12])
+            .expect("GET_CONFIG");
+        payload
+    }
+}
+
+/// The guest: memory, queue pairs, negotiated state.
+pub struct Guest {
+    /// Guest memory.
+    pub mem: TestMemory,
+    /// Queue pairs.
+    pub pairs: Vec<QueuePair>,
+    /// Configuration.
+    pub cfg: GuestConfig,
+    /// Features acked in the last setup.
+    pub acked: u64,
+    /// Regions new buffers are placed in (round robin): those the daemon knows.
+    pub buf_regions: Vec<usize>,
+    /// Kick only when avail_event / NO_NOTIFY asks for it (what a real driver does).
+    pub honour_avail_event: bool,
+    rr: usize,
+    rx_pending: Vec<VecDeque<Used>>,
+    log: DaemonLog,
+}
+
+/// Read the `len` bytes the device wrote into the writable buffers `bufs`.
+pub fn read_written(mem: &TestMemory, bufs: &[Buf], len: u32) -> Vec<u8> {
+    let mut left = usize::try_from(len).expect("fits");
+    let mut out = Vec::with_capacity(left);
+    for b in bufs.iter().filter(|b| b.write) {
+        if left == 0 {
+            break;
+        }
+        let n = left.min(usize::try_from(b.len).expect("fits"));
+        out.extend(mem.read(b.addr, n));
+        left -= n;
+    }
+    out
+}
+
+impl Guest {
+    /// Memory and rings (all rings in region 0).
+    pub fn new(cfg: GuestConfig) -> Guest {
+        let mem = TestMemory::new();
+        let pairs = (0..cfg.pairs)
+            .map(|p| QueuePair {
+                rx: Vq::new(&mem, 2 * p, cfg.queue_size),
+                tx: Vq::new(&mem, 2 * p + 1, cfg.queue_size),
+            })
+            .collect();
+        Guest {
+            mem,
+            pairs,
+            buf_regions: cfg.mem_regions.clone(),
+            rx_pending: (0..cfg.pairs).map(|_| VecDeque::new()).collect(),
+            cfg,
+            acked: 0,
+            honour_avail_event: false,
+            rr: 0,
+            log: DaemonLog::default(),
+        }
+    }
+
+    /// The daemon's stderr so far, for failure messages.
+    pub fn log(&self) -> &DaemonLog {
+        &self.log
+    }
+
+    /// Whether feature `n` was acked.
+    pub fn has(&self, n: u32) -> bool {
+        self.acked & bit(n) != 0
+    }
+
+    fn vrings(&self) -> usize {
+        2 * self.pairs.len()
+    }
+
+    fn vq(&self, ring: usize) -> &Vq {
+        let p = &self.pairs[ring / 2];
+        if ring % 2 == 0 {
+            &p.rx
+        } else {
+            &p.tx
+        }
+    }
+
+    /// Connect to `daemon` and run the whole setup (memory table, every ring with
+    /// SET_VRING_BASE = the used index in guest memory, as QEMU replays it).
+    pub fn attach(&mut self, daemon: &mut Daemon) -> Connection {
+        let stream = daemon.connect(TIMEOUT);
+        self.log = daemon.log();
+        self.attach_stream(stream)
+    }
+
+    /// Run the setup on an already connected socket.
+    pub fn attach_stream(&mut self, stream: UnixStream) -> Connection {
+        stream
+            .set_read_timeout(Some(TIMEOUT))
+            .expect("socket read timeout");
+        stream
+            .set_write_timeout(Some(TIMEOUT))
+            .expect("socket write timeout");
+        let raw = stream.try_clone().expect("clone the socket");
+        let nrings = u64::try_from(self.vrings()).expect("fits");
+        let mut conn = Connection {
+            fe: Frontend::from_stream(stream, nrings),
+            raw,
+            offered: 0,
+            protocol_offered: VhostUserProtocolFeatures::empty(),
+            protocol: VhostUserProtocolFeatures::empty(),
+            queue_num: 0,
+            max_mem_slots: 0,
+        };
+        let ctx = self.log.clone();
+        let fail = |what: &str, e: &dyn std::fmt::Debug| -> ! {
+            panic!("vhost-user setup: {what} failed: {e:?}{}", ctx.context())
+        };
+        conn.fe
+            .set_owner()
+            .unwrap_or_else(|e| fail("SET_OWNER", &e));
+        conn.offered = conn
+            .fe
+            .get_features()
+            .unwrap_or_else(|e| fail("GET_FEATURES", &e));
+        let mut want = self.cfg.features | bit(VHOST_USER_F_PROTOCOL_FEATURES);
+        if self.pairs.len() > 1 {
+            want |= bit(VIRTIO_NET_F_MQ);
+        }
+        let missing = want & !conn.offered;
+        assert_eq!(
+            missing, 0,
+            "daemon does not offer features {missing:#x} (offered {:#x})",
+            conn.offered
+        );
+        conn.protocol_offered = conn
+            .fe
+            .get_protocol_features()
+            .unwrap_or_else(|e| fail("GET_PROTOCOL_FEATURES", &e));
+        conn.protocol = conn.protocol_offered & self.cfg.protocol;
+        conn.fe
+            .set_protocol_features(conn.protocol)
+            .unwrap_or_else(|e| fail("SET_PROTOCOL_FEATURES", &e));
+        if conn.protocol.contains(VhostUserProtocolFeatures::MQ) {
+            conn.queue_num = conn.request_u64(req::GET_QUEUE_NUM);
+        }
+        if conn
+            .protocol
+            .contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
+        {
+            conn.max_mem_slots = conn
+                .fe
+                .get_max_mem_slots()
+                .unwrap_or_else(|e| fail("GET_MAX_MEM_SLOTS", &e));
+        }
+        if self.cfg.order == SetupOrder::Qemu72 {
+            for i in 0..self.vrings() {
+                conn.raw_vring_enable(u32::try_from(i).expect("fits"), true);
+            }
+        }
+        if conn.protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            // Every later message waits for the daemon's ack: when a call returns, the
+            // daemon has applied it.
+            conn.fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
+        conn.fe
+            .set_features(want)
+            .unwrap_or_else(|e| fail("SET_FEATURES", &e));
+        self.acked = want;
+        let regions: Vec<_> = self
+            .cfg
+            .mem_regions
+            .iter()
+            .map(|&i| self.mem.region_info(i))
+            .collect();
+        conn.fe
+            .set_mem_table(&regions)
+            .unwrap_or_else(|e| fail("SET_MEM_TABLE", &e));
+        let event_idx = self.has(VIRTIO_RING_F_EVENT_IDX);
+        for i in 0..self.vrings() {
+            let vq = self.vq(i);
+            let base = vq.ring.used_idx(&self.mem);
+            conn.fe
+                .set_vring_num(i, vq.ring.size())
+                .unwrap_or_else(|e| fail("SET_VRING_NUM", &e));
+            conn.fe
+                .set_vring_base(i, base)
+                .unwrap_or_else(|e| fail("SET_VRING_BASE", &e));
+            conn.fe
+                .set_vring_addr(i, &vq.ring.config_data(&self.mem))
+                .unwrap_or_else(|e| fail("SET_VRING_ADDR", &e));
+            conn.fe
+                .set_vring_kick(i, &vq.kick)
+                .unwrap_or_else(|e| fail("SET_VRING_KICK", &e));
+            conn.fe
+                .set_vring_call(i, &vq.call)
+                .unwrap_or_else(|e| fail("SET_VRING_CALL", &e));
+        }
+        for p in &mut self.pairs {
+            p.rx.ring.set_event_idx(event_idx);
+            p.tx.ring.set_event_idx(event_idx);
+        }
+        if self.cfg.order == SetupOrder::Standard {
+            for i in 0..self.vrings() {
+                conn.fe
+                    .set_vring_enable(i, true)
+                    .unwrap_or_else(|e| fail("SET_VRING_ENABLE", &e));
+            }
+        }
+        conn
+    }
+
+    fn next_region(&mut self) -> usize {
+        let r = self.buf_regions[self.rr % self.buf_regions.len()];
+        self.rr += 1;
+        r
+    }
+
+    /// Add (not publish) a TX chain carrying `hdr` + `frame`; returns its head.
+    pub fn add_tx(&mut self, pair: usize, hdr: VnetHdr, frame: &[u8], layout: TxLayout) -> u16 {
+        let hdr_bytes = hdr.to_bytes();
+        let layout = if layout == TxLayout::Indirect && !self.has(VIRTIO_RING_F_INDIRECT_DESC) {
+            TxLayout::Split
+        } else {
+            layout
+        };
+        match layout {
+            TxLayout::Single => {
+                let r = self.next_region();
+                let len = VNET_HDR_LEN + frame.len();
+                let a = self.mem.alloc(r, u64::try_from(len).expect("fits"), 64);
+                self.mem.write(a.0, &hdr_bytes);
+                self.mem.write(a.0 + 12, frame);
+                let bufs = [Buf::ro(a, len)];
+                self.pairs[pair].tx.ring.add_chain(&self.mem, &bufs)
+            }
+            TxLayout::Split | TxLayout::Indirect => {
+                let h = self.mem.alloc(self.buf_regions[0], 12, 16);
+                self.mem.write(h.0, &hdr_bytes);
+                let r = self.next_region();
+                let f = self
+                    .mem
+                    .alloc(r, u64::try_from(frame.len()).expect("fits"), 64);
+                self.mem.write(f.0, frame);
+                let bufs = [Buf::ro(h, VNET_HDR_LEN), Buf::ro(f, frame.len())];
+                if layout == TxLayout::Split {
+                    self.pairs[pair].tx.ring.add_chain(&self.mem, &bufs)
+                } else {
+                    let t = self.mem.alloc(self.buf_regions[0], 32, 16);
+                    self.pairs[pair].tx.ring.add_indirect(&self.mem, t, &bufs)
+                }
+            }
+        }
+    }
+
+    /// Publish the TX ring of `pair` and kick it.
+    pub fn kick_tx(&mut self, pair: usize) {
+        let honour = self.honour_avail_event;
+        self.pairs[pair].tx.publish(&self.mem, honour);
+    }
+
+    /// Publish the RX ring of `pair` and kick it.
+    pub fn kick_rx(&mut self, pair: usize) {
+        let honour = self.honour_avail_event;
+        self.pairs[pair].rx.publish(&self.mem, honour);
+    }
+
+    /// Send `frames` on `pair` (plain header; layouts rotate over single, split and
+    /// indirect chains) and kick once.
+    pub fn send(&mut self, pair: usize, frames: &[Vec<u8>]) {
+        const LAYOUTS: [TxLayout; 3] = [TxLayout::Split, TxLayout::Single, TxLayout::Indirect];
+        for (i, f) in frames.iter().enumerate() {
+            self.add_tx(pair, VnetHdr::default(), f, LAYOUTS[i % LAYOUTS.len()]);
+        }
+        self.kick_tx(pair);
+    }
+
+    /// Wait for `n` TX chains of `pair` to come back; returns them.
+    pub fn wait_tx(&mut self, pair: usize, n: usize) -> Vec<Used> {
+        self.pairs[pair]
+            .tx
+            .wait_used(&self.mem, n, TIMEOUT, &self.log)
+    }
+
+    /// Post `count` RX buffers of `len` bytes on `pair` (layouts alternate single and
+    /// split, regions rotate), then publish and kick.
+    pub fn post_rx(&mut self, pair: usize, count: usize, len: usize) {
+        for i in 0..count {
+            let layout = if i % 2 == 0 {
+                RxLayout::Single
+            } else {
+                RxLayout::Split
+            };
+            self.add_rx(pair, len, layout);
+        }
+        self.kick_rx(pair);
+    }
+
+    /// Add (not publish) one RX chain of `len` bytes in total.
+    pub fn add_rx(&mut self, pair: usize, len: usize, layout: RxLayout) -> u16 {
+        let bufs = match layout {
+            RxLayout::Single => {
+                let r = self.next_region();
+                let a = self.mem.alloc(r, u64::try_from(len).expect("fits"), 64);
+                vec![Buf::wo(a, len)]
+            }
+            RxLayout::Split => {
+                assert!(len > VNET_HDR_LEN, "split RX buffer larger than the header");
+                let h = self.mem.alloc(self.buf_regions[0], 12, 16);
+                let r = self.next_region();
+                let d = self
+                    .mem
+                    .alloc(r, u64::try_from(len - VNET_HDR_LEN).expect("fits"), 64);
+                vec![Buf::wo(h, VNET_HDR_LEN), Buf::wo(d, len - VNET_HDR_LEN)]
+            }
+        };
+        self.pairs[pair].rx.ring.add_chain(&self.mem, &bufs)
+    }
+
+    /// Receive `n` packets on `pair` within `timeout`, gathering MRG_RXBUF buffers.
+    pub fn recv(&mut self, pair: usize, n: usize, timeout: Duration) -> Vec<RxPacket> {
+        let deadline = Instant::now() + timeout;
+        let mrg = self.has(VIRTIO_NET_F_MRG_RXBUF);
+        let mut out = Vec::new();
+        while out.len() < n {
+            if let Some(p) = self.parse_rx(pair, mrg) {
+                out.push(p);
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                panic!(
+                    "pair {pair}: received {} of {n} packets within {timeout:?} \
+                     ({} buffers of a partial packet held){}",
+                    out.len(),
+                    self.rx_pending[pair].len(),
+                    self.log.context()
+                );
+            }
+            let more = self.pairs[pair].rx.wait_used(&self.mem, 1, left, &self.log);
+            self.rx_pending[pair].extend(more);
+        }
+        out
+    }
+
+    /// Assemble one packet from the pending used RX entries of `pair`, if complete.
+    fn parse_rx(&mut self, pair: usize, mrg: bool) -> Option<RxPacket> {
+        let pending = &mut self.rx_pending[pair];
+        let first = pending.front()?;
+        let cap: u64 = first
+            .bufs
+            .iter()
+            .filter(|b| b.write)
+            .map(|b| u64::from(b.len))
+            .sum();
+        assert!(
+            u64::from(first.len) <= cap,
+            "device bug: used len {} exceeds the {cap}-byte buffer{}",
+            first.len,
+            self.log.context()
+        );
+        assert!(
+            usize::try_from(first.len).expect("fits") >= VNET_HDR_LEN,
+            "device bug: RX used len {} is shorter than the virtio-net header{}",
+            first.len,
+            self.log.context()
+        );
+        let bytes = read_written(&self.mem, &first.bufs, first.len);
+        let hdr = VnetHdr::from_bytes(&bytes);
+        let count = if mrg { usize::from(hdr.num_buffers) } else { 1 };
+        assert!(
+            count >= 1,
+            "device bug: num_buffers is 0 with MRG_RXBUF{}",
+            self.log.context()
+        );
+        if pending.len() < count {
+            return None;
+        }
+        let mut frame = bytes[VNET_HDR_LEN..].to_vec();
+        pending.pop_front();
+        for _ in 1..count {
+            let u = pending.pop_front().expect("counted");
+            frame.extend(read_written(&self.mem, &u.bufs, u.len));
+        }
+        Some(RxPacket {
+            hdr,
+            frame,
+            buffers: count,
+        })
+    }
+
+    /// Send `frames` on `pair` and expect them back on the same pair's RX ring in order,
+    /// byte for byte (loopback uplink). Posts the RX buffers it needs.
+    pub fn loopback_roundtrip(&mut self, pair: usize, frames: &[Vec<u8>]) {
+        self.post_rx(pair, frames.len(), 2048);
+        self.send(pair, frames);
+        let got = self.recv(pair, frames.len(), TIMEOUT);
+        for (i, (g, want)) in got.iter().zip(frames).enumerate() {
+            if g.frame != *want {
+                panic!(
+                    "pair {pair}: looped-back frame {i} differs: {}{}",
+                    super::packet::first_difference(&g.frame, want),
+                    self.log.context()
+                );
+            }
+        }
+        self.wait_tx(pair, frames.len());
+    }
+}

@@ -1,0 +1,72 @@
+//! Integration-test harness shared by every test crate in `tests/`.
+//!
+//! Module map:
+//! - [`memory`]: memfd-backed guest memory, several regions of ONE memfd at different
+//!   file offsets (as QEMU sends them), with a bump allocator per region.
+//! - [`ring`]: the driver side of a split virtqueue: descriptor table, avail and used
+//!   rings in guest memory, direct / indirect / raw (hostile) chains, EVENT_IDX.
+//! - [`guest`]: a virtio-net "guest": queue pairs, eventfds, the vhost-user setup
+//!   through `vhost::vhost_user::Frontend` (plus raw messages where the `Frontend` API
+//!   refuses an order QEMU really sends), TX sending and RX receiving.
+//! - [`daemon`]: the real `vhost-netmem` binary as a child process (optionally inside a
+//!   network namespace), killed by PID on drop, stderr captured for failure messages.
+//! - [`stats`]: the daemon's `--stats-file` JSON.
+//! - [`netns`]: network namespaces created and deleted by the tests, AF_PACKET sockets
+//!   opened inside them.
+//! - [`packet`]: Ethernet / IPv4 / TCP frame builders and payload patterns.
+//!
+//! Every wait in this harness has a deadline and fails with a message that says what
+//! was expected, what was seen, and what the daemon printed.
+
+// Each test crate compiles this module and uses a different subset of it.
+#![allow(dead_code)]
+
+pub mod daemon;
+pub mod guest;
+pub mod memory;
+pub mod netns;
+pub mod packet;
+pub mod ring;
+pub mod stats;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// Default deadline for anything the daemon should do "now".
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Deadline for a counter in the stats file (rewritten every second).
+pub const STATS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A name unique to this test process and call: `{prefix}-{pid}-{n}`.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Whether the tests run as root (network namespaces and TAP devices need it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// For a privileged test: returns `false` (after printing why) when the test cannot run
+/// here. Set `VNM_REQUIRE_PRIVILEGED=1` (CI) to turn the skip into a failure.
+pub fn privileged(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    let reason = format!(
+        "{test}: needs root (network namespaces, TAP devices, AF_PACKET); \
+         run the suite as root to exercise it"
+    );
+    if std::env::var_os("VNM_REQUIRE_PRIVILEGED").is_some_and(|v| v == "1") {
+        panic!("{reason} (VNM_REQUIRE_PRIVILEGED=1)");
+    }
+    eprintln!("SKIPPED {reason}");
+    false
+}

@@ -1,0 +1,79 @@
+//! The daemon's `--stats-file`: `{"total": {...}, "queues": [{...}, ...]}`.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+/// One parsed stats document.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    doc: Value,
+}
+
+impl Stats {
+    /// Read and parse the file; `None` while it does not exist yet or is incomplete.
+    pub fn read(path: &Path) -> Option<Stats> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let doc: Value = serde_json::from_str(&text).ok()?;
+        Some(Stats { doc })
+    }
+
+    fn counter(obj: &Value, name: &str, what: &str) -> u64 {
+        match obj.get(name).and_then(Value::as_u64) {
+            Some(v) => v,
+            None => panic!("stats file: {what} has no counter {name:?}: {obj}"),
+        }
+    }
+
+    /// Counter `name` of queue pair `pair`.
+    pub fn queue(&self, pair: usize, name: &str) -> u64 {
+        let queues = self
+            .doc
+            .get("queues")
+            .and_then(Value::as_array)
+            .unwrap_or_else(|| panic!("stats file has no \"queues\" array: {}", self.doc));
+        let q = queues.get(pair).unwrap_or_else(|| {
+            panic!(
+                "stats file has {} queue entries, wanted pair {pair}",
+                queues.len()
+            )
+        });
+        Self::counter(q, name, &format!("queue {pair}"))
+    }
+
+    /// Counter `name` of the aggregate.
+    pub fn total(&self, name: &str) -> u64 {
+        let t = self
+            .doc
+            .get("total")
+            .unwrap_or_else(|| panic!("stats file has no \"total\": {}", self.doc));
+        Self::counter(t, name, "total")
+    }
+
+    /// Number of queue pairs listed.
+    pub fn pairs(&self) -> usize {
+        self.doc
+            .get("queues")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len)
+    }
+
+    /// Every counter of pair `pair` whose name contains `_drop_`, with its value.
+    pub fn drops(&self, pair: usize) -> Vec<(String, u64)> {
+        let q = &self.doc["queues"][pair];
+        q.as_object()
+            .map(|m| {
+                m.iter()
+                    .filter(|(k, _)| k.contains("_drop_"))
+                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.doc)
+    }
+}
