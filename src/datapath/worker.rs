@@ -59,6 +59,8 @@ pub struct WorkerSpec {
     pub metrics: Arc<QueueMetrics>,
     /// This pair's uplink queue.
     pub uplink: Box<dyn UplinkQueue>,
+    /// Busy-poll budget after the last packet (None: sleep at once).
+    pub busy_poll: Option<std::time::Duration>,
 }
 
 /// What a stopped worker hands back.
@@ -179,6 +181,7 @@ fn run(spec: WorkerSpec, exit: EventFd) -> WorkerState {
         memory,
         metrics,
         mut uplink,
+        busy_poll,
     } = spec;
     let mut rx_ring = make_ring(rx, max_queue_size, pair, "RX");
     let mut tx_ring = make_ring(tx, max_queue_size, pair, "TX");
@@ -204,7 +207,10 @@ fn run(spec: WorkerSpec, exit: EventFd) -> WorkerState {
         let mut need_rx = rx_ring.is_some();
         let mut need_tx = tx_ring.is_some();
         let mut events = vec![epoll::Event::new(epoll::Events::empty(), 0); 8];
+        let moved = |m: &QueueMetrics| m.tx_packets.get() + m.rx_packets.get();
+        let mut last_work = std::time::Instant::now();
         loop {
+            let before = moved(m);
             // Work until nothing is left, then sleep.
             while (need_tx && !tx_blocked) || (need_rx && rx_armed) {
                 let map = memory.load();
@@ -236,7 +242,21 @@ fn run(spec: WorkerSpec, exit: EventFd) -> WorkerState {
                 }
             }
             poller.set_uplink(rx_armed && rx_ring.is_some(), tx_blocked)?;
-            let n = match epoll::wait(poller.epfd, -1, &mut events) {
+            // Busy-poll: keep looking at the rings without sleeping for a while after
+            // the last packet moved.
+            let now = std::time::Instant::now();
+            if moved(m) != before {
+                last_work = now;
+            }
+            let timeout = match busy_poll {
+                Some(budget) if now.duration_since(last_work) < budget => {
+                    need_tx = tx_ring.is_some();
+                    need_rx = rx_ring.is_some() && rx_armed;
+                    0
+                }
+                _ => -1,
+            };
+            let n = match epoll::wait(poller.epfd, timeout, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),

@@ -189,6 +189,7 @@ impl NetBackend {
             memory: Arc::clone(&self.memory),
             metrics: self.metrics.queue(pair),
             uplink,
+            busy_poll: self.config.busy_poll,
         };
         match PairWorker::spawn(spec) {
             Ok(w) => self.workers[pair] = Some(w),

@@ -148,3 +148,112 @@ impl ChainWalker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TABLE: u64 = 0x1000;
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    }
+
+    fn put(m: &GuestMemoryMmap, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let mut raw = [0u8; 16];
+        raw[0..8].copy_from_slice(&addr.to_le_bytes());
+        raw[8..12].copy_from_slice(&len.to_le_bytes());
+        raw[12..14].copy_from_slice(&flags.to_le_bytes());
+        raw[14..16].copy_from_slice(&next.to_le_bytes());
+        m.write_obj(raw, GuestAddress(table + u64::from(i) * 16))
+            .unwrap();
+    }
+
+    fn walker() -> ChainWalker {
+        ChainWalker {
+            desc_table: TABLE,
+            queue_size: 16,
+            indirect: true,
+        }
+    }
+
+    fn walk(m: &GuestMemoryMmap, head: u16) -> Result<Segments, ChainError> {
+        let mut out = Segments::new();
+        walker().walk(m, head, &mut out).map(|()| out)
+    }
+
+    #[test]
+    fn direct_chain() {
+        let m = mem();
+        put(&m, TABLE, 0, 0x8000, 12, VRING_DESC_F_NEXT, 3);
+        put(&m, TABLE, 3, 0x9000, 100, VRING_DESC_F_WRITE, 0);
+        let s = walk(&m, 0).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!((s[1].gpa, s[1].len, s[1].write), (0x9000, 100, true));
+    }
+
+    #[test]
+    fn indirect_chain() {
+        let m = mem();
+        put(&m, TABLE, 0, 0x4000, 32, VRING_DESC_F_INDIRECT, 0);
+        put(&m, 0x4000, 0, 0x8000, 10, VRING_DESC_F_NEXT, 1);
+        put(&m, 0x4000, 1, 0x9000, 20, 0, 0);
+        assert_eq!(walk(&m, 0).unwrap().len(), 2);
+        let no_indirect = ChainWalker {
+            indirect: false,
+            ..walker()
+        };
+        let mut out = Segments::new();
+        assert_eq!(
+            no_indirect.walk(&m, 0, &mut out),
+            Err(ChainError::BadIndirect)
+        );
+    }
+
+    #[test]
+    fn hostile_chains_are_named() {
+        let m = mem();
+        // A loop.
+        put(&m, TABLE, 0, 0x8000, 10, VRING_DESC_F_NEXT, 1);
+        put(&m, TABLE, 1, 0x8000, 10, VRING_DESC_F_NEXT, 0);
+        assert_eq!(walk(&m, 0), Err(ChainError::TooLong(16)));
+        // A next index beyond the table.
+        put(&m, TABLE, 2, 0x8000, 10, VRING_DESC_F_NEXT, 99);
+        assert_eq!(walk(&m, 2), Err(ChainError::IndexOutOfRange(99)));
+        assert_eq!(walk(&m, 16), Err(ChainError::IndexOutOfRange(16)));
+        // Wrapping and zero-length buffers.
+        put(&m, TABLE, 3, u64::MAX - 4, 10, 0, 0);
+        assert_eq!(
+            walk(&m, 3),
+            Err(ChainError::Wraps {
+                gpa: u64::MAX - 4,
+                len: 10
+            })
+        );
+        put(&m, TABLE, 4, 0x8000, 0, 0, 0);
+        assert_eq!(walk(&m, 4), Err(ChainError::ZeroLength));
+        // Indirect inside indirect, and an indirect table outside memory.
+        put(&m, TABLE, 5, 0x4000, 16, VRING_DESC_F_INDIRECT, 0);
+        put(&m, 0x4000, 0, 0x5000, 16, VRING_DESC_F_INDIRECT, 0);
+        assert_eq!(walk(&m, 5), Err(ChainError::BadIndirect));
+        put(&m, TABLE, 6, 0x1000_0000, 16, VRING_DESC_F_INDIRECT, 0);
+        assert_eq!(
+            walk(&m, 6),
+            Err(ChainError::TableOutsideMemory(0x1000_0000))
+        );
+    }
+
+    #[test]
+    fn table_outside_memory() {
+        let m = mem();
+        let w = ChainWalker {
+            desc_table: 0x2000_0000,
+            ..walker()
+        };
+        let mut out = Segments::new();
+        assert_eq!(
+            w.walk(&m, 0, &mut out),
+            Err(ChainError::TableOutsideMemory(0x2000_0000))
+        );
+    }
+}
