@@ -359,6 +359,10 @@ impl SharedPageMap {
             return Err(PageMapError::TooManyRegions(MAX_REGIONS));
         }
         regions.sort_by_key(|r| r.pages.gpa);
+        if regions.is_empty() {
+            self.current.store(Arc::new(GuestPageMap::default()));
+            return Ok(());
+        }
         let mem = GuestMemoryMmap::from_arc_regions(
             regions.iter().map(|r| Arc::clone(&r.region)).collect(),
         )?;
@@ -374,8 +378,11 @@ impl SharedPageMap {
             .map(|s| self.map_region(s))
             .collect::<Result<Vec<_>, _>>()?;
         self.publish(regions)?;
-        for r in old.regions() {
-            self.retire(Arc::clone(&r.pages));
+        let old_pages: Vec<Arc<RegionPages>> =
+            old.regions().iter().map(|r| Arc::clone(&r.pages)).collect();
+        drop(old);
+        for pages in old_pages {
+            self.retire(pages);
         }
         Ok(())
     }
@@ -558,6 +565,16 @@ mod tests {
             shared.remove_region(0x10_0000, 0x20_0000),
             Err(PageMapError::NoSuchRegion { .. })
         ));
+    }
+
+    #[test]
+    fn replacing_the_table_does_not_wait_for_unused_regions() {
+        let shared = two_regions();
+        let t0 = Instant::now();
+        shared.clear();
+        assert!(t0.elapsed() < REMOVE_WAIT);
+        assert_eq!(shared.retired_regions(), 0);
+        assert!(shared.load().regions().is_empty());
     }
 
     #[test]

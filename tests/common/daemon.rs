@@ -190,6 +190,22 @@ impl Daemon {
         }
     }
 
+    /// Wait until the socket file exists (the daemon has bound and listens) without
+    /// connecting to it.
+    pub fn wait_socket_file(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.socket.exists() {
+            self.assert_running("before creating its socket");
+            if Instant::now() >= deadline {
+                self.fail(&format!(
+                    "no socket file {} within {timeout:?}",
+                    self.socket.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The current stats file, if written.
     pub fn stats(&self) -> Option<Stats> {
         Stats::read(&self.stats_file)

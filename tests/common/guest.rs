@@ -183,9 +183,10 @@ impl Vq {
         need
     }
 
-    /// Wait up to `timeout` for at least `min` used entries (consuming calls on the
-    /// way, and re-arming used_event with EVENT_IDX).
-    pub fn wait_used(
+    /// Collect used entries until there are at least `min` or `timeout` passed
+    /// (consuming calls on the way, and re-arming used_event with EVENT_IDX, as a
+    /// driver does before it sleeps). May return fewer than `min`.
+    pub fn collect_used(
         &mut self,
         mem: &TestMemory,
         min: usize,
@@ -213,18 +214,65 @@ impl Vq {
             }
             let now = Instant::now();
             if now >= deadline {
+                return got;
+            }
+            self.wait_call((deadline - now).min(Duration::from_millis(200)));
+        }
+    }
+
+    /// [`Self::collect_used`], failing unless `min` entries arrive within `timeout`.
+    pub fn wait_used(
+        &mut self,
+        mem: &TestMemory,
+        min: usize,
+        timeout: Duration,
+        log: &DaemonLog,
+    ) -> Vec<Used> {
+        let got = self.collect_used(mem, min, timeout, log);
+        if got.len() < min {
+            panic!(
+                "vring {}: waited {timeout:?} for {min} used entries, got {} \
+                 (used.idx {} in memory, {} chains still posted, {} calls seen){}",
+                self.index,
+                got.len(),
+                self.ring.used_idx(mem),
+                self.ring.in_flight(),
+                self.calls,
+                log.context()
+            );
+        }
+        got
+    }
+
+    /// Poll the used ring (no used_event re-arming, no call consumed) until `min`
+    /// entries arrived; fails after `timeout`.
+    pub fn poll_used(
+        &mut self,
+        mem: &TestMemory,
+        min: usize,
+        timeout: Duration,
+        log: &DaemonLog,
+    ) -> Vec<Used> {
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::new();
+        loop {
+            let index = self.index;
+            got.extend(
+                self.ring
+                    .take_used(mem, &|| format!(" (vring {index}){}", log.context())),
+            );
+            if got.len() >= min {
+                return got;
+            }
+            if Instant::now() >= deadline {
                 panic!(
-                    "vring {}: waited {timeout:?} for {min} used entries, got {} \
-                     (used.idx {} in memory, {} chains still posted, {} calls seen){}",
+                    "vring {}: polled {timeout:?} for {min} used entries, got {}{}",
                     self.index,
                     got.len(),
-                    self.ring.used_idx(mem),
-                    self.ring.in_flight(),
-                    self.calls,
                     log.context()
                 );
             }
-            self.wait_call((deadline - now).min(Duration::from_millis(200)));
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 }
@@ -235,6 +283,14 @@ pub struct QueuePair {
     pub rx: Vq,
     /// Transmit queue (ring 2p+1).
     pub tx: Vq,
+}
+
+impl QueuePair {
+    /// Both queues, TX first.
+    pub fn both(&mut self) -> [&mut Vq; 2] {
+        let QueuePair { rx, tx } = self;
+        [tx, rx]
+    }
 }
 
 /// A packet the device wrote into RX buffers.
@@ -675,6 +731,21 @@ impl Guest {
 
     /// Receive `n` packets on `pair` within `timeout`, gathering MRG_RXBUF buffers.
     pub fn recv(&mut self, pair: usize, n: usize, timeout: Duration) -> Vec<RxPacket> {
+        let got = self.recv_until(pair, n, timeout);
+        if got.len() < n {
+            panic!(
+                "pair {pair}: received {} of {n} packets within {timeout:?} \
+                 ({} buffers of a partial packet held){}",
+                got.len(),
+                self.rx_pending[pair].len(),
+                self.log.context()
+            );
+        }
+        got
+    }
+
+    /// Receive up to `n` packets on `pair`, waiting at most `timeout`.
+    pub fn recv_until(&mut self, pair: usize, n: usize, timeout: Duration) -> Vec<RxPacket> {
         let deadline = Instant::now() + timeout;
         let mrg = self.has(VIRTIO_NET_F_MRG_RXBUF);
         let mut out = Vec::new();
@@ -685,18 +756,38 @@ impl Guest {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                panic!(
-                    "pair {pair}: received {} of {n} packets within {timeout:?} \
-                     ({} buffers of a partial packet held){}",
-                    out.len(),
-                    self.rx_pending[pair].len(),
-                    self.log.context()
-                );
+                break;
             }
-            let more = self.pairs[pair].rx.wait_used(&self.mem, 1, left, &self.log);
+            let more = self.pairs[pair]
+                .rx
+                .collect_used(&self.mem, 1, left, &self.log);
             self.rx_pending[pair].extend(more);
         }
         out
+    }
+
+    /// Wait for `n` raw used entries on the RX ring of `pair` (not parsed as packets).
+    pub fn wait_rx_used(&mut self, pair: usize, n: usize) -> Vec<Used> {
+        self.pairs[pair]
+            .rx
+            .wait_used(&self.mem, n, TIMEOUT, &self.log)
+    }
+
+    /// Poll (without re-arming used_event or consuming calls) until `n` TX chains of
+    /// `pair` came back.
+    pub fn poll_tx(&mut self, pair: usize, n: usize) -> Vec<Used> {
+        self.pairs[pair]
+            .tx
+            .poll_used(&self.mem, n, TIMEOUT, &self.log)
+    }
+
+    /// Poll (without re-arming used_event) until `n` RX used entries arrived on `pair`;
+    /// they are then parsed by [`Self::recv`].
+    pub fn poll_rx(&mut self, pair: usize, n: usize) {
+        let more = self.pairs[pair]
+            .rx
+            .poll_used(&self.mem, n, TIMEOUT, &self.log);
+        self.rx_pending[pair].extend(more);
     }
 
     /// Assemble one packet from the pending used RX entries of `pair`, if complete.
@@ -762,4 +853,25 @@ impl Guest {
         }
         self.wait_tx(pair, frames.len());
     }
+}
+
+/// A daemon with the loopback uplink and a guest attached to it (`cfg.pairs` pairs).
+pub fn start_loopback(cfg: GuestConfig, extra_args: &[&str]) -> (Daemon, Guest, Connection) {
+    let pairs = cfg.pairs.to_string();
+    let size = cfg.queue_size.to_string();
+    let mut args = vec![
+        "--uplink",
+        "loopback",
+        "--queues",
+        &pairs,
+        "--queue-size",
+        &size,
+        "--mac",
+        super::packet::GUEST_MAC_STR,
+    ];
+    args.extend_from_slice(extra_args);
+    let mut daemon = Daemon::spawn(&args, None);
+    let mut guest = Guest::new(cfg);
+    let conn = guest.attach(&mut daemon);
+    (daemon, guest, conn)
 }

@@ -197,3 +197,27 @@ pub fn assert_bytes(got: &[u8], want: &[u8], what: &str) {
         panic!("{what}: payload differs: {}", first_difference(got, want));
     }
 }
+
+/// `n` raw test frames from the guest (broadcast), seeds `seed..seed+n`, lengths spread
+/// over `min_len..=max_len`.
+pub fn guest_frames(seed: u32, n: usize, min_len: usize, max_len: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let len = if n > 1 {
+                min_len + (max_len - min_len) * i / (n - 1)
+            } else {
+                min_len
+            };
+            let s = seed + u32::try_from(i).expect("fits");
+            test_frame(BROADCAST, GUEST_MAC, s, len)
+        })
+        .collect()
+}
+
+/// Total length of `frames`.
+pub fn total_len(frames: &[Vec<u8>]) -> u64 {
+    frames
+        .iter()
+        .map(|f| u64::try_from(f.len()).expect("fits"))
+        .sum()
+}
