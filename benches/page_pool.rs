@@ -1,1 +1,3 @@
+//! Page pool microbenchmarks (placeholder until `netmem::page_pool` lands).
+
 fn main() {}
