@@ -8,7 +8,7 @@
 //! - [`virtio`]: virtio-net wire formats: header, features, config space, chain walker.
 //! - [`netmem`]: `NetmemRef`, `NetmemDesc`, `GuestPageMap`, `Frag`/`FragList`.
 //! - [`datapath`]: the queue pair worker: TX, RX, notifications.
-//! - [`uplink`]: `trait Uplink`; TAP, null and loopback.
+//! - [`uplink`]: `trait Uplink`; TAP, AF_XDP, null and loopback.
 //! - [`metrics`]: per-queue-pair counters and their JSON exposition.
 
 pub mod config;

@@ -8,6 +8,7 @@
 
 pub mod null;
 pub mod tap;
+pub mod xdp;
 
 use std::os::fd::RawFd;
 
@@ -20,6 +21,9 @@ pub enum UplinkError {
     /// A TAP error.
     #[error("tap: {0}")]
     Tap(#[from] tap::TapError),
+    /// An AF_XDP error.
+    #[error("xdp: {0}")]
+    Xdp(#[from] xdp::XdpError),
     /// An I/O error on a queue.
     #[error("uplink i/o: {0}")]
     Io(#[from] std::io::Error),

@@ -1,0 +1,828 @@
+//! AF_XDP uplink: one XDP socket per queue pair, bound to the interface queue of the
+//! same index, each with its own UMEM, and the XSKMAP redirect program in front.
+//!
+//! - `prog`: the `bpf(2)` loader: XSKMAP, redirect program, BPF link.
+//! - `socket`: one XSK (UMEM registration, four rings, bind) with `xdpilone`.
+//! - `umem`: the UMEM area and the free-frame allocator (the seam where the
+//!   `PagePool` takes over; see its module docs).
+//! - `csum`: software completion of partial checksums on TX.
+//!
+//! One UMEM per queue rather than one shared UMEM: each queue pair is owned by its own
+//! worker thread (DESIGN.md section 2), and a shared UMEM would make the free frames
+//! and the per-queue fill/completion rings (the kernel needs one pair per bound queue
+//! anyway) shared state between workers. Per queue, everything a worker touches is
+//! its own: no locks on the data path, the queue is a self-contained `Send` value that
+//! stays valid even if the [`Xdp`] is dropped while a worker holds it, and the layout
+//! matches the per-RX-queue `PagePool`. The cost is memory: [`UMEM_FRAMES`] frames of
+//! [`UMEM_FRAME_SIZE`] bytes (16 MiB) per queue pair.
+//!
+//! Frames of one UMEM have two budgets: at most [`RX_FRAMES`] are with the kernel for
+//! receiving (fill ring, RX ring), at most the rest for transmitting (TX ring,
+//! completion ring). Neither direction can starve the other, and the completion ring
+//! (sized to the TX budget) can never overflow.
+//!
+//! TX copies the frags into a free frame (the 12-byte virtio header is not sent; see
+//! [`XdpQueue`] for what happens to checksum and GSO requests); RX copies the frame,
+//! behind a zeroed virtio header, into the guest's buffers, and the frame goes back to
+//! the fill ring. `need_wakeup` is honoured both ways: `sendto` (TX) and `poll` (fill
+//! ring) are only issued when the kernel sets the flag; in copy mode the kernel always
+//! sets it for TX, since nothing transmits in copy mode without a syscall.
+
+mod csum;
+mod prog;
+mod socket;
+mod umem;
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_GUEST_USO4,
+    VIRTIO_NET_F_GUEST_USO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+    VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_HOST_USO,
+};
+use xdpilone::xdp::XdpDesc;
+
+pub use self::prog::AttachMode;
+use self::prog::{XdpLink, XdpProg, XskMap};
+pub use self::socket::BindMode;
+use self::socket::{RingSizes, Xsk};
+use self::umem::{FrameAlloc, UmemArea};
+use super::{QueueSlots, SendStatus, Uplink, UplinkError, UplinkQueue};
+use crate::metrics::Counter;
+use crate::netmem::FragList;
+use crate::virtio::header::{VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE};
+use crate::virtio::{Features, VirtioNetHdr, VNET_HDR_LEN};
+
+/// Size of one UMEM frame (a page: one frame per packet, aligned chunk mode).
+pub const UMEM_FRAME_SIZE: u32 = 4096;
+/// Frames in the UMEM of one queue pair.
+pub const UMEM_FRAMES: u32 = 4096;
+/// Frames one queue may give the kernel for receiving (fill ring + RX ring).
+pub const RX_FRAMES: u32 = 2048;
+/// Frames one queue may have in flight for transmitting (TX ring + completion ring).
+pub const TX_FRAMES: u32 = UMEM_FRAMES - RX_FRAMES;
+/// Refill the fill ring once this many frames are missing from it.
+const REFILL_BATCH: u32 = 64;
+/// Copy-mode `sendto` transmits at most 32 frames per call (the kernel's
+/// `TX_BATCH_SIZE`); a flush kicks at most this often, and only while the ring drains.
+const MAX_KICKS: u32 = TX_FRAMES / 32 + 2;
+
+const RINGS: RingSizes = RingSizes {
+    fill: RX_FRAMES,
+    completion: TX_FRAMES,
+    rx: RX_FRAMES,
+    tx: TX_FRAMES,
+};
+
+const fn bit(b: u32) -> u64 {
+    1 << b
+}
+
+/// Virtio-net features to withhold from a guest served by the AF_XDP uplink; the
+/// control plane clears them from what it offers.
+///
+/// AF_XDP moves wire frames of at most one UMEM frame and carries no offload
+/// metadata (no segmentation, no checksum status) in copy mode, so:
+///
+/// - `HOST_TSO4`, `HOST_TSO6`, `HOST_ECN`, `HOST_UFO`, `HOST_USO`: the guest would
+///   send GSO super-packets that nothing could segment; [`XdpQueue`] drops them.
+/// - `GUEST_TSO4`, `GUEST_TSO6`, `GUEST_ECN`, `GUEST_UFO`, `GUEST_USO4/6`: we never
+///   receive GSO packets, and offering them makes the RX path provision 64 KiB per
+///   packet for nothing.
+/// - `GUEST_CSUM`: we can neither mark a received checksum as verified nor hand over
+///   partial checksums, so the guest must check every checksum itself.
+///
+/// `CSUM` (the guest leaves TX checksums to the device) stays: the uplink completes
+/// partial checksums in software (see [`XdpQueue`]).
+pub const XDP_UNSUPPORTED_FEATURES: u64 = bit(VIRTIO_NET_F_HOST_TSO4)
+    | bit(VIRTIO_NET_F_HOST_TSO6)
+    | bit(VIRTIO_NET_F_HOST_ECN)
+    | bit(VIRTIO_NET_F_HOST_UFO)
+    | bit(VIRTIO_NET_F_HOST_USO)
+    | bit(VIRTIO_NET_F_GUEST_TSO4)
+    | bit(VIRTIO_NET_F_GUEST_TSO6)
+    | bit(VIRTIO_NET_F_GUEST_ECN)
+    | bit(VIRTIO_NET_F_GUEST_UFO)
+    | bit(VIRTIO_NET_F_GUEST_USO4)
+    | bit(VIRTIO_NET_F_GUEST_USO6)
+    | bit(VIRTIO_NET_F_GUEST_CSUM);
+
+/// Errors of the AF_XDP uplink.
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    /// The interface name cannot be one.
+    #[error("invalid interface name {0:?}: 1 to 15 bytes, no NUL, '/' or whitespace")]
+    InvalidName(String),
+    /// The interface does not exist (in this network namespace).
+    #[error("no interface {iface:?}: {source}")]
+    NoSuchInterface {
+        /// Interface name.
+        iface: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Zero queue pairs, or more than a queue id can name.
+    #[error("invalid number of queue pairs {0}")]
+    QueuePairs(usize),
+    /// `BPF_MAP_CREATE` of the XSKMAP failed.
+    #[error("cannot create the xskmap: {0}")]
+    MapCreate(#[source] io::Error),
+    /// `BPF_PROG_LOAD` failed; `log` is the verifier's log.
+    #[error("cannot load the xdp program: {source}; verifier log:\n{log}")]
+    ProgLoad {
+        /// Cause.
+        #[source]
+        source: io::Error,
+        /// The kernel verifier's log.
+        log: String,
+    },
+    /// Attaching the program in the requested mode failed.
+    #[error("cannot attach the xdp program to {iface} in {mode} mode: {source}")]
+    Attach {
+        /// Interface name.
+        iface: String,
+        /// Requested mode.
+        mode: AttachMode,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Attaching the program failed in driver mode and in generic mode.
+    #[error(
+        "cannot attach the xdp program to {iface}: driver mode: {driver}; generic mode: {source}"
+    )]
+    AttachAny {
+        /// Interface name.
+        iface: String,
+        /// Why driver mode failed.
+        driver: io::Error,
+        /// Why generic mode failed.
+        #[source]
+        source: io::Error,
+    },
+    /// `BPF_MAP_UPDATE_ELEM` of a socket failed.
+    #[error("cannot put the socket of queue {queue} into the xskmap: {source}")]
+    MapUpdate {
+        /// Queue id.
+        queue: u32,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Mapping the UMEM area failed.
+    #[error("cannot allocate the umem of queue {queue}: {source}")]
+    UmemAlloc {
+        /// Queue id.
+        queue: u32,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Creating the AF_XDP socket or registering the UMEM failed.
+    #[error("cannot register the umem of queue {queue}: {source}")]
+    Umem {
+        /// Queue id.
+        queue: u32,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Creating the socket's rings (or querying the socket) failed.
+    #[error("cannot set up the xdp socket of queue {queue}: {source}")]
+    Socket {
+        /// Queue id.
+        queue: u32,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Binding the socket to the interface queue failed.
+    #[error("cannot bind an xdp socket to {iface} queue {queue} in {mode} mode: {source}")]
+    Bind {
+        /// Interface name.
+        iface: String,
+        /// Queue id.
+        queue: u32,
+        /// Requested mode.
+        mode: BindMode,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Choices [`Xdp::open`] otherwise makes itself.
+#[derive(Debug, Clone, Default)]
+pub struct XdpOptions {
+    /// Where to run the program; None: driver mode, generic where the driver refuses.
+    pub attach: Option<AttachMode>,
+    /// How to bind the sockets; None: zero-copy, copy where the driver refuses.
+    pub bind: Option<BindMode>,
+}
+
+/// Counters of one AF_XDP queue (single writer: the queue's worker).
+#[derive(Debug, Default)]
+pub struct XdpQueueStats {
+    /// Frames put on the TX ring.
+    pub tx_packets: Counter,
+    /// TX frames the completion ring gave back.
+    pub tx_completed: Counter,
+    /// TX packets dropped: GSO requested (no segmentation offload on AF_XDP).
+    pub tx_drop_gso: Counter,
+    /// TX packets dropped: empty, or larger than a UMEM frame.
+    pub tx_drop_length: Counter,
+    /// TX packets dropped: checksum requested at a position outside the packet.
+    pub tx_drop_csum: Counter,
+    /// TX checksums completed in software.
+    pub tx_csum_sw: Counter,
+    /// Sends refused for now: TX ring full or TX frame budget used up.
+    pub tx_would_block: Counter,
+    /// `sendto` wakeups issued because the TX ring asked for one.
+    pub tx_kicks: Counter,
+    /// `sendto` wakeups that failed (interface down, no buffers): retried on the next flush.
+    pub tx_kick_errors: Counter,
+    /// Packets written into guest buffers.
+    pub rx_packets: Counter,
+    /// RX packets cut short because the guest buffers were smaller.
+    pub rx_truncated: Counter,
+    /// `poll` wakeups issued because the fill ring asked for one.
+    pub fill_wakeups: Counter,
+    /// Ring entries naming memory outside the UMEM or a frame the kernel did not own
+    /// (kernel or driver bug; the entry is skipped).
+    pub invalid_descs: Counter,
+}
+
+impl XdpQueueStats {
+    /// Every counter with its name.
+    pub fn fields(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("tx_packets", self.tx_packets.get()),
+            ("tx_completed", self.tx_completed.get()),
+            ("tx_drop_gso", self.tx_drop_gso.get()),
+            ("tx_drop_length", self.tx_drop_length.get()),
+            ("tx_drop_csum", self.tx_drop_csum.get()),
+            ("tx_csum_sw", self.tx_csum_sw.get()),
+            ("tx_would_block", self.tx_would_block.get()),
+            ("tx_kicks", self.tx_kicks.get()),
+            ("tx_kick_errors", self.tx_kick_errors.get()),
+            ("rx_packets", self.rx_packets.get()),
+            ("rx_truncated", self.rx_truncated.get()),
+            ("fill_wakeups", self.fill_wakeups.get()),
+            ("invalid_descs", self.invalid_descs.get()),
+        ]
+    }
+}
+
+/// An AF_XDP uplink on one interface: the XSKMAP redirect program and one socket per
+/// queue pair.
+///
+/// Dropping it detaches the program (the BPF link closes) and frees the map, then each
+/// queue not held by a worker closes its socket and unmaps its UMEM; a queue a worker
+/// still holds is freed when the worker drops it.
+///
+/// Requirements: the interface has at least `queue_pairs` RX/TX queues (on a NIC with
+/// RSS, `ethtool -L` its combined channels to match), CAP_NET_ADMIN and CAP_BPF (or
+/// root), and either CAP_IPC_LOCK or an `RLIMIT_MEMLOCK` of at least 16 MiB per queue
+/// pair, since the kernel pins and charges each UMEM. Frames larger than a UMEM frame
+/// minus the XDP headroom (3840 bytes) are dropped by the kernel on receive (no
+/// multi-buffer AF_XDP), so keep the MTU below that.
+pub struct Xdp {
+    // Field order is drop order: detach first, so no packet is redirected to a
+    // socket that is going away.
+    link: XdpLink,
+    _prog: XdpProg,
+    _map: XskMap,
+    queues: QueueSlots,
+    stats: Vec<Arc<XdpQueueStats>>,
+    iface: String,
+    bind_mode: BindMode,
+}
+
+fn valid_name(iface: &str) -> bool {
+    !iface.is_empty()
+        && iface.len() < libc::IFNAMSIZ
+        && !iface.contains(['/', '\0'])
+        && !iface.chars().any(char::is_whitespace)
+}
+
+impl Xdp {
+    /// Open `iface` with `queue_pairs` sockets (queue pair i on interface queue i):
+    /// zero-copy where the driver allows it, the program in driver mode where the
+    /// driver allows it.
+    pub fn open(iface: &str, queue_pairs: usize) -> Result<Xdp, XdpError> {
+        Self::open_with(iface, queue_pairs, &XdpOptions::default())
+    }
+
+    /// [`Self::open`] with explicit modes.
+    pub fn open_with(
+        iface: &str,
+        queue_pairs: usize,
+        options: &XdpOptions,
+    ) -> Result<Xdp, XdpError> {
+        if !valid_name(iface) {
+            return Err(XdpError::InvalidName(iface.to_string()));
+        }
+        let pairs = u32::try_from(queue_pairs)
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or(XdpError::QueuePairs(queue_pairs))?;
+        let cname = CString::new(iface).map_err(|_| XdpError::InvalidName(iface.to_string()))?;
+        // SAFETY: `cname` is a NUL-terminated string that lives across the call.
+        let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+        if ifindex == 0 {
+            return Err(XdpError::NoSuchInterface {
+                iface: iface.to_string(),
+                source: io::Error::last_os_error(),
+            });
+        }
+
+        // Everything below is owned by values that clean up on drop, so an error at
+        // any step releases what the steps before it set up.
+        let map = XskMap::create(pairs)?;
+        let prog = XdpProg::load_redirect(&map)?;
+        let mut bind_mode = options.bind;
+        let mut queues: Vec<Box<dyn UplinkQueue>> = Vec::new();
+        let mut stats = Vec::new();
+        for queue in 0..pairs {
+            let area = UmemArea::new(UMEM_FRAMES, UMEM_FRAME_SIZE)
+                .map_err(|source| XdpError::UmemAlloc { queue, source })?;
+            let xsk = Xsk::open(&area, &cname, queue, RINGS, bind_mode)?;
+            // Every queue binds like the first one did.
+            bind_mode = Some(xsk.mode);
+            map.insert(queue, xsk.rx.as_raw_fd())?;
+            let queue_stats = Arc::new(XdpQueueStats::default());
+            stats.push(Arc::clone(&queue_stats));
+            queues.push(Box::new(XdpQueue::new(queue, xsk, area, queue_stats)));
+        }
+        let link = prog.attach(iface, ifindex, options.attach)?;
+        let bind_mode = bind_mode.unwrap_or(BindMode::Copy);
+        log::info!(
+            "xdp {iface}: {pairs} queue(s), program in {} mode, sockets in {bind_mode} mode",
+            link.mode()
+        );
+        Ok(Xdp {
+            link,
+            _prog: prog,
+            _map: map,
+            queues: QueueSlots::new(queues),
+            stats,
+            iface: iface.to_string(),
+            bind_mode,
+        })
+    }
+
+    /// The interface.
+    pub fn iface(&self) -> &str {
+        &self.iface
+    }
+
+    /// Where the program runs.
+    pub fn attach_mode(&self) -> AttachMode {
+        self.link.mode()
+    }
+
+    /// How the sockets move packets.
+    pub fn bind_mode(&self) -> BindMode {
+        self.bind_mode
+    }
+
+    /// Counters of queue pair `pair`.
+    pub fn stats(&self, pair: usize) -> Option<Arc<XdpQueueStats>> {
+        self.stats.get(pair).cloned()
+    }
+}
+
+impl Uplink for Xdp {
+    fn describe(&self) -> String {
+        format!(
+            "xdp {} ({} program, {} sockets)",
+            self.iface,
+            self.link.mode(),
+            self.bind_mode
+        )
+    }
+
+    fn take_queue(&self, pair: usize) -> Result<Box<dyn UplinkQueue>, UplinkError> {
+        self.queues.take(pair)
+    }
+
+    fn return_queue(&self, pair: usize, queue: Box<dyn UplinkQueue>) {
+        self.queues.put(pair, queue)
+    }
+
+    /// Nothing to apply: AF_XDP has no offloads to switch on (no segmentation, no
+    /// checksum metadata). The features that would need them are
+    /// [`XDP_UNSUPPORTED_FEATURES`], which the control plane must not offer with this
+    /// uplink; what remains (`CSUM`) is handled in software whatever was acked.
+    fn apply_features(&self, _features: Features) -> Result<(), UplinkError> {
+        Ok(())
+    }
+}
+
+/// At most one log line per second for a guest-triggerable event.
+#[derive(Debug, Default)]
+struct LogLimit {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    /// Whether to log now; Some(n): n messages were suppressed since the last one.
+    fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        match self.last {
+            Some(t) if now.duration_since(t) < Duration::from_secs(1) => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+/// One queue pair's AF_XDP socket, owned by the pair's worker.
+///
+/// TX: the frags are copied into a free UMEM frame and the frame goes on the TX ring;
+/// the virtio-net header is not sent. A header asking for a checksum
+/// (`VIRTIO_NET_HDR_F_NEEDS_CSUM`) has the checksum completed in software in the UMEM
+/// frame (counted in `tx_csum_sw`); a header asking for GSO has the packet counted as
+/// dropped (`tx_drop_gso`, [`SendStatus::Dropped`]): nothing can segment it, and the
+/// GSO features are in [`XDP_UNSUPPORTED_FEATURES`] so a guest should never send one.
+/// A full TX ring or a used-up TX frame budget is [`SendStatus::WouldBlock`], after
+/// one wakeup and completion reap.
+///
+/// RX: one frame from the RX ring is written, behind a zeroed 12-byte virtio header
+/// (`num_buffers` is the caller's), into the guest buffers; the frame goes back to the
+/// fill ring.
+pub struct XdpQueue {
+    queue: u32,
+    // Rings before the area: they (and the socket) go first on drop.
+    xsk: Xsk,
+    frames: FrameAlloc,
+    /// Frames with the kernel for RX (fill ring + RX ring), at most RX_FRAMES.
+    rx_held: u32,
+    /// Frames with the kernel for TX (TX ring + completion ring), at most TX_FRAMES.
+    tx_in_flight: u32,
+    stats: Arc<XdpQueueStats>,
+    log_limit: LogLimit,
+    /// Staging for the (never seen) case of a frame without room for the header.
+    scratch: Vec<u8>,
+    area: UmemArea,
+}
+
+fn sendto_kick(fd: RawFd) -> io::Result<()> {
+    // SAFETY: a zero-length, address-less sendto on an AF_XDP socket that the ring
+    // handle keeps open; the kernel reads no user memory (null buffer, length 0).
+    let ret = unsafe {
+        libc::sendto(
+            fd,
+            std::ptr::null(),
+            0,
+            libc::MSG_DONTWAIT,
+            std::ptr::null(),
+            0,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl XdpQueue {
+    fn new(queue: u32, xsk: Xsk, area: UmemArea, stats: Arc<XdpQueueStats>) -> Self {
+        let mut q = XdpQueue {
+            queue,
+            xsk,
+            frames: FrameAlloc::new(area.frames(), area.frame_size()),
+            rx_held: 0,
+            tx_in_flight: 0,
+            stats,
+            log_limit: LogLimit::default(),
+            scratch: Vec::new(),
+            area,
+        };
+        q.refill();
+        q
+    }
+
+    /// Give the kernel free frames to receive into, up to the RX budget.
+    fn refill(&mut self) {
+        let want = RX_FRAMES.saturating_sub(self.rx_held);
+        if want == 0 {
+            return;
+        }
+        let mut fill = self.xsk.fq_cq.fill(want);
+        let mut put = 0;
+        while put < fill.capacity() {
+            let Some(addr) = self.frames.alloc() else {
+                break;
+            };
+            if !fill.insert_once(addr) {
+                self.frames.free(addr);
+                break;
+            }
+            put += 1;
+        }
+        fill.commit();
+        drop(fill);
+        self.rx_held += put;
+        self.wake_fill();
+    }
+
+    /// Poll the socket if the fill ring asks for it (zero-copy drivers set the flag
+    /// when they ran out of fill entries and stopped).
+    fn wake_fill(&mut self) {
+        if self.rx_held > 0 && self.xsk.fq_cq.needs_wakeup() {
+            self.stats.fill_wakeups.inc();
+            self.xsk.fq_cq.wake();
+        }
+    }
+
+    /// Take TX frames back from the completion ring.
+    fn reap_completions(&mut self) {
+        let mut done = self.xsk.fq_cq.complete(TX_FRAMES);
+        while let Some(addr) = done.read() {
+            if self.frames.free(addr) {
+                self.tx_in_flight = self.tx_in_flight.saturating_sub(1);
+                self.stats.tx_completed.inc();
+            } else {
+                self.stats.invalid_descs.inc();
+            }
+        }
+        done.release();
+    }
+
+    /// Wake the kernel to transmit what is on the TX ring, if it asks for it. Copy
+    /// mode sends a batch per call, so keep kicking while the ring drains.
+    fn kick_tx(&mut self) {
+        let fd = self.xsk.tx.as_raw_fd();
+        let mut pending = self.xsk.tx.pending();
+        let mut kicks = 0;
+        while pending > 0 && kicks < MAX_KICKS && self.xsk.tx.needs_wakeup() {
+            kicks += 1;
+            self.stats.tx_kicks.inc();
+            match sendto_kick(fd) {
+                Ok(()) => {}
+                // Batch limit reached, completion ring busy, or interrupted: the
+                // progress check below decides whether to go on.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::EINTR)
+                    ) => {}
+                Err(e) => {
+                    self.stats.tx_kick_errors.inc();
+                    if let Some(n) = self.log_limit.allow() {
+                        log::warn!(
+                            "xdp queue {}: tx wakeup failed: {e} ({n} similar messages suppressed)",
+                            self.queue
+                        );
+                    }
+                    break;
+                }
+            }
+            let now = self.xsk.tx.pending();
+            if now >= pending {
+                // No progress: zero-copy transmits asynchronously, or the device is
+                // stalled; the next flush tries again.
+                break;
+            }
+            pending = now;
+        }
+    }
+
+    /// Whether one TX ring slot is free (the reservation is rolled back on drop).
+    fn tx_slot_free(&mut self) -> bool {
+        self.xsk.tx.transmit(1).capacity() > 0
+    }
+
+    fn drop_tx(&mut self, why: &str) -> SendStatus {
+        if let Some(n) = self.log_limit.allow() {
+            log::warn!(
+                "xdp queue {}: tx packet dropped: {why} ({n} similar messages suppressed)",
+                self.queue
+            );
+        }
+        SendStatus::Dropped
+    }
+
+    fn copy_frame_out(&mut self, addr: u64, len: u32, bufs: &FragList<'_>) -> usize {
+        let Ok(len_usize) = usize::try_from(len) else {
+            return 0;
+        };
+        let frame_size = u64::from(self.area.frame_size());
+        let data_off = addr % frame_size;
+        let hdr_len = u64::try_from(VNET_HDR_LEN).unwrap_or(u64::MAX);
+        if data_off >= hdr_len {
+            // The XDP headroom in front of the packet is ours now: put the header
+            // there and copy header and frame in one pass.
+            // SAFETY: the frame was just taken off the RX ring and is not yet on the
+            // fill ring, so user space owns it and the kernel does not touch it.
+            if let Some(buf) = unsafe {
+                self.area
+                    .frame_mut(addr - hdr_len, VNET_HDR_LEN + len_usize)
+            } {
+                buf[..VNET_HDR_LEN].fill(0);
+                return bufs.copy_from(buf);
+            }
+        }
+        // SAFETY: as above; the frame is user-owned until it is freed below by the caller.
+        let Some(data) = (unsafe { self.area.frame_mut(addr, len_usize) }) else {
+            return 0;
+        };
+        self.scratch.clear();
+        self.scratch.resize(VNET_HDR_LEN, 0);
+        self.scratch.extend_from_slice(data);
+        bufs.copy_from(&self.scratch)
+    }
+}
+
+impl UplinkQueue for XdpQueue {
+    fn fd(&self) -> Option<RawFd> {
+        Some(self.xsk.rx.as_raw_fd())
+    }
+
+    fn send(&mut self, hdr: &VirtioNetHdr, pkt: &FragList<'_>) -> Result<SendStatus, UplinkError> {
+        if hdr.gso_type != VIRTIO_NET_HDR_GSO_NONE {
+            self.stats.tx_drop_gso.inc();
+            return Ok(self.drop_tx("gso requested, not available on af_xdp"));
+        }
+        let len = pkt.len();
+        let Some(desc_len) = u32::try_from(len)
+            .ok()
+            .filter(|&l| l > 0 && l <= self.area.frame_size())
+        else {
+            self.stats.tx_drop_length.inc();
+            return Ok(self.drop_tx("empty or larger than a umem frame"));
+        };
+        let csum = (hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0)
+            .then(|| (usize::from(hdr.csum_start), usize::from(hdr.csum_offset)));
+
+        if !self.tx_slot_free() || self.tx_in_flight >= TX_FRAMES {
+            self.kick_tx();
+            self.reap_completions();
+            if !self.tx_slot_free() || self.tx_in_flight >= TX_FRAMES {
+                self.stats.tx_would_block.inc();
+                return Ok(SendStatus::WouldBlock);
+            }
+        }
+        let addr = match self.frames.alloc() {
+            Some(addr) => addr,
+            None => {
+                // Only when completions were not reaped yet: the budgets leave TX
+                // its TX_FRAMES frames.
+                self.reap_completions();
+                match self.frames.alloc() {
+                    Some(addr) => addr,
+                    None => {
+                        self.stats.tx_would_block.inc();
+                        return Ok(SendStatus::WouldBlock);
+                    }
+                }
+            }
+        };
+        // SAFETY: `addr` was just allocated: user space owns the frame and it is on
+        // no ring.
+        let Some(frame) = (unsafe { self.area.frame_mut(addr, len) }) else {
+            self.frames.free(addr);
+            self.stats.tx_drop_length.inc();
+            return Ok(self.drop_tx("does not fit a umem frame"));
+        };
+        pkt.copy_to(frame);
+        if let Some((start, offset)) = csum {
+            if !csum::complete_partial(frame, start, offset) {
+                self.frames.free(addr);
+                self.stats.tx_drop_csum.inc();
+                return Ok(self.drop_tx("checksum position outside the packet"));
+            }
+            self.stats.tx_csum_sw.inc();
+        }
+        let mut tx = self.xsk.tx.transmit(1);
+        let queued = tx.insert_once(XdpDesc {
+            addr,
+            len: desc_len,
+            options: 0,
+        });
+        tx.commit();
+        drop(tx);
+        if !queued {
+            // Cannot happen: the slot was checked above and only we produce.
+            self.frames.free(addr);
+            self.stats.tx_would_block.inc();
+            return Ok(SendStatus::WouldBlock);
+        }
+        self.tx_in_flight += 1;
+        self.stats.tx_packets.inc();
+        Ok(SendStatus::Sent)
+    }
+
+    fn flush(&mut self) -> Result<(), UplinkError> {
+        self.kick_tx();
+        self.reap_completions();
+        Ok(())
+    }
+
+    fn recv(&mut self, bufs: &FragList<'_>) -> Result<Option<usize>, UplinkError> {
+        if RX_FRAMES.saturating_sub(self.rx_held) >= REFILL_BATCH {
+            self.refill();
+        }
+        loop {
+            let mut rx = self.xsk.rx.receive(1);
+            let desc = rx.read();
+            rx.release();
+            drop(rx);
+            let Some(desc) = desc else {
+                self.refill();
+                self.wake_fill();
+                return Ok(None);
+            };
+            self.rx_held = self.rx_held.saturating_sub(1);
+            let frame_size = u64::from(self.area.frame_size());
+            let in_frame = desc.addr % frame_size + u64::from(desc.len) <= frame_size;
+            let in_umem = desc.addr / frame_size < u64::from(self.area.frames());
+            if !in_frame || !in_umem {
+                // The frame it came from cannot be identified; it stays lost.
+                self.stats.invalid_descs.inc();
+                continue;
+            }
+            let written = self.copy_frame_out(desc.addr, desc.len, bufs);
+            if !self.frames.free(desc.addr) {
+                self.stats.invalid_descs.inc();
+            }
+            let want = VNET_HDR_LEN + usize::try_from(desc.len).unwrap_or(usize::MAX);
+            if written < want {
+                self.stats.rx_truncated.inc();
+            }
+            self.stats.rx_packets.inc();
+            return Ok(Some(written));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::features::SUPPORTED;
+
+    #[test]
+    fn unsupported_features_keep_the_basics() {
+        let kept = Features::from_bits(SUPPORTED & !XDP_UNSUPPORTED_FEATURES);
+        assert!(kept.has(crate::virtio::features::VIRTIO_NET_F_CSUM));
+        assert!(kept.has(crate::virtio::features::VIRTIO_NET_F_MRG_RXBUF));
+        assert!(!kept.guest_gso());
+        assert!(!kept.has(VIRTIO_NET_F_HOST_TSO4));
+        assert!(!kept.has(VIRTIO_NET_F_GUEST_CSUM));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(valid_name("veth0"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name("a\0b"));
+        assert!(!valid_name("sixteen-chars-xx"));
+        assert!(matches!(
+            Xdp::open("no such if", 1),
+            Err(XdpError::InvalidName(_))
+        ));
+        assert!(matches!(
+            Xdp::open("vnmnosuchif0", 1),
+            Err(XdpError::NoSuchInterface { .. })
+        ));
+        assert!(matches!(Xdp::open("lo", 0), Err(XdpError::QueuePairs(0))));
+    }
+
+    #[test]
+    fn errors_are_lowercase_and_carry_the_source() {
+        let e = XdpError::Bind {
+            iface: "veth0".into(),
+            queue: 1,
+            mode: BindMode::ZeroCopy,
+            source: io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+        };
+        let s = e.to_string();
+        assert!(s.starts_with("cannot bind"), "{s}");
+        assert!(s.contains("zero-copy") && s.contains("queue 1"), "{s}");
+        assert!(s.contains(&io::Error::from_raw_os_error(libc::EOPNOTSUPP).to_string()));
+    }
+
+    #[test]
+    fn log_limit_suppresses_within_a_second() {
+        let mut l = LogLimit::default();
+        assert_eq!(l.allow(), Some(0));
+        assert_eq!(l.allow(), None);
+        assert_eq!(l.allow(), None);
+        l.last = Some(Instant::now() - Duration::from_secs(2));
+        assert_eq!(l.allow(), Some(2));
+    }
+}

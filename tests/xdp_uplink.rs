@@ -1,0 +1,690 @@
+//! AF_XDP uplink against a real veth pair.
+//!
+//! Each test creates its own network namespace and veth pair (names carry the pid and
+//! a per-test tag), keeps the XDP end in the root namespace, moves the peer into the
+//! namespace, and captures or injects frames on the peer with an AF_PACKET socket
+//! opened inside the namespace. The frames use the IEEE local experimental ethertype
+//! and never leave the pair. A guard deletes the pair and the namespace even when the
+//! test fails.
+//!
+//! Needs root (CAP_NET_ADMIN, CAP_BPF, CAP_SYS_ADMIN for setns); without it each test
+//! prints why it skips.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use vhost_netmem::netmem::{Frag, FragList, NetmemRef};
+use vhost_netmem::uplink::xdp::{AttachMode, BindMode, Xdp, XdpError, XdpOptions};
+use vhost_netmem::uplink::{SendStatus, Uplink, UplinkQueue};
+use vhost_netmem::virtio::header::VIRTIO_NET_HDR_F_NEEDS_CSUM;
+use vhost_netmem::virtio::{VirtioNetHdr, VNET_HDR_LEN};
+
+/// IEEE 802 local experimental ethertype 1.
+const ETHERTYPE_TEST: u16 = 0x88b5;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root for network namespaces, veth, bpf(2) and AF_XDP");
+            return;
+        }
+    };
+}
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A veth pair `host` (root namespace) <-> `peer` (in namespace `ns`), deleted on drop.
+struct VethNs {
+    ns: String,
+    host: String,
+    peer: String,
+}
+
+impl VethNs {
+    fn new(tag: char, queues: u32) -> Self {
+        let pid = std::process::id();
+        let v = VethNs {
+            ns: format!("vnm-xdp-{pid}-{tag}"),
+            host: format!("vnx{pid}{tag}h"),
+            peer: format!("vnx{pid}{tag}p"),
+        };
+        // From here on, Drop cleans up whatever got created.
+        let q = queues.to_string();
+        run(&["ip", "netns", "add", &v.ns]);
+        run(&[
+            "ip",
+            "link",
+            "add",
+            &v.host,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &v.peer,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+        ]);
+        run(&["ip", "link", "set", &v.peer, "netns", &v.ns]);
+        // No IPv6 autoconfiguration chatter on the pair.
+        let _ = std::fs::write(
+            format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", v.host),
+            "1",
+        );
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &v.ns,
+            "sh",
+            "-c",
+            &format!(
+                "test ! -e /proc/sys/net/ipv6/conf/{0}/disable_ipv6 || echo 1 > /proc/sys/net/ipv6/conf/{0}/disable_ipv6",
+                v.peer
+            ),
+        ]);
+        run(&["ip", "link", "set", &v.host, "up"]);
+        run(&["ip", "-n", &v.ns, "link", "set", &v.peer, "up"]);
+        v
+    }
+
+    /// `ip -d link show` of the XDP end.
+    fn host_link(&self) -> String {
+        let out = Command::new("ip")
+            .args(["-d", "link", "show", "dev", &self.host])
+            .output()
+            .expect("ip link show");
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Whether an XDP program is attached to the XDP end, polling up to a second for
+    /// the state to settle.
+    fn xdp_attached(&self, want: bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            let attached = self.host_link().contains("prog/xdp");
+            if attached == want || Instant::now() > deadline {
+                return attached;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// An AF_PACKET socket bound to the peer, opened inside the namespace.
+    fn peer_socket(&self) -> OwnedFd {
+        let ns = format!("/run/netns/{}", self.ns);
+        let peer = self.peer.clone();
+        std::thread::spawn(move || packet_socket_in(&ns, &peer))
+            .join()
+            .expect("namespace thread panicked")
+    }
+}
+
+impl Drop for VethNs {
+    fn drop(&mut self) {
+        // Deleting one end deletes the pair (also if the peer is in the namespace).
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host])
+            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+fn errno() -> std::io::Error {
+    std::io::Error::last_os_error()
+}
+
+/// Runs on a throwaway thread: enter the namespace at `ns_path`, open an AF_PACKET
+/// socket bound to `ifname` there (the socket stays in that namespace).
+fn packet_socket_in(ns_path: &str, ifname: &str) -> OwnedFd {
+    let ns = std::fs::File::open(ns_path).expect("open netns");
+    // SAFETY: setns on a namespace fd we hold; it only changes this thread's network
+    // namespace, and this thread exits right after.
+    let ret = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(ret, 0, "setns: {}", errno());
+    let proto = u16::try_from(libc::ETH_P_ALL).unwrap().to_be();
+    // SAFETY: plain socket(2); the result is checked and owned below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(proto),
+        )
+    };
+    assert!(fd >= 0, "AF_PACKET socket: {}", errno());
+    // SAFETY: `fd` is a fresh socket nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let name = CString::new(ifname).unwrap();
+    // SAFETY: NUL-terminated name, live across the call.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert!(ifindex != 0, "no {ifname} in the namespace: {}", errno());
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = u16::try_from(libc::AF_PACKET).unwrap();
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = i32::try_from(ifindex).unwrap();
+    // SAFETY: binds our socket to a correctly sized, live sockaddr_ll.
+    let ret = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            std::ptr::from_ref(&sll).cast(),
+            u32::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap(),
+        )
+    };
+    assert_eq!(ret, 0, "bind AF_PACKET: {}", errno());
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 100_000,
+    };
+    // SAFETY: SO_RCVTIMEO reads one live timeval of the given size.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            std::ptr::from_ref(&tv).cast(),
+            u32::try_from(std::mem::size_of::<libc::timeval>()).unwrap(),
+        )
+    };
+    assert_eq!(ret, 0, "SO_RCVTIMEO: {}", errno());
+    fd
+}
+
+/// Wait up to five seconds for `want` to arrive on the AF_PACKET socket `fd`,
+/// skipping any other frame.
+fn capture(fd: RawFd, want: &[u8]) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while Instant::now() < deadline {
+        // SAFETY: receives into a live buffer of the given length.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            continue; // timeout: look at the clock again
+        }
+        let got = &buf[..usize::try_from(n).unwrap()];
+        if got == want {
+            return Ok(());
+        }
+        seen.push(got.len());
+    }
+    Err(format!(
+        "frame never arrived; saw frames of lengths {seen:?}"
+    ))
+}
+
+fn inject(fd: RawFd, frame: &[u8]) {
+    // SAFETY: sends from a live buffer of the given length on a bound socket.
+    let n = unsafe { libc::send(fd, frame.as_ptr().cast(), frame.len(), 0) };
+    assert_eq!(
+        usize::try_from(n).ok(),
+        Some(frame.len()),
+        "AF_PACKET send: {}",
+        errno()
+    );
+}
+
+/// A test frame: broadcast, local-admin source MAC, test ethertype, payload pattern.
+fn test_frame(seed: u8, len: usize) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&[0x02, 0x00, 0x5e, 0x10, 0x00, seed]);
+    f.extend_from_slice(&ETHERTYPE_TEST.to_be_bytes());
+    let mut x = seed;
+    while f.len() < len {
+        x = x.wrapping_mul(29).wrapping_add(7);
+        f.push(x);
+    }
+    f
+}
+
+/// A FragList over `bufs`, one frag per buffer (as guest buffers would be).
+fn frag_list(bufs: &mut [Vec<u8>]) -> FragList<'_> {
+    let mut l = FragList::new();
+    for (i, b) in bufs.iter_mut().enumerate() {
+        let frag = Frag {
+            netmem: NetmemRef::page(0, u64::try_from(i).unwrap()),
+            offset: 0,
+            len: u32::try_from(b.len()).unwrap(),
+        };
+        // SAFETY: each buffer is mutably borrowed for the list's lifetime and is
+        // exactly `frag.len` bytes long.
+        unsafe { l.push_unchecked(frag, b.as_mut_ptr()) };
+    }
+    l
+}
+
+/// Split `frame` into pieces of the given sizes (the last takes the rest).
+fn split(frame: &[u8], sizes: &[usize]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for &s in sizes {
+        let end = (at + s).min(frame.len());
+        out.push(frame[at..end].to_vec());
+        at = end;
+    }
+    out.push(frame[at..].to_vec());
+    out
+}
+
+fn send_one(q: &mut dyn UplinkQueue, hdr: &VirtioNetHdr, frame: &[u8]) -> SendStatus {
+    let mut pieces = split(frame, &[5, 20, 100]);
+    let pkt = frag_list(&mut pieces);
+    let st = q.send(hdr, &pkt).expect("send");
+    q.flush().expect("flush");
+    st
+}
+
+fn wait_readable(fd: RawFd, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: polls one live pollfd.
+    let n = unsafe { libc::poll(&mut p, 1, ms) };
+    n > 0 && p.revents & libc::POLLIN != 0
+}
+
+#[test]
+fn tx_frame_arrives_byte_exact_at_the_peer() {
+    require_root!();
+    let net = VethNs::new('t', 1);
+    let peer = net.peer_socket();
+    let xdp = Xdp::open(&net.host, 1).expect("open xdp");
+    println!("{}", xdp.describe());
+    assert_eq!(
+        xdp.bind_mode(),
+        BindMode::Copy,
+        "veth cannot do zero-copy AF_XDP"
+    );
+    let mut q = xdp.take_queue(0).expect("queue 0");
+
+    let frame = test_frame(1, 300);
+    assert_eq!(
+        send_one(q.as_mut(), &VirtioNetHdr::default(), &frame),
+        SendStatus::Sent
+    );
+    capture(peer.as_raw_fd(), &frame).expect("plain frame");
+
+    // A partial checksum is completed in software: seed the UDP checksum with a
+    // pseudo-header sum and expect a frame whose checksum verifies.
+    let mut udp = test_frame(2, 14);
+    udp[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let payload = b"checksum me, please";
+    let udp_len = 8 + payload.len();
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&u16::try_from(20 + udp_len).unwrap().to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&[192, 0, 2, 1]);
+    ip[16..20].copy_from_slice(&[192, 0, 2, 2]);
+    udp.extend_from_slice(&ip);
+    let pseudo: u32 = [0xc000u32, 0x0201, 0xc000, 0x0202, 17].iter().sum::<u32>()
+        + u32::try_from(udp_len).unwrap();
+    let seed = u16::try_from((pseudo & 0xffff) + (pseudo >> 16)).unwrap();
+    udp.extend_from_slice(&1234u16.to_be_bytes());
+    udp.extend_from_slice(&5678u16.to_be_bytes());
+    udp.extend_from_slice(&u16::try_from(udp_len).unwrap().to_be_bytes());
+    udp.extend_from_slice(&seed.to_be_bytes());
+    udp.extend_from_slice(payload);
+    let hdr = VirtioNetHdr {
+        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        csum_start: 34,
+        csum_offset: 6,
+        ..Default::default()
+    };
+    let mut expected = udp.clone();
+    let sum = |b: &[u8]| -> u32 {
+        b.chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+            .sum()
+    };
+    expected[40..42].copy_from_slice(&[0, 0]);
+    let mut s = sum(&expected[34..]) + pseudo;
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    let csum = !u16::try_from(s).unwrap();
+    expected[40..42].copy_from_slice(&csum.to_be_bytes());
+    assert_eq!(send_one(q.as_mut(), &hdr, &udp), SendStatus::Sent);
+    capture(peer.as_raw_fd(), &expected).expect("checksummed frame");
+
+    // GSO cannot be done: counted drop.
+    let gso = VirtioNetHdr {
+        gso_type: vhost_netmem::virtio::header::VIRTIO_NET_HDR_GSO_TCPV4,
+        gso_size: 1000,
+        ..hdr
+    };
+    assert_eq!(send_one(q.as_mut(), &gso, &udp), SendStatus::Dropped);
+    // Larger than a UMEM frame: counted drop.
+    assert_eq!(
+        send_one(q.as_mut(), &VirtioNetHdr::default(), &test_frame(3, 5000)),
+        SendStatus::Dropped
+    );
+
+    let stats = xdp.stats(0).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while stats.tx_completed.get() < 2 && Instant::now() < deadline {
+        q.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("queue 0 stats: {:?}", stats.fields());
+    assert_eq!(stats.tx_packets.get(), 2);
+    assert_eq!(stats.tx_completed.get(), 2);
+    assert_eq!(stats.tx_csum_sw.get(), 1);
+    assert_eq!(stats.tx_drop_gso.get(), 1);
+    assert_eq!(stats.tx_drop_length.get(), 1);
+    assert!(stats.tx_kicks.get() >= 2, "copy mode always needs a kick");
+    xdp.return_queue(0, q);
+}
+
+#[test]
+fn peer_frame_arrives_byte_exact_through_recv() {
+    require_root!();
+    let net = VethNs::new('r', 1);
+    let peer = net.peer_socket();
+    let xdp = Xdp::open(&net.host, 1).expect("open xdp");
+    println!("{}", xdp.describe());
+    let mut q = xdp.take_queue(0).expect("queue 0");
+    let fd = q.fd().expect("xdp queue has an fd");
+
+    // Nothing pending yet (IPv6 is off on the pair, and the peer has not sent).
+    let mut guest = vec![vec![0xaa; 7], vec![0xaa; 100], vec![0xaa; 2000]];
+    assert_eq!(q.recv(&frag_list(&mut guest)).unwrap(), None);
+
+    let frame = test_frame(9, 777);
+    inject(peer.as_raw_fd(), &frame);
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut other = Vec::new();
+    let got = loop {
+        assert!(
+            Instant::now() < deadline,
+            "frame never arrived; saw {other:?}"
+        );
+        if !wait_readable(fd, 100) {
+            continue;
+        }
+        for b in guest.iter_mut() {
+            b.fill(0xaa);
+        }
+        let Some(n) = q.recv(&frag_list(&mut guest)).unwrap() else {
+            continue;
+        };
+        let flat: Vec<u8> = guest.concat();
+        if flat[VNET_HDR_LEN..n] == frame[..] {
+            break (n, flat);
+        }
+        other.push(n);
+    };
+    let (n, flat) = got;
+    assert_eq!(n, VNET_HDR_LEN + frame.len());
+    assert_eq!(&flat[..VNET_HDR_LEN], &[0u8; VNET_HDR_LEN], "zeroed header");
+    assert_eq!(&flat[VNET_HDR_LEN..n], &frame[..]);
+    assert!(
+        flat[n..].iter().all(|&b| b == 0xaa),
+        "wrote past the packet"
+    );
+
+    // Guest buffers smaller than the packet: truncated, counted.
+    inject(peer.as_raw_fd(), &test_frame(10, 500));
+    let mut small = vec![vec![0u8; 100]];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let n = loop {
+        assert!(Instant::now() < deadline, "second frame never arrived");
+        wait_readable(fd, 100);
+        if let Some(n) = q.recv(&frag_list(&mut small)).unwrap() {
+            break n;
+        }
+    };
+    assert_eq!(n, 100);
+    let stats = xdp.stats(0).unwrap();
+    println!("queue 0 stats: {:?}", stats.fields());
+    assert!(stats.rx_packets.get() >= 2);
+    assert!(stats.rx_truncated.get() >= 1);
+    xdp.return_queue(0, q);
+}
+
+#[test]
+fn drop_detaches_the_program_even_with_a_queue_still_held() {
+    require_root!();
+    let net = VethNs::new('d', 1);
+    assert!(!net.xdp_attached(false), "program attached before open");
+    let xdp = Xdp::open(&net.host, 1).expect("open xdp");
+    assert!(
+        net.xdp_attached(true),
+        "no program while open:\n{}",
+        net.host_link()
+    );
+    println!(
+        "attached in {} mode:\n{}",
+        xdp.attach_mode(),
+        net.host_link()
+    );
+    // A worker still holding its queue does not keep the program alive.
+    let q = xdp.take_queue(0).unwrap();
+    drop(xdp);
+    assert!(
+        !net.xdp_attached(false),
+        "program still attached after drop:\n{}",
+        net.host_link()
+    );
+    drop(q);
+}
+
+#[test]
+fn two_queue_pairs_in_generic_mode() {
+    require_root!();
+    let net = VethNs::new('g', 2);
+    let peer = net.peer_socket();
+    let xdp = Xdp::open_with(
+        &net.host,
+        2,
+        &XdpOptions {
+            attach: Some(AttachMode::Generic),
+            bind: Some(BindMode::Copy),
+        },
+    )
+    .expect("open xdp with two queues");
+    assert_eq!(xdp.attach_mode(), AttachMode::Generic);
+    assert!(
+        net.host_link().contains("xdpgeneric"),
+        "{}",
+        net.host_link()
+    );
+    let mut q1 = xdp.take_queue(1).expect("queue 1");
+    assert!(matches!(
+        xdp.take_queue(1),
+        Err(vhost_netmem::uplink::UplinkError::QueueBusy(1))
+    ));
+    let frame = test_frame(42, 64);
+    assert_eq!(
+        send_one(q1.as_mut(), &VirtioNetHdr::default(), &frame),
+        SendStatus::Sent
+    );
+    capture(peer.as_raw_fd(), &frame).expect("frame from queue 1");
+    xdp.return_queue(1, q1);
+    drop(xdp);
+    assert!(!net.xdp_attached(false), "{}", net.host_link());
+}
+
+#[test]
+fn setup_error_leaves_nothing_attached() {
+    require_root!();
+    let net = VethNs::new('e', 1);
+    // Queue 1 does not exist on a single-queue veth: binding it fails after queue 0
+    // was set up.
+    match Xdp::open(&net.host, 2) {
+        Err(e @ XdpError::Bind { queue: 1, .. }) => println!("expected error: {e}"),
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("a second queue on a single-queue veth bound"),
+    }
+    assert!(!net.xdp_attached(false), "{}", net.host_link());
+    // And the interface is usable again right away.
+    drop(Xdp::open(&net.host, 1).expect("open after a failed open"));
+}
+
+fn wait_writable(fd: RawFd, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: polls one live pollfd.
+    let n = unsafe { libc::poll(&mut p, 1, ms) };
+    n > 0 && p.revents & libc::POLLOUT != 0
+}
+
+/// More packets each way than the UMEM has frames: frames must come back from the
+/// completion ring and go back to the fill ring, and a full TX side must be
+/// `WouldBlock` that clears once the fd is writable, never a hang.
+#[test]
+fn frames_recycle_under_sustained_traffic() {
+    require_root!();
+    const TX: u64 = 10_000;
+    const RX: u64 = 6_000;
+    let net = VethNs::new('s', 1);
+    let peer = net.peer_socket();
+    let xdp = Xdp::open(&net.host, 1).expect("open xdp");
+    let mut q = xdp.take_queue(0).expect("queue 0");
+    let fd = q.fd().unwrap();
+    let stats = xdp.stats(0).unwrap();
+
+    let frame = test_frame(5, 1000);
+    let mut pieces = split(&frame, &[14, 500]);
+    let pkt = frag_list(&mut pieces);
+    let hdr = VirtioNetHdr::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut sent = 0;
+    let mut would_block = 0;
+    while sent < TX {
+        assert!(Instant::now() < deadline, "tx stuck after {sent} packets");
+        // Worker-sized batches, then a flush; first batches larger than the TX
+        // ring, so that send itself has to make room.
+        let batch = if sent < TX / 2 { 4096 } else { 256 };
+        for _ in 0..batch {
+            match q.send(&hdr, &pkt).unwrap() {
+                SendStatus::Sent => sent += 1,
+                SendStatus::WouldBlock => {
+                    would_block += 1;
+                    q.flush().unwrap();
+                    assert!(wait_writable(fd, 1000), "WouldBlock but fd never writable");
+                    break;
+                }
+                SendStatus::Dropped => panic!("plain frame dropped"),
+            }
+            if sent == TX {
+                break;
+            }
+        }
+        q.flush().unwrap();
+    }
+    while stats.tx_completed.get() < TX && Instant::now() < deadline {
+        q.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(stats.tx_packets.get(), TX);
+    assert_eq!(stats.tx_completed.get(), TX, "tx frames not all returned");
+    println!(
+        "tx: {TX} sent, {would_block} WouldBlock, {} kicks",
+        stats.tx_kicks.get()
+    );
+
+    let mut guest = vec![vec![0u8; 2048]];
+    let mut injected = 0;
+    let mut received = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while received < RX {
+        assert!(
+            Instant::now() < deadline,
+            "rx stuck: {received} of {injected} received"
+        );
+        // Keep well below the RX ring size so the kernel never has to drop.
+        if injected - received < 512 {
+            for i in 0..128 {
+                inject(peer.as_raw_fd(), &test_frame(u8::try_from(i).unwrap(), 200));
+                injected += 1;
+            }
+        }
+        wait_readable(fd, 100);
+        while let Some(n) = q.recv(&frag_list(&mut guest)).unwrap() {
+            assert_eq!(n, VNET_HDR_LEN + 200);
+            received += 1;
+        }
+    }
+    assert!(received >= RX);
+    assert_eq!(stats.rx_packets.get(), received);
+    assert_eq!(stats.invalid_descs.get(), 0);
+    println!("rx: {received} received of {injected} injected");
+    xdp.return_queue(0, q);
+}
+
+/// With the interface down nothing drains the TX ring: sends must turn into
+/// `WouldBlock` (not a hang, not a drop), and once the link is back the fd must
+/// become writable and the queued frames must all complete.
+#[test]
+fn full_tx_ring_is_would_block_until_writable() {
+    require_root!();
+    let net = VethNs::new('w', 1);
+    let xdp = Xdp::open(&net.host, 1).expect("open xdp");
+    let mut q = xdp.take_queue(0).expect("queue 0");
+    let fd = q.fd().unwrap();
+    let stats = xdp.stats(0).unwrap();
+    let frame = test_frame(6, 100);
+    let mut pieces = split(&frame, &[]);
+    let pkt = frag_list(&mut pieces);
+    let hdr = VirtioNetHdr::default();
+
+    run(&["ip", "link", "set", &net.host, "down"]);
+    let mut sent = 0u64;
+    let status = loop {
+        match q.send(&hdr, &pkt).unwrap() {
+            SendStatus::Sent => sent += 1,
+            other => break other,
+        }
+        assert!(sent <= 4096, "sends never blocked with the link down");
+    };
+    assert_eq!(status, SendStatus::WouldBlock);
+    assert!(stats.tx_kick_errors.get() > 0, "ENETDOWN not counted");
+    println!("link down: {sent} sends queued, then WouldBlock");
+
+    run(&["ip", "link", "set", &net.host, "up"]);
+    assert!(
+        wait_writable(fd, 5000),
+        "fd never became writable after the link came back"
+    );
+    assert_eq!(q.send(&hdr, &pkt).unwrap(), SendStatus::Sent);
+    sent += 1;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stats.tx_completed.get() < sent && Instant::now() < deadline {
+        q.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(stats.tx_completed.get(), sent);
+    assert!(stats.tx_would_block.get() >= 1);
+    xdp.return_queue(0, q);
+}
