@@ -1,0 +1,356 @@
+//! Scenarios through a real TAP inside a network namespace each test creates (and
+//! deletes): the daemon runs in the namespace (`ip netns exec`), its socket stays
+//! reachable from here, and frames are captured and injected with AF_PACKET sockets
+//! opened inside the namespace. Needs root; without it each test says why it skips.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::daemon::Daemon;
+use common::guest::{bit, Connection, Guest, GuestConfig, BASE_FEATURES};
+use common::netns::{NetNs, PacketSocket};
+use common::packet::{
+    assert_bytes, guest_frames, ipv4_tcp_frame, ipv4_udp_frame, pattern, test_frame, total_len,
+    VnetHdr, ETH_P_IP, ETH_P_TEST, GUEST_MAC, GUEST_MAC_STR, PEER_MAC, VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
+};
+use common::{privileged, STATS_TIMEOUT, TIMEOUT};
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_MRG_RXBUF,
+};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+
+/// The TAP's name inside each test's own namespace.
+const TAP: &str = "vnmtap0";
+
+/// Fields drop in order: connection, guest, daemon (killed), then the namespace.
+struct TapRig {
+    c: Option<Connection>,
+    g: Guest,
+    d: Daemon,
+    /// Captures EtherType 0x88b5 frames arriving on the TAP from the daemon.
+    cap: PacketSocket,
+    /// Sends frames out of the TAP towards the daemon (and the guest).
+    inj: PacketSocket,
+    ns: NetNs,
+}
+
+fn tap_rig(test: &str, cfg: GuestConfig) -> Option<TapRig> {
+    if !privileged(test) {
+        return None;
+    }
+    let ns = NetNs::new();
+    let pairs = cfg.pairs.to_string();
+    let mut d = Daemon::spawn(
+        &["--tap", TAP, "--queues", &pairs, "--mac", GUEST_MAC_STR],
+        Some(&ns),
+    );
+    let mut g = Guest::new(cfg);
+    let c = g.attach(&mut d);
+    ns.wait_link(TAP, &mut d, TIMEOUT);
+    ns.link_up(TAP);
+    let cap = ns.packet_socket(TAP, ETH_P_TEST, false);
+    let inj = ns.packet_socket(TAP, 0, false);
+    Some(TapRig {
+        c: Some(c),
+        g,
+        d,
+        cap,
+        inj,
+        ns,
+    })
+}
+
+impl TapRig {
+    /// Expect `frames` on the TAP, in order, byte for byte.
+    fn expect_on_tap(&mut self, frames: &[Vec<u8>]) {
+        for (i, f) in frames.iter().enumerate() {
+            let Some(got) = self.cap.recv(TIMEOUT) else {
+                self.d.fail(&format!(
+                    "frame {i} of {} sent by the guest never reached the TAP in {}",
+                    frames.len(),
+                    self.ns.name()
+                ));
+            };
+            assert_bytes(&got, f, &format!("frame {i} on the TAP"));
+        }
+    }
+
+    /// Frames for the guest, injected from the namespace.
+    fn inject(&self, frames: &[Vec<u8>], ethertype: u16) {
+        for f in frames {
+            self.inj.send(f, ethertype, GUEST_MAC);
+        }
+    }
+}
+
+/// `n` raw frames towards the guest.
+fn peer_frames(seed: u32, n: usize, min_len: usize, max_len: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let len = min_len + (max_len - min_len) * i / n.max(2).saturating_sub(1);
+            test_frame(GUEST_MAC, PEER_MAC, seed + u32::try_from(i).unwrap(), len)
+        })
+        .collect()
+}
+
+#[test]
+fn tx_frames_arrive_on_the_tap() {
+    let Some(mut r) = tap_rig("tx_frames_arrive_on_the_tap", GuestConfig::default()) else {
+        return;
+    };
+    let frames = guest_frames(1000, 16, 60, 1514);
+    r.g.send(0, &frames);
+    r.g.wait_tx(0, frames.len());
+    r.expect_on_tap(&frames);
+    let s = r.d.wait_stats("16 TX packets", STATS_TIMEOUT, |s| {
+        s.queue(0, "tx_packets") == 16
+    });
+    assert_eq!(s.queue(0, "tx_bytes"), total_len(&frames), "{s}");
+    assert!(r.g.pairs[0].tx.was_called(), "no TX call signalled");
+}
+
+#[test]
+fn rx_frames_from_the_tap_arrive_in_guest_buffers() {
+    let Some(mut r) = tap_rig(
+        "rx_frames_from_the_tap_arrive_in_guest_buffers",
+        GuestConfig::default(),
+    ) else {
+        return;
+    };
+    r.g.post_rx(0, 32, 2048);
+    let frames = peer_frames(2000, 16, 60, 1514);
+    r.inject(&frames, ETH_P_TEST);
+    let got = r.g.recv(0, frames.len(), TIMEOUT);
+    for (i, (p, f)) in got.iter().zip(&frames).enumerate() {
+        assert_bytes(&p.frame, f, &format!("frame {i} in guest RX buffers"));
+        assert_eq!(p.hdr.gso_type, VIRTIO_NET_HDR_GSO_NONE);
+        assert_eq!((p.buffers, p.hdr.num_buffers), (1, 1), "frame {i}");
+    }
+    assert!(r.g.pairs[0].rx.was_called(), "no RX call signalled");
+    let s = r.d.wait_stats("16 RX packets", STATS_TIMEOUT, |s| {
+        s.queue(0, "rx_packets") == 16
+    });
+    assert_eq!(s.queue(0, "rx_bytes"), total_len(&frames), "{s}");
+}
+
+#[test]
+fn rx_without_mrg_rxbuf_and_event_idx() {
+    let cfg = GuestConfig {
+        features: BASE_FEATURES & !bit(VIRTIO_NET_F_MRG_RXBUF) & !bit(VIRTIO_RING_F_EVENT_IDX),
+        ..GuestConfig::default()
+    };
+    let Some(mut r) = tap_rig("rx_without_mrg_rxbuf_and_event_idx", cfg) else {
+        return;
+    };
+    r.g.post_rx(0, 16, 1600);
+    let frames = peer_frames(3000, 16, 60, 1514);
+    r.inject(&frames, ETH_P_TEST);
+    let got = r.g.recv(0, frames.len(), TIMEOUT);
+    for (i, (p, f)) in got.iter().zip(&frames).enumerate() {
+        assert_bytes(&p.frame, f, &format!("frame {i}"));
+        assert_eq!(
+            p.hdr.num_buffers, 1,
+            "frame {i}: num_buffers must be 1 without MRG_RXBUF"
+        );
+    }
+    let tx = guest_frames(3100, 8, 60, 1514);
+    r.g.send(0, &tx);
+    r.g.wait_tx(0, tx.len());
+    r.expect_on_tap(&tx);
+}
+
+#[test]
+fn gso_64k_packet_spans_merged_buffers() {
+    let cfg = GuestConfig {
+        features: BASE_FEATURES | bit(VIRTIO_NET_F_GUEST_CSUM) | bit(VIRTIO_NET_F_GUEST_TSO4),
+        ..GuestConfig::default()
+    };
+    let Some(mut r) = tap_rig("gso_64k_packet_spans_merged_buffers", cfg) else {
+        return;
+    };
+    // Enough 4 KiB buffers for the largest packet GUEST_TSO4 allows, and some more.
+    r.g.post_rx(0, 40, 4096);
+    let payload = pattern(4000, 60_000);
+    let frame = ipv4_tcp_frame(GUEST_MAC, PEER_MAC, &payload);
+    let vnet = VnetHdr {
+        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+        num_buffers: 0,
+    };
+    let gso = r.ns.packet_socket(TAP, 0, true);
+    let mut buf = vnet.to_bytes10().to_vec();
+    buf.extend_from_slice(&frame);
+    gso.send(&buf, ETH_P_IP, GUEST_MAC);
+
+    let got = r.g.recv(0, 1, TIMEOUT);
+    let p = &got[0];
+    assert_bytes(
+        &p.frame,
+        &frame,
+        "64 KiB GSO packet gathered from the guest buffers",
+    );
+    assert!(
+        p.buffers > 1,
+        "a {}-byte packet in {} buffer(s)",
+        frame.len(),
+        p.buffers
+    );
+    assert_eq!(
+        usize::from(p.hdr.num_buffers),
+        p.buffers,
+        "num_buffers vs used entries"
+    );
+    assert_eq!(
+        p.hdr.gso_type & 0x7f,
+        VIRTIO_NET_HDR_GSO_TCPV4,
+        "gso_type: {:?}",
+        p.hdr
+    );
+    assert_eq!(p.hdr.gso_size, 1448, "gso_size: {:?}", p.hdr);
+    assert_eq!(
+        p.hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        "flags: {:?}",
+        p.hdr
+    );
+    assert_eq!(
+        (p.hdr.csum_start, p.hdr.csum_offset),
+        (34, 16),
+        "{:?}",
+        p.hdr
+    );
+    let s = r.d.wait_stats("one RX packet", STATS_TIMEOUT, |s| {
+        s.queue(0, "rx_packets") == 1
+    });
+    assert_eq!(s.queue(0, "rx_bytes"), total_len(&[frame]), "{s}");
+}
+
+#[test]
+fn two_queue_pairs_on_a_multiqueue_tap() {
+    let cfg = GuestConfig {
+        pairs: 2,
+        ..GuestConfig::default()
+    };
+    let Some(mut r) = tap_rig("two_queue_pairs_on_a_multiqueue_tap", cfg) else {
+        return;
+    };
+    // TX on both pairs: all 15 frames reach the TAP (order across queues is free).
+    let f0 = guest_frames(5000, 6, 60, 1514);
+    let f1 = guest_frames(5100, 9, 60, 1514);
+    r.g.send(0, &f0);
+    r.g.send(1, &f1);
+    r.g.wait_tx(0, f0.len());
+    r.g.wait_tx(1, f1.len());
+    let mut want: HashMap<Vec<u8>, usize> = HashMap::new();
+    for f in f0.iter().chain(&f1) {
+        *want.entry(f.clone()).or_default() += 1;
+    }
+    for i in 0..f0.len() + f1.len() {
+        let Some(got) = r.cap.recv(TIMEOUT) else {
+            r.d.fail(&format!("only {i} of 15 TX frames reached the TAP"));
+        };
+        match want.get_mut(&got) {
+            Some(n) if *n > 0 => *n -= 1,
+            _ => panic!(
+                "unexpected or duplicated frame on the TAP ({} bytes)",
+                got.len()
+            ),
+        }
+    }
+
+    // RX: 32 UDP flows; the multi-queue TAP spreads them over both pairs by hash.
+    r.g.post_rx(0, 40, 2048);
+    r.g.post_rx(1, 40, 2048);
+    let frames: Vec<Vec<u8>> = (0..32u16)
+        .map(|i| {
+            ipv4_udp_frame(
+                GUEST_MAC,
+                PEER_MAC,
+                1000 + 7 * i,
+                &pattern(5200 + u32::from(i), 200),
+            )
+        })
+        .collect();
+    r.inject(&frames, ETH_P_IP);
+    let mut per_pair = [0u64; 2];
+    let mut seen = vec![false; frames.len()];
+    let deadline = Instant::now() + TIMEOUT;
+    while per_pair.iter().sum::<u64>() < 32 && Instant::now() < deadline {
+        for (pair, count) in per_pair.iter_mut().enumerate() {
+            for p in r.g.recv_until(pair, 32, Duration::from_millis(50)) {
+                let Some(i) = frames.iter().position(|f| *f == p.frame) else {
+                    panic!(
+                        "pair {pair}: a frame that was never sent ({} bytes)",
+                        p.frame.len()
+                    );
+                };
+                assert!(!seen[i], "frame {i} delivered twice");
+                seen[i] = true;
+                *count += 1;
+            }
+        }
+    }
+    assert_eq!(
+        per_pair.iter().sum::<u64>(),
+        32,
+        "received {per_pair:?} of 32 injected frames{}",
+        r.g.log().context()
+    );
+    assert!(
+        per_pair.iter().all(|n| *n > 0),
+        "all 32 flows landed on one pair: {per_pair:?}"
+    );
+    let s = r.d.wait_stats("per-queue counters", STATS_TIMEOUT, |s| {
+        s.queue(0, "rx_packets") == per_pair[0] && s.queue(1, "rx_packets") == per_pair[1]
+    });
+    assert_eq!(s.queue(0, "tx_packets"), 6, "{s}");
+    assert_eq!(s.queue(1, "tx_packets"), 9, "{s}");
+}
+
+#[test]
+fn reconnect_keeps_the_tap_and_rx_resumes_without_a_kick() {
+    let Some(mut r) = tap_rig(
+        "reconnect_keeps_the_tap_and_rx_resumes_without_a_kick",
+        GuestConfig::default(),
+    ) else {
+        return;
+    };
+    r.g.post_rx(0, 16, 2048);
+    let tx = guest_frames(6000, 4, 60, 1514);
+    r.g.send(0, &tx);
+    r.g.wait_tx(0, 4);
+    r.expect_on_tap(&tx);
+    let rx = peer_frames(6100, 4, 60, 1514);
+    r.inject(&rx, ETH_P_TEST);
+    for (p, f) in r.g.recv(0, 4, TIMEOUT).iter().zip(&rx) {
+        assert_bytes(&p.frame, f, "before the disconnect");
+    }
+
+    // The frontend goes away; 12 RX buffers stay posted in guest memory.
+    r.c = None;
+    std::thread::sleep(Duration::from_millis(100));
+    r.d.assert_running("after the frontend disconnected (no --once)");
+    r.c = Some(r.g.attach(&mut r.d));
+
+    // No RX kick after the reconnect: the restored ring must run on its own.
+    let rx = peer_frames(6200, 4, 60, 1514);
+    r.inject(&rx, ETH_P_TEST);
+    for (p, f) in r.g.recv(0, 4, TIMEOUT).iter().zip(&rx) {
+        assert_bytes(
+            &p.frame,
+            f,
+            "after the reconnect, into buffers posted before it",
+        );
+    }
+    let tx = guest_frames(6300, 4, 60, 1514);
+    r.g.send(0, &tx);
+    r.g.wait_tx(0, 4);
+    r.expect_on_tap(&tx);
+}
