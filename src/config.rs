@@ -24,6 +24,9 @@ pub enum ConfigError {
     /// Bad MTU.
     #[error("invalid --mtu {0}: must be 68 to 65535")]
     Mtu(u32),
+    /// Bad AF_XDP interface name.
+    #[error("invalid --xdp {0:?}: an interface name of 1 to 15 characters")]
+    XdpName(String),
     /// Conflicting uplinks.
     #[error("choose one uplink: --tap, --uplink or --xdp")]
     UplinkConflict,
@@ -65,6 +68,12 @@ pub struct Cli {
     /// created from the pattern vnm%d and its name logged.
     #[arg(long, value_name = "NAME")]
     pub tap: Option<String>,
+
+    /// AF_XDP uplink on interface IFACE instead of a TAP: one XDP socket per queue pair
+    /// bound to queue id = pair index (zero-copy when the driver can, else copy mode).
+    /// Segmentation and receive-checksum offloads are not offered to the guest.
+    #[arg(long, value_name = "IFACE")]
+    pub xdp: Option<String>,
 
     /// Test/benchmark uplink instead of a TAP.
     #[arg(long, value_enum, value_name = "KIND")]
@@ -110,6 +119,8 @@ pub enum UplinkConfig {
     Tap(String),
     /// A test uplink.
     Test(TestUplinkArg),
+    /// AF_XDP on an interface.
+    Xdp(String),
 }
 
 /// Validated configuration.
@@ -171,16 +182,22 @@ pub fn derived_mac(seed: &[u8]) -> [u8; 6] {
 impl NetConfig {
     /// Validate a parsed command line.
     pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
-        let uplink = match (cli.tap, cli.uplink) {
-            (Some(_), Some(_)) => return Err(ConfigError::UplinkConflict),
-            (Some(t), None) => {
+        let uplink = match (cli.tap, cli.uplink, cli.xdp) {
+            (Some(t), None, None) => {
                 if !valid_ifname(&t) {
                     return Err(ConfigError::TapName(t));
                 }
                 UplinkConfig::Tap(t)
             }
-            (None, Some(k)) => UplinkConfig::Test(k),
-            (None, None) => UplinkConfig::Tap("vnm%d".into()),
+            (None, Some(k), None) => UplinkConfig::Test(k),
+            (None, None, Some(i)) => {
+                if !valid_ifname(&i) || i.contains('%') {
+                    return Err(ConfigError::XdpName(i));
+                }
+                UplinkConfig::Xdp(i)
+            }
+            (None, None, None) => UplinkConfig::Tap("vnm%d".into()),
+            _ => return Err(ConfigError::UplinkConflict),
         };
         if !(1..=MAX_QUEUE_PAIRS).contains(&cli.queues) {
             return Err(ConfigError::Queues(cli.queues));
@@ -252,6 +269,16 @@ mod tests {
         assert!(parse(&["--socket", "/s", "--tap", "x/y"])
             .unwrap_err()
             .contains("--tap"));
+        assert!(parse(&["--socket", "/s", "--tap", "a", "--xdp", "b"])
+            .unwrap_err()
+            .contains("one uplink"));
+        assert!(parse(&["--socket", "/s", "--xdp", "e%d"])
+            .unwrap_err()
+            .contains("--xdp"));
+        assert_eq!(
+            parse(&["--socket", "/s", "--xdp", "veth0"]).unwrap().uplink,
+            UplinkConfig::Xdp("veth0".into())
+        );
         assert!(parse(&[]).is_err());
     }
 

@@ -13,6 +13,7 @@ use crate::config::{NetConfig, TestUplinkArg, UplinkConfig};
 use crate::metrics::DeviceMetrics;
 use crate::uplink::null::{TestUplink, TestUplinkKind};
 use crate::uplink::tap::Tap;
+use crate::uplink::xdp::Xdp;
 use crate::uplink::{Uplink, UplinkError};
 use crate::vhost_user::{serve_connection, ConnectionEnd, NetBackend};
 use crate::virtio::features::SUPPORTED;
@@ -58,6 +59,7 @@ pub fn open_uplink(config: &NetConfig) -> Result<Arc<dyn Uplink>, UplinkError> {
         UplinkConfig::Test(TestUplinkArg::Loopback) => {
             Arc::new(TestUplink::new(TestUplinkKind::Loopback, pairs)?)
         }
+        UplinkConfig::Xdp(iface) => Arc::new(Xdp::open(iface, pairs)?),
     })
 }
 
@@ -225,7 +227,7 @@ fn serve(
         log::info!("frontend connected");
         let backend = Arc::new(Mutex::new(NetBackend::new(
             Arc::clone(config),
-            SUPPORTED,
+            SUPPORTED & !uplink.unsupported_features(),
             Arc::clone(uplink),
             Arc::clone(metrics),
         )));

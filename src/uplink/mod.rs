@@ -81,6 +81,11 @@ pub trait Uplink: Send + Sync {
 
     /// Follow the features the guest acked (TAP: `TUNSETOFFLOAD`).
     fn apply_features(&self, features: Features) -> Result<(), UplinkError>;
+
+    /// virtio features this uplink cannot honour; the control plane does not offer them.
+    fn unsupported_features(&self) -> u64 {
+        0
+    }
 }
 
 /// A set of queues held by an uplink while no worker uses them.

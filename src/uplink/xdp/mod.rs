@@ -423,6 +423,10 @@ impl Uplink for Xdp {
     fn apply_features(&self, _features: Features) -> Result<(), UplinkError> {
         Ok(())
     }
+
+    fn unsupported_features(&self) -> u64 {
+        XDP_UNSUPPORTED_FEATURES
+    }
 }
 
 /// At most one log line per second for a guest-triggerable event.
