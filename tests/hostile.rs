@@ -256,6 +256,42 @@ fn tx_indirect_table_inside_an_indirect_table() {
     });
 }
 
+#[test]
+fn tx_next_index_beyond_the_table() {
+    tx_case("tx_drop_bad_chain", |g| {
+        let (h, f) = good_parts(g, 11, 100);
+        let head = g.pairs[0].tx.ring.add_chain(&g.mem, &[h, f]);
+        let (table, _, _) = g.pairs[0].tx.ring.addresses();
+        let d = SplitRing::read_desc(&g.mem, table, head);
+        SplitRing::write_desc(
+            &g.mem,
+            table,
+            head,
+            Desc {
+                next: QUEUE_SIZE + 100,
+                ..d
+            },
+        );
+        head
+    });
+}
+
+#[test]
+fn tx_packet_larger_than_64k() {
+    tx_case("tx_drop_oversized", |g| {
+        let (h, _) = good_parts(g, 12, 100);
+        let big = g.mem.alloc(1, 70_000, 64);
+        g.mem.write(
+            big.0,
+            &common::packet::test_frame(BROADCAST, GUEST_MAC, 12, 70_000),
+        );
+        g.pairs[0]
+            .tx
+            .ring
+            .add_chain(&g.mem, &[h, Buf::ro(big, 70_000)])
+    });
+}
+
 /// Run an RX case: `build` adds one bad chain to pair 0's RX ring and returns its head;
 /// a frame sent on pair 0 makes the device use it.
 fn rx_case(counter: &str, build: impl FnOnce(&mut Guest) -> u16) {
@@ -315,6 +351,14 @@ fn rx_descriptor_outside_guest_memory() {
             write: true,
         };
         g.pairs[0].rx.ring.add_chain(&g.mem, &[bad])
+    });
+}
+
+#[test]
+fn rx_buffer_shorter_than_the_header() {
+    rx_case("rx_drop_short_buffer", |g| {
+        let a = g.mem.alloc(0, 8, 16);
+        g.pairs[0].rx.ring.add_chain(&g.mem, &[Buf::wo(a, 8)])
     });
 }
 

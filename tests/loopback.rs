@@ -212,8 +212,26 @@ fn once_exits_zero_after_the_first_disconnect() {
 }
 
 #[test]
+fn memory_given_with_add_mem_reg_only() {
+    // QEMU with CONFIGURE_MEM_SLOTS acked sends no SET_MEM_TABLE: one ADD_MEM_REG per
+    // region, here both pieces of the memfd (the second at a non-zero mmap_offset, and
+    // holding the TX ring).
+    let cfg = GuestConfig {
+        mem_via_add_reg: true,
+        ..GuestConfig::default()
+    };
+    let (_d, mut g, _c) = start_loopback(cfg, &[]);
+    g.loopback_roundtrip(0, &guest_frames(850, 12, 60, 1514));
+}
+
+#[test]
 fn mem_slots_remove_and_add_while_idle() {
-    let (mut d, mut g, mut c) = start_loopback(GuestConfig::default(), &[]);
+    let cfg = GuestConfig {
+        // Region 1 is removed below: keep every ring in region 0.
+        tx_ring_region: 0,
+        ..GuestConfig::default()
+    };
+    let (mut d, mut g, mut c) = start_loopback(cfg, &[]);
     assert!(
         c.max_mem_slots >= 3,
         "GET_MAX_MEM_SLOTS {} < 3",
@@ -267,4 +285,92 @@ fn mem_slots_remove_and_add_while_idle() {
         s.queue(0, "rx_packets") == 24
     });
     assert_eq!(s.queue(0, "tx_drop_bad_memory"), 1, "{s}");
+}
+
+/// Open fds and threads of a process.
+fn fds_and_threads(pid: u32) -> (usize, usize) {
+    let count = |dir: String| {
+        std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{dir}: {e}"))
+            .count()
+    };
+    (
+        count(format!("/proc/{pid}/fd")),
+        count(format!("/proc/{pid}/task")),
+    )
+}
+
+#[test]
+fn repeated_reconnects_leak_no_fds_or_threads() {
+    let (mut d, mut g, c) = start_loopback(GuestConfig::default(), &[]);
+    g.loopback_roundtrip(0, &guest_frames(1000, 4, 60, 1514));
+    drop(c);
+    std::thread::sleep(Duration::from_millis(200));
+    let baseline = fds_and_threads(d.pid());
+    for cycle in 0..15u32 {
+        let _c = g.attach(&mut d);
+        g.loopback_roundtrip(0, &guest_frames(1100 + 10 * cycle, 4, 60, 1514));
+    }
+    // Idle again: the same fds and threads as after the first connection.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let now = fds_and_threads(d.pid());
+        if now == baseline {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            d.fail(&format!(
+                "after 15 more connections the daemon holds (fds, threads) {now:?}, \
+                 {baseline:?} after the first"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn disconnect_while_traffic_is_in_flight() {
+    let (mut d, mut g, c) = start_loopback(GuestConfig::default(), &[]);
+    // 60 chains kicked in two batches, RX room for all of them and the marker (64
+    // buffers now, 64 after the reconnect).
+    let burst = guest_frames(1200, 60, 60, 1514);
+    g.post_rx(0, 64, 2048);
+    g.send(0, &burst[..30]);
+    g.send(0, &burst[30..]);
+    drop(c); // while the worker is busy
+    d.assert_running("after a disconnect in the middle of traffic");
+    let _c = g.attach(&mut d);
+    // Whatever was in flight may arrive first (each byte-exact); the marker must arrive.
+    let marker = guest_frames(1500, 1, 333, 333);
+    g.post_rx(0, 64, 2048);
+    g.send(0, &marker);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut seen_marker = false;
+    let mut received = 0;
+    while !seen_marker && std::time::Instant::now() < deadline {
+        for p in g.recv_until(0, 64, Duration::from_millis(100)) {
+            received += 1;
+            if p.frame == marker[0] {
+                seen_marker = true;
+            } else if !burst.contains(&p.frame) {
+                d.fail(&format!(
+                    "a {}-byte frame that was never sent arrived after the reconnect",
+                    p.frame.len()
+                ));
+            }
+        }
+    }
+    if !seen_marker {
+        let tx_used = g.pairs[0].tx.ring.used_idx(&g.mem);
+        let rx_used = g.pairs[0].rx.ring.used_idx(&g.mem);
+        let stats = d.stats().map(|s| s.to_string()).unwrap_or_default();
+        d.fail(&format!(
+            "the marker frame never arrived after reconnecting in the middle of a burst: \
+             {received} frames received, TX used.idx {tx_used} (avail {}), RX used.idx \
+             {rx_used} (avail {}); stats {stats}",
+            g.pairs[0].tx.ring.avail_idx(),
+            g.pairs[0].rx.ring.avail_idx()
+        ));
+    }
+    d.assert_running("after the reconnect");
 }

@@ -98,6 +98,12 @@ pub struct GuestConfig {
     pub mem_regions: Vec<usize>,
     /// Setup message order.
     pub order: SetupOrder,
+    /// Send the memory as one ADD_MEM_REG per region instead of SET_MEM_TABLE (what
+    /// QEMU does once CONFIGURE_MEM_SLOTS is acked).
+    pub mem_via_add_reg: bool,
+    /// Region holding the TX rings (the RX rings are in region 0). Default 1: the region
+    /// at a non-zero mmap_offset, so ring addresses are translated through it.
+    pub tx_ring_region: usize,
 }
 
 impl Default for GuestConfig {
@@ -109,6 +115,8 @@ impl Default for GuestConfig {
             protocol: wanted_protocol(),
             mem_regions: vec![0, 1],
             order: SetupOrder::Standard,
+            mem_via_add_reg: false,
+            tx_ring_region: 1,
         }
     }
 }
@@ -128,10 +136,10 @@ pub struct Vq {
 }
 
 impl Vq {
-    fn new(mem: &TestMemory, index: usize, size: u16) -> Vq {
+    fn new(mem: &TestMemory, index: usize, size: u16, region: usize) -> Vq {
         Vq {
             index,
-            ring: SplitRing::new(mem, 0, size),
+            ring: SplitRing::new(mem, region, size),
             kick: EventFd::new(EFD_NONBLOCK).expect("kick eventfd"),
             call: EventFd::new(EFD_NONBLOCK).expect("call eventfd"),
             calls: 0,
@@ -452,13 +460,13 @@ pub fn read_written(mem: &TestMemory, bufs: &[Buf], len: u32) -> Vec<u8> {
 }
 
 impl Guest {
-    /// Memory and rings (all rings in region 0).
+    /// Memory and rings (RX rings in region 0, TX rings in `cfg.tx_ring_region`).
     pub fn new(cfg: GuestConfig) -> Guest {
         let mem = TestMemory::new();
         let pairs = (0..cfg.pairs)
             .map(|p| QueuePair {
-                rx: Vq::new(&mem, 2 * p, cfg.queue_size),
-                tx: Vq::new(&mem, 2 * p + 1, cfg.queue_size),
+                rx: Vq::new(&mem, 2 * p, cfg.queue_size, 0),
+                tx: Vq::new(&mem, 2 * p + 1, cfg.queue_size, cfg.tx_ring_region),
             })
             .collect();
         Guest {
@@ -553,6 +561,11 @@ impl Guest {
         conn.fe
             .set_protocol_features(conn.protocol)
             .unwrap_or_else(|e| fail("SET_PROTOCOL_FEATURES", &e));
+        if self.cfg.order == SetupOrder::Qemu72 {
+            for i in 0..self.vrings() {
+                conn.raw_vring_enable(u32::try_from(i).expect("fits"), true);
+            }
+        }
         if conn.protocol.contains(VhostUserProtocolFeatures::MQ) {
             conn.queue_num = conn.request_u64(req::GET_QUEUE_NUM);
         }
@@ -564,11 +577,6 @@ impl Guest {
                 .fe
                 .get_max_mem_slots()
                 .unwrap_or_else(|e| fail("GET_MAX_MEM_SLOTS", &e));
-        }
-        if self.cfg.order == SetupOrder::Qemu72 {
-            for i in 0..self.vrings() {
-                conn.raw_vring_enable(u32::try_from(i).expect("fits"), true);
-            }
         }
         if conn.protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
             // Every later message waits for the daemon's ack: when a call returns, the
@@ -585,9 +593,17 @@ impl Guest {
             .iter()
             .map(|&i| self.mem.region_info(i))
             .collect();
-        conn.fe
-            .set_mem_table(&regions)
-            .unwrap_or_else(|e| fail("SET_MEM_TABLE", &e));
+        if self.cfg.mem_via_add_reg {
+            for r in &regions {
+                conn.fe
+                    .add_mem_region(r)
+                    .unwrap_or_else(|e| fail("ADD_MEM_REG", &e));
+            }
+        } else {
+            conn.fe
+                .set_mem_table(&regions)
+                .unwrap_or_else(|e| fail("SET_MEM_TABLE", &e));
+        }
         let event_idx = self.has(VIRTIO_RING_F_EVENT_IDX);
         for i in 0..self.vrings() {
             let vq = self.vq(i);
