@@ -374,3 +374,24 @@ fn disconnect_while_traffic_is_in_flight() {
     }
     d.assert_running("after the reconnect");
 }
+
+#[test]
+fn sigterm_stops_the_daemon_cleanly() {
+    let (mut d, mut g, _c) = start_loopback(GuestConfig::default(), &[]);
+    let frames = guest_frames(1600, 5, 60, 1514);
+    g.loopback_roundtrip(0, &frames);
+    let pid = libc::pid_t::try_from(d.pid()).expect("pid fits pid_t");
+    // SAFETY: kill(2) on the PID of our own child process, which has not been reaped
+    // (Daemon reaps it only in wait_exit/drop); the result is checked.
+    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    let Some(status) = d.wait_exit(TIMEOUT) else {
+        d.fail("still running 5 s after SIGTERM (with a frontend connected)");
+    };
+    if !status.success() {
+        d.fail(&format!("exit status {status} after SIGTERM"));
+    }
+    let s = d.stats().expect("stats file");
+    assert_eq!(s.queue(0, "rx_packets"), 5, "final stats at exit: {s}");
+    assert!(!d.socket.exists(), "socket file left behind after SIGTERM");
+}

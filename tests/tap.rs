@@ -16,9 +16,11 @@ use common::packet::{
     VnetHdr, ETH_P_IP, ETH_P_TEST, GUEST_MAC, GUEST_MAC_STR, PEER_MAC, VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
 };
+use common::ring::Buf;
 use common::{privileged, STATS_TIMEOUT, TIMEOUT};
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_HOST_TSO4,
+    VIRTIO_NET_F_MRG_RXBUF,
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
@@ -353,4 +355,130 @@ fn reconnect_keeps_the_tap_and_rx_resumes_without_a_kick() {
     r.g.send(0, &tx);
     r.g.wait_tx(0, 4);
     r.expect_on_tap(&tx);
+}
+
+#[test]
+fn tso_packet_from_the_guest_reaches_the_tap_whole() {
+    let cfg = GuestConfig {
+        features: BASE_FEATURES | bit(VIRTIO_NET_F_CSUM) | bit(VIRTIO_NET_F_HOST_TSO4),
+        ..GuestConfig::default()
+    };
+    let Some(mut r) = tap_rig("tso_packet_from_the_guest_reaches_the_tap_whole", cfg) else {
+        return;
+    };
+    // Capture IPv4 on the TAP with the kernel's view of the offload (virtio_net_hdr).
+    let cap = r.ns.packet_socket(TAP, ETH_P_IP, true);
+    let frame = ipv4_tcp_frame(PEER_MAC, GUEST_MAC, &pattern(7000, 60_000));
+    let hdr = VnetHdr {
+        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+        num_buffers: 0,
+    };
+    // The header, then the frame in four pieces alternating between the two regions.
+    let h = r.g.mem.alloc(0, 12, 16);
+    r.g.mem.write(h.0, &hdr.to_bytes());
+    let mut bufs = vec![Buf::ro(h, 12)];
+    for (i, piece) in frame.chunks(frame.len().div_ceil(4)).enumerate() {
+        let a =
+            r.g.mem
+                .alloc(i % 2, u64::try_from(piece.len()).unwrap(), 64);
+        r.g.mem.write(a.0, piece);
+        bufs.push(Buf::ro(a, piece.len()));
+    }
+    r.g.pairs[0].tx.ring.add_chain(&r.g.mem, &bufs);
+    r.g.kick_tx(0);
+    r.g.wait_tx(0, 1);
+    let Some(got) = cap.recv(TIMEOUT) else {
+        r.d.fail("the TSO packet never reached the TAP");
+    };
+    let vnet = VnetHdr::from_bytes(&[&got[..10], &[0, 0]].concat());
+    assert_bytes(&got[10..], &frame, "TSO packet on the TAP");
+    assert_eq!(
+        (vnet.gso_type & 0x7f, vnet.gso_size),
+        (VIRTIO_NET_HDR_GSO_TCPV4, 1448),
+        "the kernel's view of the packet: {vnet:?}"
+    );
+    let s = r.d.wait_stats("one TX packet", STATS_TIMEOUT, |s| {
+        s.queue(0, "tx_packets") == 1
+    });
+    assert_eq!(s.queue(0, "tx_bytes"), total_len(&[frame]), "{s}");
+}
+
+#[test]
+fn rx_waits_for_guest_buffers_and_loses_nothing() {
+    let Some(mut r) = tap_rig(
+        "rx_waits_for_guest_buffers_and_loses_nothing",
+        GuestConfig::default(),
+    ) else {
+        return;
+    };
+    // Frames arrive while the guest has no RX buffers: they wait in the TAP.
+    let frames = peer_frames(8000, 8, 60, 1514);
+    r.inject(&frames, ETH_P_TEST);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !r.g.pairs[0].rx.ring.has_used(&r.g.mem),
+        "used entries without posted buffers"
+    );
+    // The guest posts buffers and kicks: every frame arrives, in order.
+    r.g.post_rx(0, 16, 2048);
+    let got = r.g.recv(0, frames.len(), TIMEOUT);
+    for (i, (p, f)) in got.iter().zip(&frames).enumerate() {
+        assert_bytes(&p.frame, f, &format!("frame {i} held until buffers came"));
+    }
+}
+
+#[test]
+fn gso_packet_into_big_buffers_without_mrg_rxbuf() {
+    let cfg = GuestConfig {
+        features: (BASE_FEATURES & !bit(VIRTIO_NET_F_MRG_RXBUF))
+            | bit(VIRTIO_NET_F_GUEST_CSUM)
+            | bit(VIRTIO_NET_F_GUEST_TSO4),
+        ..GuestConfig::default()
+    };
+    let Some(mut r) = tap_rig("gso_packet_into_big_buffers_without_mrg_rxbuf", cfg) else {
+        return;
+    };
+    // "Big packets" buffers as Linux posts them: a header descriptor, then 17 pages,
+    // alternating regions.
+    for _ in 0..4 {
+        let h = r.g.mem.alloc(0, 12, 16);
+        let mut bufs = vec![Buf::wo(h, 12)];
+        for i in 0..17 {
+            let a = r.g.mem.alloc(i % 2, 4096, 4096);
+            bufs.push(Buf::wo(a, 4096));
+        }
+        r.g.pairs[0].rx.ring.add_chain(&r.g.mem, &bufs);
+    }
+    r.g.kick_rx(0);
+    let frame = ipv4_tcp_frame(GUEST_MAC, PEER_MAC, &pattern(9000, 60_000));
+    let vnet = VnetHdr {
+        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+        num_buffers: 0,
+    };
+    let gso = r.ns.packet_socket(TAP, 0, true);
+    gso.send(
+        &[&vnet.to_bytes10()[..], &frame].concat(),
+        ETH_P_IP,
+        GUEST_MAC,
+    );
+    let got = r.g.recv(0, 1, TIMEOUT);
+    let p = &got[0];
+    assert_bytes(&p.frame, &frame, "64 KiB GSO packet in one big chain");
+    assert_eq!(
+        p.hdr.gso_type & 0x7f,
+        VIRTIO_NET_HDR_GSO_TCPV4,
+        "{:?}",
+        p.hdr
+    );
+    assert_eq!(p.hdr.gso_size, 1448, "{:?}", p.hdr);
 }
