@@ -395,3 +395,16 @@ fn sigterm_stops_the_daemon_cleanly() {
     assert_eq!(s.queue(0, "rx_packets"), 5, "final stats at exit: {s}");
     assert!(!d.socket.exists(), "socket file left behind after SIGTERM");
 }
+
+#[test]
+fn set_mem_table_again_while_running() {
+    // QEMU sends a whole new table on memory hotplug, with the rings running.
+    let (mut d, mut g, c) = start_loopback(GuestConfig::default(), &[]);
+    g.loopback_roundtrip(0, &guest_frames(1700, 4, 60, 1514));
+    let regions: Vec<_> = [0, 1, 2].iter().map(|&i| g.mem.region_info(i)).collect();
+    vhost::VhostBackend::set_mem_table(&c.fe, &regions)
+        .unwrap_or_else(|e| d.fail(&format!("second SET_MEM_TABLE: {e:?}")));
+    g.buf_regions = vec![2, 1];
+    g.loopback_roundtrip(0, &guest_frames(1710, 8, 60, 1514));
+    d.assert_running("after the memory table was replaced");
+}
