@@ -143,7 +143,7 @@ fn vring_enable_zero_pauses_a_pair_and_one_resumes_it() {
         pairs: 2,
         ..GuestConfig::default()
     };
-    let (mut d, mut g, mut c) = start_loopback(cfg, &[]);
+    let (d, mut g, mut c) = start_loopback(cfg, &[]);
     g.loopback_roundtrip(1, &guest_frames(80, 2, 60, 200));
     // The guest goes down to one pair (ethtool -L combined 1): QEMU disables pair 1.
     for ring in [2, 3] {
