@@ -355,6 +355,18 @@ fn rx_descriptor_outside_guest_memory() {
 }
 
 #[test]
+fn rx_descriptor_address_plus_len_wraps() {
+    rx_case("rx_drop_bad_memory", |g| {
+        let bad = Buf {
+            addr: u64::MAX - 0x3f,
+            len: 0x1000,
+            write: true,
+        };
+        g.pairs[0].rx.ring.add_chain(&g.mem, &[bad])
+    });
+}
+
+#[test]
 fn rx_buffer_shorter_than_the_header() {
     rx_case("rx_drop_short_buffer", |g| {
         let a = g.mem.alloc(0, 8, 16);
