@@ -224,7 +224,7 @@ fn serve(
                 None => return Ok(()),
             },
         };
-        log::info!("frontend connected");
+        log::debug!("connection accepted");
         let backend = Arc::new(Mutex::new(NetBackend::new(
             Arc::clone(config),
             SUPPORTED & !uplink.unsupported_features(),
@@ -239,6 +239,10 @@ fn serve(
                 return Ok(());
             }
             ConnectionEnd::Disconnected => log::info!("frontend disconnected"),
+            ConnectionEnd::Probe => {
+                log::debug!("connection closed before any request; still waiting");
+                continue;
+            }
             ConnectionEnd::ProtocolError(e) => {
                 log::error!("closing connection after a protocol error: {e}")
             }

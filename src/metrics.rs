@@ -108,6 +108,8 @@ queue_metrics! {
     rx_drop_bad_direction,
     /// RX chains dropped: smaller than the virtio header.
     rx_drop_short_buffer,
+    /// RX packets dropped: larger than the guest buffers offered for them.
+    rx_drop_truncated,
     /// RX read errors from the uplink.
     rx_uplink_errors,
     /// Guest notifications sent (call eventfd writes).

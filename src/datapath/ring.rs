@@ -3,12 +3,15 @@
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::metrics::QueueMetrics;
 use crate::virtio::ChainWalker;
+
+/// Bytes before the first entry of the avail ring (flags, idx).
+const AVAIL_RING_HEADER: u64 = 4;
 
 /// Everything needed to run one ring, handed from the control plane to a worker.
 #[derive(Debug)]
@@ -109,9 +112,19 @@ impl Ring {
         None
     }
 
-    /// Pop the next head (call only after [`Self::available`] said there is one).
+    /// Pop the next head (call only after [`Self::available`] said there is one: its
+    /// acquire load of the avail index orders this read of the ring entry).
     pub fn pop_head(&mut self, mem: &GuestMemoryMmap) -> Option<u16> {
-        self.queue.iter(mem).ok()?.next().map(|c| c.head_index())
+        let next = self.queue.next_avail();
+        // Ring sizes are powers of two, so the mask is the modulo.
+        let slot = next & self.queue.size().wrapping_sub(1);
+        let addr = self
+            .queue
+            .avail_ring()
+            .checked_add(AVAIL_RING_HEADER + u64::from(slot) * 2)?;
+        let head = mem.read_obj::<u16>(GuestAddress(addr)).ok()?;
+        self.queue.set_next_avail(next.wrapping_add(1));
+        Some(u16::from_le(head))
     }
 
     /// Give back the last `n` popped heads (they will be popped again).

@@ -20,7 +20,7 @@ use crate::netmem::{FragList, GuestPageMap};
 use crate::uplink::UplinkQueue;
 use crate::virtio::chain::Segments;
 use crate::virtio::features::VIRTIO_NET_F_MRG_RXBUF;
-use crate::virtio::{Features, VNET_HDR_LEN};
+use crate::virtio::{ChainError, Features, VNET_HDR_LEN};
 
 /// Packets moved before the guest is notified and the loop checks other work.
 pub const RX_BATCH: usize = 64;
@@ -117,7 +117,10 @@ impl RxPath {
         };
         let mut segs = Segments::new();
         if let Err(e) = ring.walker.walk(mem, head, &mut segs) {
-            m.rx_drop_bad_chain.inc();
+            match e {
+                ChainError::Wraps { .. } => m.rx_drop_bad_memory.inc(),
+                _ => m.rx_drop_bad_chain.inc(),
+            }
             self.drop_chain(ring, map, head, &e.to_string());
             return true;
         }
@@ -186,6 +189,7 @@ impl RxPath {
             let chains = if mrg { self.stash.len() } else { 1 };
             let mut frags = FragList::new();
             let mut ok = true;
+            let offered: u64 = self.stash.iter().take(chains).map(|c| c.cap).sum();
             for c in self.stash.iter().take(chains) {
                 for s in &c.segs {
                     if map.push_frags(s.gpa, s.len, &mut frags).is_err() {
@@ -219,6 +223,17 @@ impl RxPath {
                 }
             };
             drop(frags);
+            if n as u64 > offered {
+                // The uplink had more than the buffers hold (it reports the full length):
+                // drop it rather than hand the guest a cut packet; the buffers stay.
+                m.rx_drop_truncated.inc();
+                if self.log.allow() {
+                    log::warn!(
+                        "{n}-byte packet does not fit {offered} bytes of guest buffers: dropped"
+                    );
+                }
+                continue;
+            }
             // Distribute the packet over the chains in order.
             let mut left = n as u64;
             let mut used: smallvec::SmallVec<[(u16, u32); 8]> = smallvec::SmallVec::new();

@@ -122,6 +122,7 @@ impl TxPath {
 
     fn count_drop(&mut self, d: &TxDrop, m: &QueueMetrics) {
         match d {
+            TxDrop::Chain(ChainError::Wraps { .. }) => m.tx_drop_bad_memory.inc(),
             TxDrop::Chain(_) => m.tx_drop_bad_chain.inc(),
             TxDrop::Memory(_) => m.tx_drop_bad_memory.inc(),
             TxDrop::Direction => m.tx_drop_bad_direction.inc(),
@@ -153,12 +154,14 @@ impl TxPath {
         let mut done = 0usize;
         let mut packets = 0u64;
         let mut bytes = 0u64;
+        let mut ready = 0u16;
         let outcome = loop {
-            let Some(avail) = ring.available(mem, m) else {
-                break TxOutcome::Drained;
-            };
-            if avail == 0 {
-                break TxOutcome::Drained;
+            if ready == 0 {
+                // One acquire load of the avail index per round, not per chain.
+                match ring.available(mem, m) {
+                    Some(n) if n > 0 => ready = n,
+                    _ => break TxOutcome::Drained,
+                }
             }
             if done >= TX_BATCH {
                 break TxOutcome::Budget;
@@ -166,6 +169,7 @@ impl TxPath {
             let Some(head) = ring.pop_head(mem) else {
                 break TxOutcome::Drained;
             };
+            ready -= 1;
             done += 1;
             let mut frags = FragList::new();
             match self.build(ring, map, head, features, &mut frags) {

@@ -58,8 +58,9 @@ pub trait UplinkQueue: Send {
     /// Send one packet.
     fn send(&mut self, hdr: &VirtioNetHdr, pkt: &FragList<'_>) -> Result<SendStatus, UplinkError>;
 
-    /// Receive one packet into `bufs`, virtio-net header first; returns the bytes
-    /// written (header included) or None when nothing is pending.
+    /// Receive one packet into `bufs`, virtio-net header first; returns the packet's
+    /// full length (header included), which exceeds `bufs.len()` when it did not fit
+    /// (then only a prefix was written), or None when nothing is pending.
     fn recv(&mut self, bufs: &FragList<'_>) -> Result<Option<usize>, UplinkError>;
 
     /// Called after a batch of sends (an AF_XDP queue kicks its TX ring here).

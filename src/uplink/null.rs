@@ -130,8 +130,10 @@ impl UplinkQueue for LoopbackQueue {
             let _ = self.ready.read();
             return Ok(None);
         };
-        // A packet larger than the buffers is truncated, as a TAP read would be.
-        let n = bufs.copy_from(&pkt);
+        // Like a TAP read: a prefix is written if the buffers are too small, and the full
+        // length is reported.
+        bufs.copy_from(&pkt);
+        let n = pkt.len();
         self.free.push(pkt);
         Ok(Some(n))
     }

@@ -33,6 +33,9 @@ const FLAG_NEED_REPLY: u32 = 0x8;
 pub enum ConnectionEnd {
     /// The frontend closed the socket.
     Disconnected,
+    /// The peer closed the socket before sending any request (e.g. another process
+    /// probing whether the socket is in use).
+    Probe,
     /// A signal asked us to stop.
     Stopped,
     /// The frontend sent something we cannot follow; the connection was closed.
@@ -137,6 +140,7 @@ pub fn serve_connection(
         Err(e) => return ConnectionEnd::ProtocolError(format!("cannot clone socket: {e}")),
     };
     let lock = || backend.lock().unwrap_or_else(|e| e.into_inner());
+    let mut requests = 0u64;
     loop {
         match wait_readable(&sock, stop) {
             Ok(true) => {}
@@ -145,9 +149,14 @@ pub fn serve_connection(
         }
         let peeked = match peek_header(&sock) {
             Ok(Some(p)) => p,
+            Ok(None) if requests == 0 => return ConnectionEnd::Probe,
             Ok(None) => return ConnectionEnd::Disconnected,
             Err(e) => return ConnectionEnd::ProtocolError(format!("socket: {e}")),
         };
+        if requests == 0 {
+            log::info!("frontend connected");
+        }
+        requests += 1;
         let need_reply = peeked.flags & FLAG_NEED_REPLY != 0;
         match peeked.request {
             REQ_SET_STATUS | REQ_GET_STATUS => {

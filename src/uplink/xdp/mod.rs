@@ -768,7 +768,9 @@ impl UplinkQueue for XdpQueue {
                 self.stats.rx_truncated.inc();
             }
             self.stats.rx_packets.inc();
-            return Ok(Some(written));
+            // The full length, as a TAP read reports it: the worker drops (and counts)
+            // a packet that did not fit instead of handing the guest a cut one.
+            return Ok(Some(want));
         }
     }
 }
