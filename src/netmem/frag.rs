@@ -178,7 +178,7 @@ mod tests {
         fn copy_round_trips(sizes in proptest::collection::vec(0usize..300, 0..40), seed: u8) {
             let mut bufs: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0u8; n]).collect();
             let total: usize = sizes.iter().sum();
-            let src: Vec<u8> = (0..total).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
+            let src: Vec<u8> = (0..total).map(|i| i.to_le_bytes()[0].wrapping_mul(31).wrapping_add(seed)).collect();
             let l = list_over(&mut bufs);
             prop_assert_eq!(l.len(), total);
             prop_assert_eq!(l.nr_frags(), sizes.len());
@@ -192,7 +192,7 @@ mod tests {
 
         #[test]
         fn short_destination_copies_prefix(sizes in proptest::collection::vec(1usize..100, 1..10), cut in 0usize..500) {
-            let mut bufs: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &n)| vec![i as u8; n]).collect();
+            let mut bufs: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &n)| vec![i.to_le_bytes()[0]; n]).collect();
             let l = list_over(&mut bufs);
             let mut dst = vec![0xffu8; cut.min(l.len())];
             let n = l.copy_to(&mut dst);

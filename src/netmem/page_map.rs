@@ -244,7 +244,10 @@ impl GuestPageMap {
             let n32 = u32::try_from(n).map_err(|_| PageMapError::OutOfRange { gpa, len: len64 })?;
             let slice = r
                 .region
-                .get_slice(MemoryRegionAddress(off), n as usize)
+                .get_slice(
+                    MemoryRegionAddress(off),
+                    usize::try_from(n32).unwrap_or(usize::MAX),
+                )
                 .map_err(|_| PageMapError::OutOfRange { gpa, len: len64 })?;
             let frag = Frag {
                 netmem: NetmemRef::page(r.pages.slot, off >> PAGE_SHIFT),
