@@ -4,15 +4,19 @@
 //! - [`NetmemDesc`]: page-like descriptor with `pp_ref_count`.
 //! - [`GuestPageMap`]: guest memory regions with their descriptors, following every
 //!   memory update through [`SharedPageMap`].
+//! - [`NetIovArea`], [`NetIov`]: device regions (UMEM, hugepage or memfd arenas) cut
+//!   into fixed-size chunks.
 //! - [`Frag`], [`FragList`]: a packet as a list of contiguous pieces.
 
 mod desc;
 mod frag;
+mod net_iov;
 mod netmem_ref;
 mod page_map;
 
-pub use desc::{NetmemDesc, NETMEM_DESC_DIRTY};
+pub use desc::{NetmemDesc, NETMEM_DESC_DIRTY, NETMEM_DESC_EXTERNAL_REF};
 pub use frag::{Frag, FragList, MAX_INLINE_FRAGS};
+pub use net_iov::{default_hugepage_size, AreaBacking, NetIov, NetIovArea, NetIovError};
 pub use netmem_ref::{NetmemKind, NetmemRef};
 pub use page_map::{
     GuestPageMap, GuestRegion, PageMapError, RegionPages, RegionSpec, SharedPageMap, MAX_REGIONS,
