@@ -70,7 +70,8 @@ fn ring(c: &mut Criterion) {
                 done += 64;
             }
             // Scale to the pairs asked for (iters is rounded up to a batch).
-            total.mul_f64(iters as f64 / done as f64)
+            let scaled = total.as_nanos() * u128::from(iters) / u128::from(done);
+            Duration::from_nanos(u64::try_from(scaled).unwrap_or(u64::MAX))
         })
     });
 }
