@@ -6,7 +6,8 @@
 //! - [`daemon`]: listen or connect, serve connections one after another, signals.
 //! - [`vhost_user`]: the control plane: our request handler and its loop.
 //! - [`virtio`]: virtio-net wire formats: header, features, config space, chain walker.
-//! - [`netmem`]: `NetmemRef`, `NetmemDesc`, `GuestPageMap`, `Frag`/`FragList`.
+//! - [`netmem`]: `NetmemRef`, `NetmemDesc`, `GuestPageMap`, `NetIovArea`, `Frag`/`FragList`,
+//!   `PagePool` and its memory providers.
 //! - [`datapath`]: the queue pair worker: TX, RX, notifications.
 //! - [`uplink`]: `trait Uplink`; TAP, AF_XDP, null and loopback.
 //! - [`metrics`]: per-queue-pair counters and their JSON exposition.

@@ -21,6 +21,12 @@ pub struct NetmemDesc {
 
 /// Flag: the page was written by the backend since the last dirty-log sync.
 pub const NETMEM_DESC_DIRTY: u32 = 1 << 24;
+/// Flag: something outside the page pool (a device ring, a zero-copy transmit awaiting
+/// completion) still uses the memory. A page pool that gets such a netmem back cannot
+/// recycle it and releases it to its memory provider instead (Linux: a page whose
+/// `page_ref_count` is not 1, counted as `recycle_released_ref`); the provider hands it
+/// out again only once the flag is cleared.
+pub const NETMEM_DESC_EXTERNAL_REF: u32 = 1 << 25;
 const POOL_MASK: u32 = (1 << 24) - 1;
 
 impl NetmemDesc {
@@ -37,6 +43,22 @@ impl NetmemDesc {
         let old = self.pp_ref_count.fetch_sub(1, Ordering::AcqRel);
         assert!(old != 0, "pp_ref_count underflow");
         old == 1
+    }
+
+    /// Drop `nr` references at once; returns how many remain.
+    ///
+    /// # Panics
+    /// If fewer than `nr` references are held.
+    pub fn put_refs(&self, nr: u32) -> u32 {
+        let old = self.pp_ref_count.fetch_sub(nr, Ordering::AcqRel);
+        assert!(old >= nr, "pp_ref_count underflow");
+        old - nr
+    }
+
+    /// Overwrite the reference count (Linux: `page_pool_fragment_netmem`, and the
+    /// reset to one piece when the last reference of a pooled netmem is dropped).
+    pub fn set_ref_count(&self, count: u32) {
+        self.pp_ref_count.store(count, Ordering::Release);
     }
 
     /// Current reference count.
@@ -62,6 +84,12 @@ impl NetmemDesc {
     /// Set flag bits (e.g. [`NETMEM_DESC_DIRTY`]).
     pub fn set_flags(&self, flags: u32) {
         self.pp_info.fetch_or(flags & !POOL_MASK, Ordering::AcqRel);
+    }
+
+    /// Clear flag bits.
+    pub fn clear_flags(&self, flags: u32) {
+        self.pp_info
+            .fetch_and(!(flags & !POOL_MASK), Ordering::AcqRel);
     }
 
     /// Current flag bits.
@@ -105,5 +133,25 @@ mod tests {
         d.set_pool_id(9);
         assert_eq!(d.pool_id(), 9);
         assert_eq!(d.flags(), NETMEM_DESC_DIRTY);
+        d.set_flags(NETMEM_DESC_EXTERNAL_REF);
+        d.clear_flags(NETMEM_DESC_DIRTY);
+        assert_eq!(d.flags(), NETMEM_DESC_EXTERNAL_REF);
+        assert_eq!(d.pool_id(), 9);
+    }
+
+    #[test]
+    fn bulk_put_and_set() {
+        let d = NetmemDesc::default();
+        d.set_ref_count(10);
+        assert_eq!(d.put_refs(7), 3);
+        assert_eq!(d.put_refs(3), 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "underflow")]
+    fn bulk_put_underflow_panics() {
+        let d = NetmemDesc::default();
+        d.set_ref_count(2);
+        d.put_refs(3);
     }
 }

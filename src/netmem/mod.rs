@@ -4,17 +4,33 @@
 //! - [`NetmemDesc`]: page-like descriptor with `pp_ref_count`.
 //! - [`GuestPageMap`]: guest memory regions with their descriptors, following every
 //!   memory update through [`SharedPageMap`].
+//! - [`NetIovArea`], [`NetIov`]: device regions (UMEM, hugepage or memfd arenas) cut
+//!   into fixed-size chunks.
 //! - [`Frag`], [`FragList`]: a packet as a list of contiguous pieces.
+//! - [`PagePool`]: per-queue recycling allocator of net_iovs (alloc cache, recycle
+//!   ring, frags), with its [`PagePoolStats`].
+//! - [`MemoryProvider`]: where a pool's memory comes from; [`AreaProvider`] over host
+//!   pages, hugetlb memfds or a caller's area.
 
 mod desc;
 mod frag;
+mod net_iov;
 mod netmem_ref;
 mod page_map;
+mod page_pool;
+mod provider;
 
-pub use desc::{NetmemDesc, NETMEM_DESC_DIRTY};
+pub use desc::{NetmemDesc, NETMEM_DESC_DIRTY, NETMEM_DESC_EXTERNAL_REF};
 pub use frag::{Frag, FragList, MAX_INLINE_FRAGS};
+pub use net_iov::{default_hugepage_size, AreaBacking, NetIov, NetIovArea, NetIovError};
 pub use netmem_ref::{NetmemKind, NetmemRef};
 pub use page_map::{
     GuestPageMap, GuestRegion, PageMapError, RegionPages, RegionSpec, SharedPageMap, MAX_REGIONS,
     PAGE_SIZE,
 };
+pub use page_pool::{
+    parked_pools, PagePool, PagePoolDestroy, PagePoolError, PagePoolParams, PagePoolParked,
+    PagePoolRecycler, PagePoolStats, PP_ALLOC_CACHE_REFILL, PP_ALLOC_CACHE_SIZE, PP_FRAG_ALIGN,
+    PP_RING_SIZE_DEFAULT,
+};
+pub use provider::{AreaProvider, MemoryProvider};
