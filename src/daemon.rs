@@ -157,7 +157,10 @@ pub fn run(config: NetConfig) -> Result<(), DaemonError> {
     let config = Arc::new(config);
     let stop = stop_signal().map_err(DaemonError::Signals)?;
     let uplink = open_uplink(&config)?;
-    let metrics = Arc::new(DeviceMetrics::new(usize::from(config.queue_pairs)));
+    let metrics = Arc::new(
+        DeviceMetrics::new(usize::from(config.queue_pairs))
+            .with_groups(|pair| uplink.queue_counters(pair)),
+    );
     let done = Arc::new(AtomicBool::new(false));
     if let Some(path) = &config.stats_file {
         spawn_stats_writer(Arc::clone(&metrics), path.clone(), Arc::clone(&done));

@@ -3,12 +3,24 @@
 //! Each queue pair's worker is the only writer of its [`QueueMetrics`], so a counter
 //! update is a relaxed load and store (no locked instruction on the data path);
 //! readers (the stats file writer, tests) see each counter as a whole value.
+//!
+//! Next to the generic queue counters, an uplink may keep its own per-queue counters
+//! (the AF_XDP socket's, its page pool's): it hands them out as named
+//! [`CounterGroup`]s (`Uplink::queue_counters`), shared with the worker that updates
+//! them, and the stats file shows each group as an object inside its queue pair's
+//! entry, and summed inside `total`:
+//!
+//! ```json
+//! {"total": {"tx_packets": 3, ..., "page_pool": {"alloc_fast": 9, ...}, "xdp": {...}},
+//!  "queues": [{"tx_packets": 3, ..., "page_pool": {...}, "xdp": {...}}]}
+//! ```
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
 
 /// A counter with a single writer.
 #[derive(Debug, Default)]
@@ -131,19 +143,116 @@ impl QueueSnapshot {
     }
 }
 
+/// Counters an uplink keeps for one queue pair, read by the stats writer while the
+/// worker updates them (single-writer atomics, like [`Counter`]).
+pub trait CounterGroup: Send + Sync {
+    /// Every counter with its name, always the same names in the same order.
+    fn fields(&self) -> Vec<(&'static str, u64)>;
+}
+
+/// A named [`CounterGroup`]: the key of its object in the stats file.
+pub type NamedGroup = (&'static str, Arc<dyn CounterGroup>);
+
+/// Named counters serialized as a JSON object, in order.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CounterMap(pub Vec<(&'static str, u64)>);
+
+impl CounterMap {
+    /// The value of counter `name`.
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+
+    /// Add `o`'s counters to those of the same name (appending names not seen yet).
+    fn add(&mut self, o: &CounterMap) {
+        for &(name, v) in &o.0 {
+            match self.0.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, sum)) => *sum = sum.wrapping_add(v),
+                None => self.0.push((name, v)),
+            }
+        }
+    }
+}
+
+impl Serialize for CounterMap {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (name, v) in &self.0 {
+            map.serialize_entry(name, v)?;
+        }
+        map.end()
+    }
+}
+
+/// The uplink's groups of one entry, serialized as one object per group.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GroupMap(pub Vec<(&'static str, CounterMap)>);
+
+impl GroupMap {
+    /// Group `name`.
+    pub fn get(&self, name: &str) -> Option<&CounterMap> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, g)| g)
+    }
+
+    fn add(&mut self, o: &GroupMap) {
+        for (name, group) in &o.0 {
+            match self.0.iter_mut().find(|(n, _)| n == name) {
+                Some((_, sum)) => sum.add(group),
+                None => self.0.push((name, group.clone())),
+            }
+        }
+    }
+}
+
+impl Serialize for GroupMap {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (name, group) in &self.0 {
+            map.serialize_entry(name, group)?;
+        }
+        map.end()
+    }
+}
+
+/// One entry of the stats file: the queue counters, then the uplink's groups.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct StatsEntry {
+    /// The generic queue pair counters (top-level keys of the entry).
+    #[serde(flatten)]
+    pub queue: QueueSnapshot,
+    /// The uplink's counter groups (one object per group).
+    #[serde(flatten)]
+    pub groups: GroupMap,
+}
+
 /// Counters of every queue pair of the device.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct DeviceMetrics {
     queues: Vec<Arc<QueueMetrics>>,
+    groups: Vec<Vec<NamedGroup>>,
+}
+
+impl std::fmt::Debug for DeviceMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let groups: Vec<Vec<&str>> = self
+            .groups
+            .iter()
+            .map(|g| g.iter().map(|(n, _)| *n).collect())
+            .collect();
+        f.debug_struct("DeviceMetrics")
+            .field("queues", &self.queues)
+            .field("groups", &groups)
+            .finish()
+    }
 }
 
 /// The JSON document of the stats file.
 #[derive(Debug, Serialize)]
 pub struct StatsDocument {
     /// Aggregate over all queue pairs.
-    pub total: QueueSnapshot,
+    pub total: StatsEntry,
     /// One entry per queue pair.
-    pub queues: Vec<QueueSnapshot>,
+    pub queues: Vec<StatsEntry>,
 }
 
 impl DeviceMetrics {
@@ -153,7 +262,17 @@ impl DeviceMetrics {
             queues: (0..pairs)
                 .map(|_| Arc::new(QueueMetrics::default()))
                 .collect(),
+            groups: (0..pairs).map(|_| Vec::new()).collect(),
         }
+    }
+
+    /// Show the uplink's counter groups of each pair (`groups(pair)`, for instance
+    /// `Uplink::queue_counters`) in that pair's entry.
+    pub fn with_groups(mut self, groups: impl Fn(usize) -> Vec<NamedGroup>) -> Self {
+        for (pair, g) in self.groups.iter_mut().enumerate() {
+            *g = groups(pair);
+        }
+        self
     }
 
     /// Counters of pair `i`.
@@ -163,10 +282,25 @@ impl DeviceMetrics {
 
     /// The stats document.
     pub fn document(&self) -> StatsDocument {
-        let queues: Vec<QueueSnapshot> = self.queues.iter().map(|q| q.snapshot()).collect();
-        let total = queues
+        let queues: Vec<StatsEntry> = self
+            .queues
             .iter()
-            .fold(QueueSnapshot::default(), |a, q| a.sum(q));
+            .zip(&self.groups)
+            .map(|(q, groups)| StatsEntry {
+                queue: q.snapshot(),
+                groups: GroupMap(
+                    groups
+                        .iter()
+                        .map(|(name, g)| (*name, CounterMap(g.fields())))
+                        .collect(),
+                ),
+            })
+            .collect();
+        let mut total = StatsEntry::default();
+        for q in &queues {
+            total.queue = total.queue.sum(&q.queue);
+            total.groups.add(&q.groups);
+        }
         StatsDocument { total, queues }
     }
 
@@ -181,6 +315,8 @@ impl DeviceMetrics {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     #[test]
@@ -191,8 +327,65 @@ mod tests {
         m.queue(1).tx_drop_bad_header.inc();
         m.queue(0).rx_drop_bad_chain.add(2);
         let d = m.document();
-        assert_eq!(d.total.tx_packets, 4);
-        assert_eq!(d.total.drops(), 3);
-        assert_eq!(d.queues[1].drops(), 1);
+        assert_eq!(d.total.queue.tx_packets, 4);
+        assert_eq!(d.total.queue.drops(), 3);
+        assert_eq!(d.queues[1].queue.drops(), 1);
+    }
+
+    #[derive(Default)]
+    struct Pair {
+        a: Counter,
+        b: Counter,
+    }
+
+    impl CounterGroup for Pair {
+        fn fields(&self) -> Vec<(&'static str, u64)> {
+            vec![("a", self.a.get()), ("b", self.b.get())]
+        }
+    }
+
+    /// Groups appear inside their pair's entry and summed in the total, after the
+    /// queue counters, whose names stay top-level keys.
+    #[test]
+    fn groups_sit_beside_the_queue_counters() {
+        let g0 = Arc::new(Pair::default());
+        let g1 = Arc::new(Pair::default());
+        let (c0, c1) = (Arc::clone(&g0), Arc::clone(&g1));
+        let m = DeviceMetrics::new(2).with_groups(move |pair| {
+            let g: Arc<dyn CounterGroup> = if pair == 0 {
+                Arc::clone(&c0) as _
+            } else {
+                Arc::clone(&c1) as _
+            };
+            vec![("grp", g)]
+        });
+        g0.a.add(2);
+        g1.a.inc();
+        g1.b.add(5);
+        m.queue(1).rx_packets.inc();
+        let v = serde_json::to_value(m.document()).unwrap();
+        assert_eq!(v["queues"][0]["grp"], serde_json::json!({"a": 2, "b": 0}));
+        assert_eq!(v["queues"][1]["grp"], serde_json::json!({"a": 1, "b": 5}));
+        assert_eq!(v["total"]["grp"], serde_json::json!({"a": 3, "b": 5}));
+        assert_eq!(v["queues"][1]["rx_packets"], 1);
+        assert_eq!(v["total"]["rx_packets"], 1);
+        // Key order: the queue counters first, the groups last.
+        let text = serde_json::to_string(&m.document()).unwrap();
+        let q1 = &text[text.find("\"queues\"").unwrap()..];
+        assert!(q1.find("\"ring_errors\"").unwrap() < q1.find("\"grp\"").unwrap());
+        // Without groups, the entry is exactly the queue counters.
+        let plain = serde_json::to_value(DeviceMetrics::new(1).document()).unwrap();
+        let names: BTreeSet<&str> = QueueSnapshot::default()
+            .fields()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let keys: BTreeSet<&str> = plain["queues"][0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, names);
     }
 }

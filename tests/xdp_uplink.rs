@@ -7,15 +7,20 @@
 //! and never leave the pair. A guard deletes the pair and the namespace even when the
 //! test fails.
 //!
+//! The last test runs the whole daemon with `--xdp` on a veth pair inside a namespace
+//! and reads the page pool and socket counters from its stats file.
+//!
 //! Needs root (CAP_NET_ADMIN, CAP_BPF, CAP_SYS_ADMIN for setns); without it each test
 //! prints why it skips.
+
+mod common;
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vhost_netmem::netmem::{Frag, FragList, NetmemRef};
+use vhost_netmem::netmem::{parked_pools, Frag, FragList, NetmemRef};
 use vhost_netmem::uplink::xdp::{AttachMode, BindMode, Xdp, XdpError, XdpOptions};
 use vhost_netmem::uplink::{SendStatus, Uplink, UplinkQueue};
 use vhost_netmem::virtio::header::VIRTIO_NET_HDR_F_NEEDS_CSUM;
@@ -497,6 +502,13 @@ fn drop_detaches_the_program_even_with_a_queue_still_held() {
         net.host_link()
     );
     drop(q);
+    // The frames the kernel held (the whole fill ring) came back with the socket
+    // gone, so the queue's page pool released its memory instead of parking.
+    assert!(
+        parked_pools().is_empty(),
+        "page pools parked with frames in flight: {:?}",
+        parked_pools()
+    );
 }
 
 #[test]
@@ -643,7 +655,24 @@ fn frames_recycle_under_sustained_traffic() {
     assert_eq!(stats.rx_packets.get(), received);
     assert_eq!(stats.invalid_descs.get(), 0);
     println!("rx: {received} received of {injected} injected");
+
+    // Every frame came from the page pool and went back to it: far more handouts
+    // than the UMEM has frames, almost all from the owner's alloc cache.
+    let pool = xdp.pool_stats(0).unwrap().read();
+    println!("page pool: {pool:?}");
+    let handouts = pool.alloc_fast + pool.alloc_slow + pool.alloc_refill;
+    assert!(handouts >= TX + RX, "{pool:?}");
+    assert!(pool.alloc_fast > handouts / 2, "{pool:?}");
+    // Returns went to the cache, or past a full cache to the ring, or past a full
+    // ring back to the provider; at most the UMEM's frames are still out (the fill
+    // ring's).
+    let returns = pool.recycle_cached + pool.recycle_ring + pool.recycle_ring_full;
+    assert!(handouts - returns <= 4096, "{pool:?}");
+    assert!(returns >= TX + RX - 4096, "{pool:?}");
+    assert_eq!(pool.recycle_released_ref, 0, "{pool:?}");
     xdp.return_queue(0, q);
+    drop(xdp);
+    assert!(parked_pools().is_empty(), "{:?}", parked_pools());
 }
 
 /// With the interface down nothing drains the TX ring: sends must turn into
@@ -690,4 +719,122 @@ fn full_tx_ring_is_would_block_until_writable() {
     assert_eq!(stats.tx_completed.get(), sent);
     assert!(stats.tx_would_block.get() >= 1);
     xdp.return_queue(0, q);
+}
+
+/// The page pool's counters, by the kernel's names: each must be in the stats file.
+const PAGE_POOL_COUNTERS: [&str; 11] = [
+    "alloc_fast",
+    "alloc_slow",
+    "alloc_slow_high_order",
+    "alloc_empty",
+    "alloc_refill",
+    "alloc_waive",
+    "recycle_cached",
+    "recycle_cache_full",
+    "recycle_ring",
+    "recycle_ring_full",
+    "recycle_released_ref",
+];
+
+/// The whole daemon with `--xdp` on a veth in a namespace: guest frames reach the
+/// peer and peer frames reach the guest byte-exact, and the stats file shows, inside
+/// the queue pair's entry and summed in `total`, every page pool counter (kernel
+/// names) and the socket's counters, next to the queue counters that keep their
+/// top-level names.
+#[test]
+fn daemon_stats_show_page_pool_and_xdp_counters() {
+    use common::daemon::Daemon;
+    use common::guest::{Guest, GuestConfig};
+    use common::netns::NetNs;
+    use common::packet::{
+        assert_bytes, guest_frames, test_frame as eth_frame, ETH_P_TEST, GUEST_MAC, GUEST_MAC_STR,
+        PEER_MAC,
+    };
+    use common::{privileged, STATS_TIMEOUT, TIMEOUT};
+
+    if !privileged("daemon_stats_show_page_pool_and_xdp_counters") {
+        return;
+    }
+    let ns = NetNs::new();
+    let (xdp_end, peer_end) = ("vnmx0", "vnmx1");
+    ns.ip(&[
+        "link", "add", xdp_end, "type", "veth", "peer", "name", peer_end,
+    ]);
+    ns.link_up(xdp_end);
+    ns.link_up(peer_end);
+    let cap = ns.packet_socket(peer_end, ETH_P_TEST, false);
+    let inj = ns.packet_socket(peer_end, 0, false);
+    let mut d = Daemon::spawn(&["--xdp", xdp_end, "--mac", GUEST_MAC_STR], Some(&ns));
+    let mut g = Guest::new(GuestConfig::default());
+    let _c = g.attach(&mut d);
+
+    let tx = guest_frames(300, 32, 60, 1514);
+    g.send(0, &tx);
+    g.wait_tx(0, tx.len());
+    for (i, f) in tx.iter().enumerate() {
+        let Some(got) = cap.recv(TIMEOUT) else {
+            d.fail(&format!("guest frame {i} never reached {peer_end}"));
+        };
+        assert_bytes(&got, f, &format!("guest frame {i} on {peer_end}"));
+    }
+
+    g.post_rx(0, 64, 2048);
+    let rx: Vec<Vec<u8>> = (0..16u32)
+        .map(|i| {
+            eth_frame(
+                GUEST_MAC,
+                PEER_MAC,
+                500 + i,
+                60 + 90 * usize::try_from(i).unwrap(),
+            )
+        })
+        .collect();
+    for f in &rx {
+        inj.send(f, ETH_P_TEST, GUEST_MAC);
+    }
+    for (i, (p, f)) in g.recv(0, rx.len(), TIMEOUT).iter().zip(&rx).enumerate() {
+        assert_bytes(&p.frame, f, &format!("peer frame {i} in guest buffers"));
+    }
+
+    let s = d.wait_stats("xdp tx completions and rx packets", STATS_TIMEOUT, |s| {
+        s.group_counter(Some(0), "xdp", "tx_completed") == 32
+            && s.group_counter(Some(0), "xdp", "rx_packets") == 16
+    });
+    println!("{s}");
+    // The queue counters keep their names, top-level in the entry and the total.
+    assert_eq!(s.queue(0, "tx_packets"), 32, "{s}");
+    assert_eq!(s.queue(0, "rx_packets"), 16, "{s}");
+    assert_eq!(s.total("tx_packets"), 32, "{s}");
+    for entry in [Some(0), None] {
+        let pool = s.group(entry, "page_pool");
+        let names: Vec<&str> = pool.iter().map(|(k, _)| k.as_str()).collect();
+        for want in PAGE_POOL_COUNTERS {
+            assert!(
+                names.contains(&want),
+                "page pool counter {want} missing from {entry:?}: {s}"
+            );
+        }
+        assert_eq!(names.len(), PAGE_POOL_COUNTERS.len(), "{s}");
+        // The fill ring's first fill came from the provider, everything after from
+        // the alloc cache the TX completions and RX frames were recycled into.
+        assert!(
+            s.group_counter(entry, "page_pool", "alloc_slow") >= 1,
+            "{s}"
+        );
+        assert!(
+            s.group_counter(entry, "page_pool", "alloc_fast") >= 32,
+            "{s}"
+        );
+        let returns: u64 = ["recycle_cached", "recycle_ring", "recycle_ring_full"]
+            .iter()
+            .map(|n| s.group_counter(entry, "page_pool", n))
+            .sum();
+        assert!(returns >= 48, "{s}");
+        let xdp = s.group(entry, "xdp");
+        assert!(xdp.iter().any(|(k, _)| k == "tx_kicks"), "{s}");
+        assert_eq!(s.group_counter(entry, "xdp", "tx_packets"), 32, "{s}");
+        assert_eq!(s.group_counter(entry, "xdp", "invalid_descs"), 0, "{s}");
+    }
+    // Nothing from the groups leaks into the drop list of the queue counters.
+    assert!(s.drops(0).iter().all(|(_, v)| *v == 0), "{s}");
 }

@@ -145,6 +145,57 @@ impl<'m> FragList<'m> {
     }
 }
 
+impl FragList<'_> {
+    /// Copy the bytes of `src` into the memory these frags describe, starting `at`
+    /// bytes into it; returns how many were written
+    /// (`min(src.len(), self.len().saturating_sub(at))`). The two lists must not
+    /// describe overlapping memory (guest buffers and a UMEM never do).
+    pub fn copy_from_list(&self, at: usize, src: &FragList<'_>) -> usize {
+        let mut dst = self.iov.iter();
+        // Skip `at` bytes of the destination.
+        let mut skip = at;
+        let mut cur = loop {
+            let Some(iov) = dst.next() else {
+                return 0;
+            };
+            if skip < iov.iov_len {
+                break (iov.iov_base.cast::<u8>(), iov.iov_len, skip);
+            }
+            skip -= iov.iov_len;
+        };
+        let mut done = 0;
+        for s in &src.iov {
+            let mut s_off = 0;
+            while s_off < s.iov_len {
+                let (base, len, off) = cur;
+                if off == len {
+                    match dst.next() {
+                        Some(iov) => cur = (iov.iov_base.cast::<u8>(), iov.iov_len, 0),
+                        None => return done,
+                    }
+                    continue;
+                }
+                let n = (len - off).min(s.iov_len - s_off);
+                // SAFETY: both iovecs cover mapped memory valid for their lists'
+                // lifetimes (`push_unchecked`'s contract); `off + n <= len` and
+                // `s_off + n <= s.iov_len`, so both ranges are inside their iovecs, and
+                // the caller guarantees the lists do not overlap.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        s.iov_base.cast::<u8>().add(s_off),
+                        base.add(off),
+                        n,
+                    )
+                };
+                cur.2 += n;
+                s_off += n;
+                done += n;
+            }
+        }
+        done
+    }
+}
+
 impl std::fmt::Debug for FragList<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FragList")
@@ -197,6 +248,35 @@ mod tests {
             let mut dst = vec![0xffu8; cut.min(l.len())];
             let n = l.copy_to(&mut dst);
             prop_assert_eq!(n, dst.len());
+        }
+    }
+
+    proptest! {
+        /// Copying list to list at an offset is the same as going through a flat
+        /// buffer.
+        #[test]
+        fn list_to_list_copy_matches_flat(
+            src_sizes in proptest::collection::vec(0usize..200, 0..12),
+            dst_sizes in proptest::collection::vec(0usize..200, 0..12),
+            at in 0usize..600,
+        ) {
+            let total: usize = src_sizes.iter().sum();
+            let flat_src: Vec<u8> = (0..total).map(|i| u8::try_from(i % 253).unwrap()).collect();
+            let mut src_bufs: Vec<Vec<u8>> = src_sizes.iter().map(|&n| vec![0u8; n]).collect();
+            let src = list_over(&mut src_bufs);
+            src.copy_from(&flat_src);
+            let mut dst_bufs: Vec<Vec<u8>> = dst_sizes.iter().map(|&n| vec![0xeeu8; n]).collect();
+            let dst_len: usize = dst_sizes.iter().sum();
+            let dst = list_over(&mut dst_bufs);
+            let n = dst.copy_from_list(at, &src);
+            prop_assert_eq!(n, total.min(dst_len.saturating_sub(at)));
+            let mut got = vec![0u8; dst_len];
+            dst.copy_to(&mut got);
+            let mut want = vec![0xeeu8; dst_len];
+            if at < dst_len {
+                want[at..at + n].copy_from_slice(&flat_src[..n]);
+            }
+            prop_assert_eq!(got, want);
         }
     }
 

@@ -30,7 +30,7 @@ pub use page_map::{
 };
 pub use page_pool::{
     parked_pools, PagePool, PagePoolDestroy, PagePoolError, PagePoolParams, PagePoolParked,
-    PagePoolRecycler, PagePoolStats, PP_ALLOC_CACHE_REFILL, PP_ALLOC_CACHE_SIZE, PP_FRAG_ALIGN,
-    PP_RING_SIZE_DEFAULT,
+    PagePoolRecycler, PagePoolStats, PagePoolStatsReader, PP_ALLOC_CACHE_REFILL,
+    PP_ALLOC_CACHE_SIZE, PP_FRAG_ALIGN, PP_RING_SIZE_DEFAULT,
 };
 pub use provider::{AreaProvider, MemoryProvider};

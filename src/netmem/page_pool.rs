@@ -39,6 +39,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crossbeam_queue::ArrayQueue;
 use serde::Serialize;
 
+use crate::metrics::{Counter, CounterGroup};
+
 use super::{
     MemoryProvider, NetIovArea, NetIovError, NetmemDesc, NetmemRef, NETMEM_DESC_EXTERNAL_REF,
 };
@@ -123,6 +125,24 @@ pub struct PagePoolStats {
 }
 
 impl PagePoolStats {
+    /// Every counter with its name (the kernel's, without the ethtool `rx_pp_`
+    /// prefix), in the order of the struct.
+    pub fn fields(&self) -> [(&'static str, u64); 11] {
+        [
+            ("alloc_fast", self.alloc_fast),
+            ("alloc_slow", self.alloc_slow),
+            ("alloc_slow_high_order", self.alloc_slow_high_order),
+            ("alloc_empty", self.alloc_empty),
+            ("alloc_refill", self.alloc_refill),
+            ("alloc_waive", self.alloc_waive),
+            ("recycle_cached", self.recycle_cached),
+            ("recycle_cache_full", self.recycle_cache_full),
+            ("recycle_ring", self.recycle_ring),
+            ("recycle_ring_full", self.recycle_ring_full),
+            ("recycle_released_ref", self.recycle_released_ref),
+        ]
+    }
+
     /// Field-wise sum (for an aggregate over queues).
     pub fn sum(&self, o: &PagePoolStats) -> PagePoolStats {
         PagePoolStats {
@@ -141,16 +161,18 @@ impl PagePoolStats {
     }
 }
 
-/// Counters only the owner updates (plain integers: no atomics on the fast path).
+/// Counters only the owner updates: single-writer [`Counter`]s, a relaxed load and
+/// store each (no read-modify-write on the fast path), readable from any thread.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 struct AllocStats {
-    fast: u64,
-    slow: u64,
-    empty: u64,
-    refill: u64,
-    waive: u64,
-    recycle_cached: u64,
-    recycle_cache_full: u64,
+    fast: Counter,
+    slow: Counter,
+    empty: Counter,
+    refill: Counter,
+    waive: Counter,
+    recycle_cached: Counter,
+    recycle_cache_full: Counter,
 }
 
 /// Counters any returning thread updates, on their own cache lines.
@@ -160,6 +182,53 @@ struct RecycleStats {
     ring: AtomicU64,
     ring_full: AtomicU64,
     released_ref: AtomicU64,
+}
+
+/// All counters of one pool, apart from the pool itself so that a stats reader
+/// (see [`PagePoolStatsReader`]) keeps neither the pool nor its memory alive.
+#[derive(Debug, Default)]
+struct PoolCounters {
+    alloc: AllocStats,
+    recycle: RecycleStats,
+}
+
+impl PoolCounters {
+    fn read(&self) -> PagePoolStats {
+        let s = &self.alloc;
+        let r = &self.recycle;
+        PagePoolStats {
+            alloc_fast: s.fast.get(),
+            alloc_slow: s.slow.get(),
+            alloc_slow_high_order: 0,
+            alloc_empty: s.empty.get(),
+            alloc_refill: s.refill.get(),
+            alloc_waive: s.waive.get(),
+            recycle_cached: s.recycle_cached.get(),
+            recycle_cache_full: s.recycle_cache_full.get(),
+            recycle_ring: r.ring.load(Ordering::Relaxed),
+            recycle_ring_full: r.ring_full.load(Ordering::Relaxed),
+            recycle_released_ref: r.released_ref.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A handle that reads a pool's counters from any thread (Linux:
+/// `page_pool_get_stats`), for a stats writer. It shares only the counters: the pool
+/// may be destroyed meanwhile, and the reader then sees its final values.
+#[derive(Clone, Debug)]
+pub struct PagePoolStatsReader(Arc<PoolCounters>);
+
+impl PagePoolStatsReader {
+    /// A copy of the counters. Each is read whole, but not all at the same instant.
+    pub fn read(&self) -> PagePoolStats {
+        self.0.read()
+    }
+}
+
+impl CounterGroup for PagePoolStatsReader {
+    fn fields(&self) -> Vec<(&'static str, u64)> {
+        self.read().fields().to_vec()
+    }
 }
 
 /// The provider and whether it has been destroyed, under the pool's one lock.
@@ -173,7 +242,7 @@ struct PoolShared {
     id: u32,
     area: Arc<NetIovArea>,
     ring: ArrayQueue<NetmemRef>,
-    recycle: RecycleStats,
+    counters: Arc<PoolCounters>,
     /// Netmems taken from the provider (only the owner adds).
     hold_cnt: AtomicU64,
     /// Netmems given back to the provider.
@@ -264,7 +333,10 @@ impl PoolShared {
     /// A last reference dropped on a netmem something outside the pool still uses.
     #[cold]
     fn release_referenced(&self, netmem: NetmemRef) {
-        self.recycle.released_ref.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .recycle
+            .released_ref
+            .fetch_add(1, Ordering::Relaxed);
         self.release_netmem(netmem);
     }
 
@@ -288,7 +360,7 @@ impl PoolShared {
     fn recycle_in_ring(&self, netmem: NetmemRef) -> bool {
         match self.ring.push(netmem) {
             Ok(()) => {
-                self.recycle.ring.fetch_add(1, Ordering::Relaxed);
+                self.counters.recycle.ring.fetch_add(1, Ordering::Relaxed);
                 // The push (a SeqCst read-modify-write of the ring's tail) and this load
                 // pair with destroy's SeqCst store of `destroyed` followed by its drain of
                 // the ring: either the owner's drain sees this entry, or we see
@@ -299,7 +371,10 @@ impl PoolShared {
                 true
             }
             Err(netmem) => {
-                self.recycle.ring_full.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .recycle
+                    .ring_full
+                    .fetch_add(1, Ordering::Relaxed);
                 self.release_netmem(netmem);
                 false
             }
@@ -448,7 +523,7 @@ pub struct PagePool {
     // Hot: owner-only alloc side.
     count: usize,
     cache: [NetmemRef; PP_ALLOC_CACHE_SIZE],
-    stats: AllocStats,
+    counters: Arc<PoolCounters>,
     frag: FragState,
     shared: Arc<PoolShared>,
     // Cold.
@@ -478,13 +553,14 @@ impl PagePool {
         }
         let id = next_pool_id();
         provider.init(id)?;
+        let counters = Arc::new(PoolCounters::default());
         let area = Arc::clone(provider.area());
         let chunk_size = area.chunk_size();
         let shared = Arc::new(PoolShared {
             id,
             area,
             ring: ArrayQueue::new(params.ring_size),
-            recycle: RecycleStats::default(),
+            counters: Arc::clone(&counters),
             hold_cnt: AtomicU64::new(0),
             release_cnt: AtomicU64::new(0),
             destroyed: AtomicBool::new(false),
@@ -497,7 +573,7 @@ impl PagePool {
         Ok(PagePool {
             count: 0,
             cache: [NetmemRef::from_raw(0); PP_ALLOC_CACHE_SIZE],
-            stats: AllocStats::default(),
+            counters,
             frag: FragState::default(),
             shared,
             chunk_size,
@@ -534,7 +610,7 @@ impl PagePool {
     pub fn alloc_netmem_direct(&mut self) -> Option<NetmemRef> {
         if let Some(top) = self.count.checked_sub(1) {
             self.count = top;
-            self.stats.fast += 1;
+            self.counters.alloc.fast.inc();
             return Some(self.cache[top]);
         }
         self.alloc_netmem_slow()
@@ -584,8 +660,8 @@ impl PagePool {
             self.frag.netmem = None;
             if self.drain_frag(netmem) {
                 // Every frag already came back: carve the same netmem again.
-                self.stats.recycle_cached += 1;
-                self.stats.fast += 1;
+                self.counters.alloc.recycle_cached.inc();
+                self.counters.alloc.fast.inc();
                 return Some(self.frag_reset(netmem, size));
             }
         }
@@ -627,10 +703,10 @@ impl PagePool {
         if self.count < PP_ALLOC_CACHE_SIZE {
             self.cache[self.count] = netmem;
             self.count += 1;
-            self.stats.recycle_cached += 1;
+            self.counters.alloc.recycle_cached.inc();
             return;
         }
-        self.stats.recycle_cache_full += 1;
+        self.counters.alloc.recycle_cache_full.inc();
         self.shared.recycle_in_ring(netmem);
     }
 
@@ -654,13 +730,13 @@ impl PagePool {
     /// `page_pool_refill_alloc_cache`).
     fn refill_alloc_cache(&mut self) -> Option<NetmemRef> {
         if self.shared.ring.is_empty() {
-            self.stats.empty += 1;
+            self.counters.alloc.empty.inc();
             return None;
         }
         if !self.prefers_area_node() {
             if let Some(netmem) = self.shared.ring.pop() {
                 self.shared.release_netmem(netmem);
-                self.stats.waive += 1;
+                self.counters.alloc.waive.inc();
             }
             return None;
         }
@@ -673,7 +749,7 @@ impl PagePool {
         }
         let top = self.count.checked_sub(1)?;
         self.count = top;
-        self.stats.refill += 1;
+        self.counters.alloc.refill.inc();
         Some(self.cache[top])
     }
 
@@ -684,7 +760,7 @@ impl PagePool {
             shared,
             cache,
             count,
-            stats,
+            counters,
             ..
         } = self;
         let got = {
@@ -714,7 +790,7 @@ impl PagePool {
             .fetch_add(u64::try_from(kept).unwrap_or(u64::MAX), Ordering::AcqRel);
         let top = kept.checked_sub(1)?;
         *count = top;
-        stats.slow += 1;
+        counters.alloc.slow.inc();
         Some(cache[top])
     }
 
@@ -741,21 +817,12 @@ impl PagePool {
 
     /// A copy of the counters.
     pub fn stats(&self) -> PagePoolStats {
-        let s = &self.stats;
-        let r = &self.shared.recycle;
-        PagePoolStats {
-            alloc_fast: s.fast,
-            alloc_slow: s.slow,
-            alloc_slow_high_order: 0,
-            alloc_empty: s.empty,
-            alloc_refill: s.refill,
-            alloc_waive: s.waive,
-            recycle_cached: s.recycle_cached,
-            recycle_cache_full: s.recycle_cache_full,
-            recycle_ring: r.ring.load(Ordering::Relaxed),
-            recycle_ring_full: r.ring_full.load(Ordering::Relaxed),
-            recycle_released_ref: r.released_ref.load(Ordering::Relaxed),
-        }
+        self.counters.read()
+    }
+
+    /// A handle that reads this pool's counters from another thread.
+    pub fn stats_reader(&self) -> PagePoolStatsReader {
+        PagePoolStatsReader(Arc::clone(&self.counters))
     }
 
     /// Tear the pool down (Linux: `page_pool_destroy`): give the cache, the ring and
@@ -1317,6 +1384,16 @@ mod tests {
         let stats = serde_json::to_value(pool.stats()).unwrap();
         let fields = stats.as_object().unwrap();
         assert_eq!(fields.len(), 11);
+        // The names the stats file shows (`fields`, through a reader on another
+        // thread) are the serialized ones, with the same values.
+        let reader = pool.stats_reader();
+        let from_thread = thread::spawn(move || reader.read().fields())
+            .join()
+            .unwrap();
+        assert_eq!(from_thread.len(), fields.len());
+        for (name, value) in from_thread {
+            assert_eq!(fields[name].as_u64(), Some(value), "{name}");
+        }
         for (name, value) in fields {
             if name == "alloc_slow_high_order" {
                 continue;

@@ -12,6 +12,7 @@ pub mod xdp;
 
 use std::os::fd::RawFd;
 
+use crate::metrics::NamedGroup;
 use crate::netmem::FragList;
 use crate::virtio::{Features, VirtioNetHdr};
 
@@ -86,6 +87,14 @@ pub trait Uplink: Send + Sync {
     /// virtio features this uplink cannot honour; the control plane does not offer them.
     fn unsupported_features(&self) -> u64 {
         0
+    }
+
+    /// Counters this uplink keeps for queue pair `pair` beyond the generic queue
+    /// counters (AF_XDP: its page pool and its socket), each under a name that becomes
+    /// its key in the pair's entry of the stats file. They are shared with the queue,
+    /// which updates them while a worker owns it; none by default.
+    fn queue_counters(&self, _pair: usize) -> Vec<NamedGroup> {
+        Vec::new()
     }
 }
 

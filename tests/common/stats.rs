@@ -1,4 +1,6 @@
-//! The daemon's `--stats-file`: `{"total": {...}, "queues": [{...}, ...]}`.
+//! The daemon's `--stats-file`: `{"total": {...}, "queues": [{...}, ...]}`, each entry
+//! the queue counters plus the uplink's counter groups as objects (`"page_pool"`,
+//! `"xdp"`).
 
 use std::path::Path;
 
@@ -48,6 +50,41 @@ impl Stats {
             .get("total")
             .unwrap_or_else(|| panic!("stats file has no \"total\": {}", self.doc));
         Self::counter(t, name, "total")
+    }
+
+    /// The counter group `group` (an object such as `"page_pool"` beside the queue
+    /// counters) of queue pair `pair`, or of the aggregate when `pair` is None; the
+    /// counters by name.
+    pub fn group(&self, pair: Option<usize>, group: &str) -> Vec<(String, u64)> {
+        let entry = match pair {
+            Some(p) => &self.doc["queues"][p],
+            None => &self.doc["total"],
+        };
+        let Some(obj) = entry.get(group).and_then(Value::as_object) else {
+            panic!("stats file: {pair:?} has no group {group:?}: {}", self.doc);
+        };
+        obj.iter()
+            .map(|(k, v)| {
+                let v = v.as_u64().unwrap_or_else(|| {
+                    panic!("stats file: {group}.{k} is not a counter: {}", self.doc)
+                });
+                (k.clone(), v)
+            })
+            .collect()
+    }
+
+    /// Counter `name` of group `group` of queue pair `pair` (None: the aggregate).
+    pub fn group_counter(&self, pair: Option<usize>, group: &str, name: &str) -> u64 {
+        self.group(pair, group)
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| {
+                panic!(
+                    "stats file: group {group:?} has no counter {name:?}: {}",
+                    self.doc
+                )
+            })
     }
 
     /// Number of queue pairs listed.

@@ -3,8 +3,8 @@
 //!
 //! - `prog`: the `bpf(2)` loader: XSKMAP, redirect program, BPF link.
 //! - `socket`: one XSK (UMEM registration, four rings, bind) with `xdpilone`.
-//! - `umem`: the UMEM area and the free-frame allocator (the seam where the
-//!   `PagePool` takes over; see its module docs).
+//! - `umem`: the UMEM as a `NetIovArea` whose frames are net_iovs handed out by the
+//!   queue's `PagePool` (see its module docs for who owns a frame when).
 //! - `csum`: software completion of partial checksums on TX.
 //!
 //! One UMEM per queue rather than one shared UMEM: each queue pair is owned by its own
@@ -21,10 +21,11 @@
 //! completion ring). Neither direction can starve the other, and the completion ring
 //! (sized to the TX budget) can never overflow.
 //!
-//! TX copies the frags into a free frame (the 12-byte virtio header is not sent; see
-//! [`XdpQueue`] for what happens to checksum and GSO requests); RX copies the frame,
-//! behind a zeroed virtio header, into the guest's buffers, and the frame goes back to
-//! the fill ring. `need_wakeup` is honoured both ways: `sendto` (TX) and `poll` (fill
+//! TX copies the frags into a frame taken from the pool (the 12-byte virtio header is
+//! not sent; see [`XdpQueue`] for what happens to checksum and GSO requests), and the
+//! completion ring gives it back to the pool; RX turns the frame into a net_iov frag,
+//! copies it behind a zeroed virtio header into the guest's buffers, and recycles it
+//! to the pool, whence the fill ring is refilled. `need_wakeup` is honoured both ways: `sendto` (TX) and `poll` (fill
 //! ring) are only issued when the kernel sets the flag; in copy mode the kernel always
 //! sets it for TX, since nothing transmits in copy mode without a syscall.
 
@@ -51,10 +52,10 @@ pub use self::prog::AttachMode;
 use self::prog::{XdpLink, XdpProg, XskMap};
 pub use self::socket::BindMode;
 use self::socket::{RingSizes, Xsk};
-use self::umem::{FrameAlloc, UmemArea};
+use self::umem::Umem;
 use super::{QueueSlots, SendStatus, Uplink, UplinkError, UplinkQueue};
-use crate::metrics::Counter;
-use crate::netmem::FragList;
+use crate::metrics::{Counter, CounterGroup, NamedGroup};
+use crate::netmem::{FragList, NetmemRef, PagePoolError, PagePoolStatsReader};
 use crate::virtio::header::{VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE};
 use crate::virtio::{Features, VirtioNetHdr, VNET_HDR_LEN};
 
@@ -175,14 +176,14 @@ pub enum XdpError {
         #[source]
         source: io::Error,
     },
-    /// Mapping the UMEM area failed.
+    /// Mapping the UMEM area or setting up its page pool failed.
     #[error("cannot allocate the umem of queue {queue}: {source}")]
     UmemAlloc {
         /// Queue id.
         queue: u32,
         /// Cause.
         #[source]
-        source: io::Error,
+        source: PagePoolError,
     },
     /// Creating the AF_XDP socket or registering the UMEM failed.
     #[error("cannot register the umem of queue {queue}: {source}")]
@@ -241,7 +242,8 @@ pub struct XdpQueueStats {
     pub tx_drop_csum: Counter,
     /// TX checksums completed in software.
     pub tx_csum_sw: Counter,
-    /// Sends refused for now: TX ring full or TX frame budget used up.
+    /// Sends refused for now: TX ring full, TX frame budget used up, or the page pool
+    /// out of frames (see the pool's `alloc_empty`).
     pub tx_would_block: Counter,
     /// `sendto` wakeups issued because the TX ring asked for one.
     pub tx_kicks: Counter,
@@ -256,6 +258,12 @@ pub struct XdpQueueStats {
     /// Ring entries naming memory outside the UMEM or a frame the kernel did not own
     /// (kernel or driver bug; the entry is skipped).
     pub invalid_descs: Counter,
+}
+
+impl CounterGroup for XdpQueueStats {
+    fn fields(&self) -> Vec<(&'static str, u64)> {
+        XdpQueueStats::fields(self)
+    }
 }
 
 impl XdpQueueStats {
@@ -300,6 +308,7 @@ pub struct Xdp {
     _map: XskMap,
     queues: QueueSlots,
     stats: Vec<Arc<XdpQueueStats>>,
+    pool_stats: Vec<PagePoolStatsReader>,
     iface: String,
     bind_mode: BindMode,
 }
@@ -349,16 +358,18 @@ impl Xdp {
         let mut bind_mode = options.bind;
         let mut queues: Vec<Box<dyn UplinkQueue>> = Vec::new();
         let mut stats = Vec::new();
+        let mut pool_stats = Vec::new();
         for queue in 0..pairs {
-            let area = UmemArea::new(UMEM_FRAMES, UMEM_FRAME_SIZE)
+            let umem = Umem::new(UMEM_FRAMES, UMEM_FRAME_SIZE)
                 .map_err(|source| XdpError::UmemAlloc { queue, source })?;
-            let xsk = Xsk::open(&area, &cname, queue, RINGS, bind_mode)?;
+            let xsk = Xsk::open(&umem, &cname, queue, RINGS, bind_mode)?;
             // Every queue binds like the first one did.
             bind_mode = Some(xsk.mode);
             map.insert(queue, xsk.rx.as_raw_fd())?;
             let queue_stats = Arc::new(XdpQueueStats::default());
             stats.push(Arc::clone(&queue_stats));
-            queues.push(Box::new(XdpQueue::new(queue, xsk, area, queue_stats)));
+            pool_stats.push(umem.stats_reader());
+            queues.push(Box::new(XdpQueue::new(queue, xsk, umem, queue_stats)));
         }
         let link = prog.attach(iface, ifindex, options.attach)?;
         let bind_mode = bind_mode.unwrap_or(BindMode::Copy);
@@ -372,6 +383,7 @@ impl Xdp {
             _map: map,
             queues: QueueSlots::new(queues),
             stats,
+            pool_stats,
             iface: iface.to_string(),
             bind_mode,
         })
@@ -395,6 +407,11 @@ impl Xdp {
     /// Counters of queue pair `pair`.
     pub fn stats(&self, pair: usize) -> Option<Arc<XdpQueueStats>> {
         self.stats.get(pair).cloned()
+    }
+
+    /// Counters of the page pool that hands out queue pair `pair`'s UMEM frames.
+    pub fn pool_stats(&self, pair: usize) -> Option<PagePoolStatsReader> {
+        self.pool_stats.get(pair).cloned()
     }
 }
 
@@ -427,6 +444,19 @@ impl Uplink for Xdp {
     fn unsupported_features(&self) -> u64 {
         XDP_UNSUPPORTED_FEATURES
     }
+
+    /// `page_pool`: the pool of the pair's UMEM frames (the kernel's counter names);
+    /// `xdp`: the pair's socket ([`XdpQueueStats`]).
+    fn queue_counters(&self, pair: usize) -> Vec<NamedGroup> {
+        let mut groups: Vec<NamedGroup> = Vec::new();
+        if let Some(pool) = self.pool_stats(pair) {
+            groups.push(("page_pool", Arc::new(pool)));
+        }
+        if let Some(xdp) = self.stats(pair) {
+            groups.push(("xdp", xdp));
+        }
+        groups
+    }
 }
 
 /// At most one log line per second for a guest-triggerable event.
@@ -455,32 +485,31 @@ impl LogLimit {
 
 /// One queue pair's AF_XDP socket, owned by the pair's worker.
 ///
-/// TX: the frags are copied into a free UMEM frame and the frame goes on the TX ring;
-/// the virtio-net header is not sent. A header asking for a checksum
+/// TX: the frags are copied into a UMEM frame from the queue's page pool and the frame
+/// goes on the TX ring; the completion ring gives it back to the pool. The virtio-net
+/// header is not sent. A header asking for a checksum
 /// (`VIRTIO_NET_HDR_F_NEEDS_CSUM`) has the checksum completed in software in the UMEM
 /// frame (counted in `tx_csum_sw`); a header asking for GSO has the packet counted as
 /// dropped (`tx_drop_gso`, [`SendStatus::Dropped`]): nothing can segment it, and the
 /// GSO features are in [`XDP_UNSUPPORTED_FEATURES`] so a guest should never send one.
-/// A full TX ring or a used-up TX frame budget is [`SendStatus::WouldBlock`], after
-/// one wakeup and completion reap.
+/// A full TX ring, a used-up TX frame budget or an empty pool is
+/// [`SendStatus::WouldBlock`], after one wakeup and completion reap.
 ///
-/// RX: one frame from the RX ring is written, behind a zeroed 12-byte virtio header
-/// (`num_buffers` is the caller's), into the guest buffers; the frame goes back to the
-/// fill ring.
+/// RX: one frame from the RX ring becomes a net_iov frag, written behind a zeroed
+/// 12-byte virtio header (`num_buffers` is the caller's) into the guest buffers; the
+/// frame is recycled to the pool, which refills the fill ring.
 pub struct XdpQueue {
     queue: u32,
-    // Rings before the area: they (and the socket) go first on drop.
+    // Rings before the UMEM: they (and the socket) go first on drop, and the UMEM
+    // then takes every frame back from the kernel.
     xsk: Xsk,
-    frames: FrameAlloc,
     /// Frames with the kernel for RX (fill ring + RX ring), at most RX_FRAMES.
     rx_held: u32,
     /// Frames with the kernel for TX (TX ring + completion ring), at most TX_FRAMES.
     tx_in_flight: u32,
     stats: Arc<XdpQueueStats>,
     log_limit: LogLimit,
-    /// Staging for the (never seen) case of a frame without room for the header.
-    scratch: Vec<u8>,
-    area: UmemArea,
+    umem: Umem,
 }
 
 fn sendto_kick(fd: RawFd) -> io::Result<()> {
@@ -503,17 +532,15 @@ fn sendto_kick(fd: RawFd) -> io::Result<()> {
 }
 
 impl XdpQueue {
-    fn new(queue: u32, xsk: Xsk, area: UmemArea, stats: Arc<XdpQueueStats>) -> Self {
+    fn new(queue: u32, xsk: Xsk, umem: Umem, stats: Arc<XdpQueueStats>) -> Self {
         let mut q = XdpQueue {
             queue,
             xsk,
-            frames: FrameAlloc::new(area.frames(), area.frame_size()),
             rx_held: 0,
             tx_in_flight: 0,
             stats,
             log_limit: LogLimit::default(),
-            scratch: Vec::new(),
-            area,
+            umem,
         };
         q.refill();
         q
@@ -528,11 +555,19 @@ impl XdpQueue {
         let mut fill = self.xsk.fq_cq.fill(want);
         let mut put = 0;
         while put < fill.capacity() {
-            let Some(addr) = self.frames.alloc() else {
+            let Some(frame) = self.umem.alloc_direct() else {
+                break;
+            };
+            let Some(addr) = self.umem.give_to_kernel(frame) else {
+                // Not a frame of this UMEM or already the kernel's: a pool bug. The
+                // frame stays out of circulation rather than be handed out twice.
+                self.stats.invalid_descs.inc();
                 break;
             };
             if !fill.insert_once(addr) {
-                self.frames.free(addr);
+                if let Some((frame, _)) = self.umem.take_from_kernel(addr) {
+                    self.umem.recycle_direct(frame);
+                }
                 break;
             }
             put += 1;
@@ -556,7 +591,8 @@ impl XdpQueue {
     fn reap_completions(&mut self) {
         let mut done = self.xsk.fq_cq.complete(TX_FRAMES);
         while let Some(addr) = done.read() {
-            if self.frames.free(addr) {
+            if let Some((frame, _)) = self.umem.take_from_kernel(addr) {
+                self.umem.recycle_direct(frame);
                 self.tx_in_flight = self.tx_in_flight.saturating_sub(1);
                 self.stats.tx_completed.inc();
             } else {
@@ -620,34 +656,20 @@ impl XdpQueue {
         SendStatus::Dropped
     }
 
-    fn copy_frame_out(&mut self, addr: u64, len: u32, bufs: &FragList<'_>) -> usize {
-        let Ok(len_usize) = usize::try_from(len) else {
-            return 0;
-        };
-        let frame_size = u64::from(self.area.frame_size());
-        let data_off = addr % frame_size;
-        let hdr_len = u64::try_from(VNET_HDR_LEN).unwrap_or(u64::MAX);
-        if data_off >= hdr_len {
-            // The XDP headroom in front of the packet is ours now: put the header
-            // there and copy header and frame in one pass.
-            // SAFETY: the frame was just taken off the RX ring and is not yet on the
-            // fill ring, so user space owns it and the kernel does not touch it.
-            if let Some(buf) = unsafe {
-                self.area
-                    .frame_mut(addr - hdr_len, VNET_HDR_LEN + len_usize)
-            } {
-                buf[..VNET_HDR_LEN].fill(0);
-                return bufs.copy_from(buf);
-            }
-        }
-        // SAFETY: as above; the frame is user-owned until it is freed below by the caller.
-        let Some(data) = (unsafe { self.area.frame_mut(addr, len_usize) }) else {
-            return 0;
-        };
-        self.scratch.clear();
-        self.scratch.resize(VNET_HDR_LEN, 0);
-        self.scratch.extend_from_slice(data);
-        bufs.copy_from(&self.scratch)
+    /// Copy `len` bytes at `offset` of a busy RX frame, behind a zeroed virtio
+    /// header, into `bufs`: the frame becomes a net_iov frag, copied list to list.
+    /// Returns the bytes written, or None when the descriptor runs past its frame.
+    fn copy_frame_out(
+        &self,
+        frame: NetmemRef,
+        offset: u32,
+        len: u32,
+        bufs: &FragList<'_>,
+    ) -> Option<usize> {
+        let mut pkt = FragList::new();
+        self.umem.push_frag(frame, offset, len, &mut pkt).ok()?;
+        let hdr = bufs.copy_from(&[0u8; VNET_HDR_LEN]);
+        Some(hdr + bufs.copy_from_list(VNET_HDR_LEN, &pkt))
     }
 }
 
@@ -664,7 +686,7 @@ impl UplinkQueue for XdpQueue {
         let len = pkt.len();
         let Some(desc_len) = u32::try_from(len)
             .ok()
-            .filter(|&l| l > 0 && l <= self.area.frame_size())
+            .filter(|&l| l > 0 && l <= self.umem.frame_size())
         else {
             self.stats.tx_drop_length.inc();
             return Ok(self.drop_tx("empty or larger than a umem frame"));
@@ -680,14 +702,14 @@ impl UplinkQueue for XdpQueue {
                 return Ok(SendStatus::WouldBlock);
             }
         }
-        let addr = match self.frames.alloc() {
-            Some(addr) => addr,
+        let frame = match self.umem.alloc_direct() {
+            Some(frame) => frame,
             None => {
                 // Only when completions were not reaped yet: the budgets leave TX
                 // its TX_FRAMES frames.
                 self.reap_completions();
-                match self.frames.alloc() {
-                    Some(addr) => addr,
+                match self.umem.alloc_direct() {
+                    Some(frame) => frame,
                     None => {
                         self.stats.tx_would_block.inc();
                         return Ok(SendStatus::WouldBlock);
@@ -695,22 +717,28 @@ impl UplinkQueue for XdpQueue {
                 }
             }
         };
-        // SAFETY: `addr` was just allocated: user space owns the frame and it is on
-        // no ring.
-        let Some(frame) = (unsafe { self.area.frame_mut(addr, len) }) else {
-            self.frames.free(addr);
+        // SAFETY: `frame` was just taken from the pool: it is busy (on no ring, in no
+        // frag list), so nothing else reads or writes it while `data` lives.
+        let Some(data) = (unsafe { self.umem.frame_mut(frame, len) }) else {
+            self.umem.recycle_direct(frame);
             self.stats.tx_drop_length.inc();
             return Ok(self.drop_tx("does not fit a umem frame"));
         };
-        pkt.copy_to(frame);
+        pkt.copy_to(data);
         if let Some((start, offset)) = csum {
-            if !csum::complete_partial(frame, start, offset) {
-                self.frames.free(addr);
+            if !csum::complete_partial(data, start, offset) {
+                self.umem.recycle_direct(frame);
                 self.stats.tx_drop_csum.inc();
                 return Ok(self.drop_tx("checksum position outside the packet"));
             }
             self.stats.tx_csum_sw.inc();
         }
+        let Some(addr) = self.umem.give_to_kernel(frame) else {
+            // Not a frame of this UMEM or already the kernel's: a pool bug. The frame
+            // stays out of circulation rather than be handed out twice.
+            self.stats.invalid_descs.inc();
+            return Ok(self.drop_tx("page pool handed out a frame the kernel owns"));
+        };
         let mut tx = self.xsk.tx.transmit(1);
         let queued = tx.insert_once(XdpDesc {
             addr,
@@ -721,7 +749,9 @@ impl UplinkQueue for XdpQueue {
         drop(tx);
         if !queued {
             // Cannot happen: the slot was checked above and only we produce.
-            self.frames.free(addr);
+            if let Some((frame, _)) = self.umem.take_from_kernel(addr) {
+                self.umem.recycle_direct(frame);
+            }
             self.stats.tx_would_block.inc();
             return Ok(SendStatus::WouldBlock);
         }
@@ -751,18 +781,18 @@ impl UplinkQueue for XdpQueue {
                 return Ok(None);
             };
             self.rx_held = self.rx_held.saturating_sub(1);
-            let frame_size = u64::from(self.area.frame_size());
-            let in_frame = desc.addr % frame_size + u64::from(desc.len) <= frame_size;
-            let in_umem = desc.addr / frame_size < u64::from(self.area.frames());
-            if !in_frame || !in_umem {
-                // The frame it came from cannot be identified; it stays lost.
+            let Some((frame, offset)) = self.umem.take_from_kernel(desc.addr) else {
+                // Outside the UMEM, or a frame the kernel did not own: skipped.
                 self.stats.invalid_descs.inc();
                 continue;
-            }
-            let written = self.copy_frame_out(desc.addr, desc.len, bufs);
-            if !self.frames.free(desc.addr) {
+            };
+            let written = self.copy_frame_out(frame, offset, desc.len, bufs);
+            self.umem.recycle_direct(frame);
+            let Some(written) = written else {
+                // Runs past the end of its frame.
                 self.stats.invalid_descs.inc();
-            }
+                continue;
+            };
             let want = VNET_HDR_LEN + usize::try_from(desc.len).unwrap_or(usize::MAX);
             if written < want {
                 self.stats.rx_truncated.inc();

@@ -12,7 +12,7 @@ use xdpilone::{
     DeviceQueue, Errno, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User,
 };
 
-use super::umem::UmemArea;
+use super::umem::Umem as QueueUmem;
 use super::XdpError;
 
 /// How the socket moves packets.
@@ -91,7 +91,7 @@ impl Xsk {
     /// Set up a socket over `area` bound to `iface`'s `queue`: zero-copy first unless
     /// `mode` says otherwise, copy mode where the driver refuses zero-copy.
     pub(crate) fn open(
-        area: &UmemArea,
+        area: &QueueUmem,
         iface: &CStr,
         queue: u32,
         sizes: RingSizes,
@@ -114,7 +114,7 @@ impl Xsk {
     }
 
     fn open_mode(
-        area: &UmemArea,
+        area: &QueueUmem,
         iface: &CStr,
         queue: u32,
         sizes: RingSizes,
@@ -129,10 +129,11 @@ impl Xsk {
             headroom: 0,
             flags: 0,
         };
-        // SAFETY: `area` is a page-aligned mapping (mmap) of exactly the length in the
-        // slice pointer, holding whole frames of `frame_size`; the caller keeps it
-        // mapped longer than every ring and socket created from this Umem (the owning
-        // queue declares the area after the rings, so it is dropped last).
+        // SAFETY: `area.as_raw()` is a page-aligned mapping (the net_iov area's mmap)
+        // of exactly the length in the slice pointer, holding whole frames of
+        // `frame_size`. It stays mapped while `area` lives (which holds the area by
+        // `Arc`, as does its page pool until destroyed), and the owning queue declares
+        // `area` after the rings, so it outlives every ring and socket created here.
         let umem = unsafe { Umem::new(config, area.as_raw()) }.map_err(|e| XdpError::Umem {
             queue,
             source: errno(e),

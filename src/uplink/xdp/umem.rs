@@ -1,84 +1,83 @@
-//! The UMEM of one AF_XDP queue: the memory area the kernel and we exchange frames in,
-//! and the allocator of its free frames.
+//! The UMEM of one AF_XDP queue: a [`NetIovArea`] whose chunks are the frames, handed
+//! out by the queue's own [`PagePool`].
 //!
-//! DOC: frame ownership. A frame (a `frame_size` chunk at a UMEM offset, the "address"
-//! the rings carry) is at any moment owned by exactly one side:
+//! Frame `i` is net_iov `i` of the area (UMEM address `i * frame_size`, Linux:
+//! `idx = niov - area->niovs`) and travels as `NetmemRef::net_iov(area, i)`. The
+//! pool's provider is an [`AreaProvider`] over the area; the queue's worker owns the
+//! pool, so every allocation and return is the owner-only `_direct` path (the worker is
+//! the NAPI context).
 //!
-//! - user space, free: in the [`FrameAlloc`];
+//! DOC: frame ownership. A frame is at any moment owned by exactly one side:
+//!
+//! - the page pool: in its alloc cache, its recycle ring, or back with its provider;
 //! - the kernel: on the fill ring, in the RX ring until we read it, on the TX ring, or
-//!   on the completion ring until we read it;
-//! - user space, busy: between reading it from the RX ring and handing it back, or
-//!   between [`FrameAlloc::alloc`] and putting it on the TX ring.
+//!   on the completion ring until we read it (its bit is set in [`Umem`]'s kernel map);
+//! - the queue, busy: between [`Umem::alloc_direct`] and [`Umem::give_to_kernel`], or
+//!   between [`Umem::take_from_kernel`] and [`Umem::recycle_direct`].
 //!
-//! Only frames in the last state may be touched through [`UmemArea::frame_mut`].
-//!
-//! DOC: the page pool seam. [`FrameAlloc`] is deliberately the smallest allocator that
-//! does the job: a LIFO stack of free frame addresses with an ownership bit per frame.
-//! In the netmem design (DESIGN.md sections 1 and 4) the UMEM is a `NetIovArea`, each
-//! frame is a net_iov (index = `addr / frame_size`), and a `PagePool` with a UMEM
-//! `MemoryProvider` hands them out. When `src/netmem/page_pool.rs` lands, `FrameAlloc`
-//! is replaced by that pool with no other change to the queue: `alloc` becomes the
-//! pool's owner-only allocation (`PagePool::alloc_*_direct`, the queue's worker is the
-//! NAPI context), `free` its direct recycle, and the fill-ring refill its refill path.
-//! Nothing outside this file and the two call sites in `mod.rs` knows how free frames
-//! are kept.
+//! Only busy frames may be read or written ([`Umem::frame_mut`], [`Umem::push_frag`]).
+//! The kernel map turns a ring entry naming a frame the kernel does not own (a kernel
+//! or driver bug) into a refused take instead of a netmem recycled twice, and lets the
+//! queue reclaim every frame from the kernel when the socket is gone, so that the pool
+//! can be destroyed with nothing in flight.
 
-use std::io;
 use std::ptr::NonNull;
+use std::sync::Arc;
 
-/// An anonymous, page-aligned mapping registered as UMEM.
+use crate::netmem::{
+    AreaProvider, FragList, NetIovArea, NetIovError, NetmemRef, PagePool, PagePoolError,
+    PagePoolParams, PagePoolStatsReader,
+};
+
+/// The frames of one AF_XDP queue and the pool that hands them out.
 ///
-/// It is unmapped on drop; the kernel pins the pages while a socket has them
-/// registered, so the area must be dropped after the rings and sockets that use it
-/// (the owning queue declares it last).
-pub(crate) struct UmemArea {
-    base: NonNull<u8>,
-    len: usize,
+/// Must be dropped after the socket that has it registered (the owning queue declares
+/// it after its rings): dropping it returns the frames the kernel held to the pool and
+/// destroys the pool, which unmaps the memory once nothing is in flight.
+pub(crate) struct Umem {
+    pool: PagePool,
+    area: Arc<NetIovArea>,
+    /// One bit per frame: set while the kernel owns it.
+    with_kernel: Vec<u64>,
     frame_size: u32,
-    frames: u32,
 }
 
-// SAFETY: the area is plain memory owned by this value (no thread-local state); the
-// raw pointer is what makes the type !Send by default. Access to frame bytes goes
-// through `&mut self` (`frame_mut`), so moving the owner to another thread cannot
-// create unsynchronised aliasing on our side.
-unsafe impl Send for UmemArea {}
-
-impl UmemArea {
-    /// Map `frames` frames of `frame_size` bytes.
-    pub(crate) fn new(frames: u32, frame_size: u32) -> io::Result<Self> {
-        let len = u64::from(frames)
-            .checked_mul(u64::from(frame_size))
-            .and_then(|l| usize::try_from(l).ok())
-            .filter(|&l| l > 0)
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: a fresh private anonymous mapping: no address hint, no fd; the
-        // result is checked before use.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
+impl Umem {
+    /// `frames` frames of `frame_size` bytes (a power of two: aligned chunk mode) of
+    /// fresh anonymous memory, all in a new page pool.
+    pub(crate) fn new(frames: u32, frame_size: u32) -> Result<Self, PagePoolError> {
+        // A product of two u32s fits in u64; it may not fit in a 32-bit usize.
+        let len = usize::try_from(u64::from(frames) * u64::from(frame_size)).map_err(|_| {
+            NetIovError::TooManyChunks {
+                len: usize::MAX,
+                chunk_size: frame_size,
+            }
+        })?;
+        if !frame_size.is_power_of_two() {
+            return Err(NetIovError::ChunkSize {
+                chunk_size: frame_size,
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+            }
+            .into());
         }
-        let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave 0"))?;
-        Ok(UmemArea {
-            base,
-            len,
+        let area = Arc::new(NetIovArea::anonymous(len, frame_size)?);
+        let pool = PagePool::new(
+            PagePoolParams::default(),
+            Box::new(AreaProvider::new(Arc::clone(&area))),
+        )?;
+        let words = usize::try_from(area.nr_chunks().div_ceil(64)).unwrap_or(0);
+        Ok(Umem {
+            pool,
+            area,
+            with_kernel: vec![0; words],
             frame_size,
-            frames,
         })
     }
 
-    /// The whole area, for registration (`XDP_UMEM_REG`).
+    /// The whole area, for registration (`XDP_UMEM_REG`): page-aligned (an mmap) and
+    /// exactly `frames() * frame_size()` bytes.
     pub(crate) fn as_raw(&self) -> NonNull<[u8]> {
-        NonNull::slice_from_raw_parts(self.base, self.len)
+        NonNull::slice_from_raw_parts(self.area.as_ptr(), self.area.len())
     }
 
     /// Size of one frame.
@@ -87,177 +86,225 @@ impl UmemArea {
     }
 
     /// Number of frames.
+    #[cfg(test)]
     pub(crate) fn frames(&self) -> u32 {
-        self.frames
+        self.area.nr_chunks()
     }
 
-    /// The bytes `addr..addr + len`, if they lie inside one frame.
-    ///
-    /// # Safety
-    /// The frame containing `addr` must be owned by user space and busy (see the
-    /// module documentation): not on any ring, so the kernel does not write to it
-    /// while the returned slice lives.
-    pub(crate) unsafe fn frame_mut(&mut self, addr: u64, len: usize) -> Option<&mut [u8]> {
-        let frame_size = u64::from(self.frame_size);
-        let end = addr.checked_add(u64::try_from(len).ok()?)?;
-        let frame_end = (addr / frame_size)
-            .checked_add(1)?
-            .checked_mul(frame_size)?;
-        if end > frame_end || end > u64::try_from(self.len).ok()? {
+    /// A reader of the pool's counters for the stats file.
+    pub(crate) fn stats_reader(&self) -> PagePoolStatsReader {
+        self.pool.stats_reader()
+    }
+
+    /// Frames the pool answers for (all of them while the queue lives: free in the
+    /// pool, with the kernel, or busy).
+    #[cfg(test)]
+    pub(crate) fn inflight(&self) -> u64 {
+        self.pool.inflight()
+    }
+
+    /// Take a frame from the pool; it is busy until given to the kernel or recycled.
+    #[inline]
+    pub(crate) fn alloc_direct(&mut self) -> Option<NetmemRef> {
+        self.pool.alloc_netmem_direct()
+    }
+
+    /// Give a busy frame back to the pool.
+    #[inline]
+    pub(crate) fn recycle_direct(&mut self, frame: NetmemRef) {
+        self.pool.put_netmem_direct(frame);
+    }
+
+    fn bit(&self, idx: u64) -> Option<(usize, u64)> {
+        if idx >= u64::from(self.area.nr_chunks()) {
             return None;
         }
-        let start = usize::try_from(addr).ok()?;
-        // SAFETY: `start + len <= self.len` (checked above), so the range lies inside
-        // the live mapping owned by `self`; `&mut self` excludes other references from
-        // our side, and the caller guarantees the kernel does not own the frame.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(start), len) })
+        Some((usize::try_from(idx / 64).ok()?, 1u64 << (idx % 64)))
     }
-}
 
-impl Drop for UmemArea {
-    fn drop(&mut self) {
-        // SAFETY: `base`/`len` are exactly the mapping created in `new`, unmapped once.
-        // No slice into it outlives `self` (they borrow `self`).
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
-    }
-}
-
-/// Free frames of one UMEM (the stand-in for a `PagePool`; see the module docs).
-#[derive(Debug)]
-pub struct FrameAlloc {
-    /// Free frame addresses; LIFO so the most recently used (cache-warm) frame goes out
-    /// first, like the page pool's alloc cache.
-    free: Vec<u64>,
-    /// One bit per frame: set while the frame is allocated.
-    in_use: Vec<u64>,
-    frame_size: u32,
-    frames: u32,
-}
-
-impl FrameAlloc {
-    /// All `frames` frames of `frame_size` bytes, free.
-    pub fn new(frames: u32, frame_size: u32) -> Self {
-        assert!(
-            frame_size.is_power_of_two(),
-            "aligned UMEM chunks are a power of two"
-        );
-        let free = (0..frames)
-            .rev()
-            .map(|i| u64::from(i) * u64::from(frame_size))
-            .collect();
-        let words = usize::try_from(frames.div_ceil(64)).unwrap_or(0);
-        FrameAlloc {
-            free,
-            in_use: vec![0; words],
-            frame_size,
-            frames,
+    /// Mark a busy frame as the kernel's and return its UMEM address, for the fill
+    /// or TX ring; None (nothing changed) for a handle that is not a frame of this
+    /// UMEM or a frame the kernel already owns.
+    #[inline]
+    pub(crate) fn give_to_kernel(&mut self, frame: NetmemRef) -> Option<u64> {
+        let addr = self.area.net_iov(frame)?.area_offset();
+        let (w, b) = self.bit(frame.index())?;
+        if self.with_kernel[w] & b != 0 {
+            return None;
         }
-    }
-
-    /// Take a free frame; returns its UMEM address (the frame's first byte).
-    pub fn alloc(&mut self) -> Option<u64> {
-        let addr = self.free.pop()?;
-        let (w, b) = self.bit(addr)?;
-        self.in_use[w] |= b;
+        self.with_kernel[w] |= b;
         Some(addr)
     }
 
-    /// Give back the frame containing `addr` (any address inside it: the RX ring hands
-    /// back addresses past the headroom). Returns false, changing nothing, for an
-    /// address outside the UMEM or a frame that is not allocated (a double free).
-    pub fn free(&mut self, addr: u64) -> bool {
-        let base = addr & !(u64::from(self.frame_size) - 1);
-        let Some((w, b)) = self.bit(base) else {
-            return false;
-        };
-        if self.in_use[w] & b == 0 {
-            return false;
-        }
-        self.in_use[w] &= !b;
-        self.free.push(base);
-        true
-    }
-
-    /// Frames currently free.
-    #[cfg(test)]
-    fn available(&self) -> usize {
-        self.free.len()
-    }
-
-    fn bit(&self, base: u64) -> Option<(usize, u64)> {
-        let idx = base / u64::from(self.frame_size);
-        if idx >= u64::from(self.frames) {
+    /// Take back the frame holding UMEM address `addr` (read off the RX or the
+    /// completion ring; RX addresses point past the headroom): returns the frame, now
+    /// busy, and the offset of `addr` in it. None, changing nothing, for an address
+    /// outside the UMEM or in a frame the kernel does not own.
+    #[inline]
+    pub(crate) fn take_from_kernel(&mut self, addr: u64) -> Option<(NetmemRef, u32)> {
+        let (frame, offset) = self.area.netmem_at_offset(addr)?;
+        let (w, b) = self.bit(frame.index())?;
+        if self.with_kernel[w] & b == 0 {
             return None;
         }
-        let w = usize::try_from(idx / 64).ok()?;
-        Some((w, 1u64 << (idx % 64)))
+        self.with_kernel[w] &= !b;
+        Some((frame, offset))
+    }
+
+    /// Append `len` bytes at `offset` of a busy frame to `list` as a net_iov frag.
+    pub(crate) fn push_frag<'m>(
+        &'m self,
+        frame: NetmemRef,
+        offset: u32,
+        len: u32,
+        list: &mut FragList<'m>,
+    ) -> Result<(), NetIovError> {
+        self.area.push_frag(frame, offset, len, list)
+    }
+
+    /// The first `len` bytes of a frame, if they fit in it.
+    ///
+    /// # Safety
+    /// The frame must be busy (see the module documentation): taken from the pool or
+    /// from the kernel and not yet handed on, so that neither the kernel nor another
+    /// user writes to it, and no frag over it may be in use while the slice lives.
+    pub(crate) unsafe fn frame_mut(&mut self, frame: NetmemRef, len: usize) -> Option<&mut [u8]> {
+        let niov = self.area.net_iov(frame)?;
+        if u32::try_from(len).ok()? > niov.len() {
+            return None;
+        }
+        // SAFETY: `len` is at most the chunk size, so the range is inside this chunk of
+        // the area, which stays mapped while `self` (holding an `Arc` to it) lives;
+        // `&mut self` excludes other slices from our side for the returned lifetime,
+        // and the caller guarantees the frame is busy, so the kernel does not touch it.
+        Some(unsafe { std::slice::from_raw_parts_mut(niov.addr().as_ptr(), len) })
+    }
+
+    /// Return every frame the kernel still owns to the pool; only once the socket is
+    /// closed (the kernel no longer reads or writes them).
+    fn reclaim_from_kernel(&mut self) -> usize {
+        let mut n = 0;
+        for w in 0..self.with_kernel.len() {
+            let mut word = std::mem::take(&mut self.with_kernel[w]);
+            while word != 0 {
+                let bit = word.trailing_zeros();
+                word &= word - 1;
+                let idx = u64::try_from(w).unwrap_or(u64::MAX) * 64 + u64::from(bit);
+                if let Some(niov) = self.area.net_iov_at(u32::try_from(idx).unwrap_or(u32::MAX)) {
+                    self.pool.put_netmem_direct(niov.netmem());
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+}
+
+impl Drop for Umem {
+    fn drop(&mut self) {
+        // The socket was dropped first (the queue declares its rings before the UMEM),
+        // so every frame is ours again. With them back, the pool (dropped right after
+        // this) has nothing in flight and releases the memory; should a frame be
+        // missing, it parks itself and says so.
+        let reclaimed = self.reclaim_from_kernel();
+        log::debug!(
+            "umem of page pool {}: {reclaimed} frames back from the kernel",
+            self.pool.id()
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
+    use crate::netmem::parked_pools;
 
     #[test]
-    fn alloc_hands_out_every_frame_once() {
-        let mut a = FrameAlloc::new(100, 4096);
-        let mut got: Vec<u64> = std::iter::from_fn(|| a.alloc()).collect();
-        assert_eq!(got.len(), 100);
-        assert_eq!(a.available(), 0);
-        got.sort_unstable();
-        got.dedup();
-        assert_eq!(got.len(), 100);
-        assert!(got.iter().all(|x| x % 4096 == 0 && *x < 100 * 4096));
+    fn frames_are_net_iovs_at_their_umem_address() {
+        let mut u = Umem::new(8, 4096).unwrap();
+        assert_eq!((u.frames(), u.frame_size()), (8, 4096));
+        assert_eq!(u.as_raw().len(), 8 * 4096);
+        let mut seen = Vec::new();
+        while let Some(f) = u.alloc_direct() {
+            assert!(f.is_net_iov());
+            let addr = u.give_to_kernel(f).unwrap();
+            assert_eq!(addr, f.index() * 4096);
+            seen.push(addr);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..8).map(|i| i * 4096).collect::<Vec<_>>());
+        assert_eq!(u.stats_reader().read().alloc_slow, 1);
     }
 
     #[test]
-    fn free_normalises_and_refuses_double_and_foreign_frees() {
-        let mut a = FrameAlloc::new(4, 2048);
-        let f = a.alloc().unwrap();
-        assert!(a.free(f + 256 + 14));
-        assert!(!a.free(f), "double free accepted");
-        assert!(!a.free(4 * 2048), "address past the UMEM accepted");
-        assert_eq!(a.available(), 4);
+    fn kernel_ownership_is_checked_both_ways() {
+        let mut u = Umem::new(4, 2048).unwrap();
+        let f = u.alloc_direct().unwrap();
+        let addr = u.give_to_kernel(f).unwrap();
+        assert_eq!(u.give_to_kernel(f), None, "given to the kernel twice");
+        // An RX address points past the headroom: it still names the frame.
+        assert_eq!(u.take_from_kernel(addr + 256 + 14), Some((f, 270)));
+        assert_eq!(u.take_from_kernel(addr), None, "taken back twice");
+        assert_eq!(u.take_from_kernel(4 * 2048), None, "address past the UMEM");
+        assert_eq!(u.take_from_kernel(u64::MAX), None);
+        u.recycle_direct(f);
         assert_eq!(
-            a.alloc(),
+            u.alloc_direct(),
             Some(f),
-            "LIFO: the last freed frame goes out first"
+            "LIFO: the last recycled goes out first"
+        );
+        u.recycle_direct(f);
+    }
+
+    #[test]
+    fn busy_frames_are_bounds_checked() {
+        let mut u = Umem::new(2, 4096).unwrap();
+        let f = u.alloc_direct().unwrap();
+        // SAFETY: `f` was just allocated and is on no ring: busy.
+        unsafe {
+            assert_eq!(u.frame_mut(f, 4096).map(|s| s.len()), Some(4096));
+            assert!(u.frame_mut(f, 4097).is_none(), "past the frame");
+            let other = NetmemRef::net_iov(u.area.id().wrapping_add(1), 0);
+            assert!(u.frame_mut(other, 1).is_none(), "another area's net_iov");
+        }
+        let mut list = FragList::new();
+        u.push_frag(f, 100, 3996, &mut list).unwrap();
+        assert!(u.push_frag(f, 100, 3997, &mut list).is_err());
+        assert_eq!(list.len(), 3996);
+        drop(list);
+        u.recycle_direct(f);
+    }
+
+    /// Frames still with the kernel when the queue goes come back to the pool, so the
+    /// pool is released, not parked with its memory.
+    #[test]
+    fn drop_reclaims_kernel_frames_and_releases_the_pool() {
+        let mut u = Umem::new(64, 4096).unwrap();
+        for _ in 0..40 {
+            let f = u.alloc_direct().unwrap();
+            u.give_to_kernel(f).unwrap();
+        }
+        assert_eq!(u.inflight(), 64);
+        let id = u.pool.id();
+        assert_eq!(u.reclaim_from_kernel(), 40);
+        assert_eq!(u.reclaim_from_kernel(), 0);
+        for _ in 0..10 {
+            let f = u.alloc_direct().unwrap();
+            u.give_to_kernel(f).unwrap();
+        }
+        drop(u);
+        assert!(
+            parked_pools().iter().all(|p| p.id() != id),
+            "pool {id} parked: frames were lost"
         );
     }
 
-    proptest! {
-        #[test]
-        fn accounting_holds(ops in proptest::collection::vec(any::<(bool, u8)>(), 0..300)) {
-            let mut a = FrameAlloc::new(70, 4096);
-            let mut held: Vec<u64> = Vec::new();
-            for (alloc, pick) in ops {
-                if alloc {
-                    if let Some(f) = a.alloc() {
-                        prop_assert!(!held.contains(&f));
-                        held.push(f);
-                    } else {
-                        prop_assert_eq!(held.len(), 70);
-                    }
-                } else if !held.is_empty() {
-                    let f = held.swap_remove(usize::from(pick) % held.len());
-                    prop_assert!(a.free(f));
-                }
-                prop_assert_eq!(a.available() + held.len(), 70);
-            }
-        }
-    }
-
     #[test]
-    fn area_bounds_are_checked() {
-        let mut area = UmemArea::new(2, 4096).unwrap();
-        // SAFETY: no socket has this area registered; user space owns every frame.
-        unsafe {
-            assert!(area.frame_mut(0, 4096).is_some());
-            assert!(area.frame_mut(4096 + 100, 3996).is_some());
-            assert!(area.frame_mut(100, 4096).is_none(), "crosses a frame");
-            assert!(area.frame_mut(8192, 1).is_none(), "past the end");
-            assert!(area.frame_mut(u64::MAX, 2).is_none(), "wraps");
-        }
+    fn bad_geometry_is_refused() {
+        assert!(
+            Umem::new(4, 3000).is_err(),
+            "aligned mode needs a power of two"
+        );
+        assert!(Umem::new(0, 4096).is_err());
     }
 }
