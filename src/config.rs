@@ -30,6 +30,9 @@ pub enum ConfigError {
     /// Conflicting uplinks.
     #[error("choose one uplink: --tap, --uplink or --xdp")]
     UplinkConflict,
+    /// Zero-copy TX is an AF_XDP option.
+    #[error("--xdp-zerocopy-tx needs --xdp")]
+    ZeroCopyTxWithoutXdp,
 }
 
 /// Largest number of queue pairs.
@@ -74,6 +77,12 @@ pub struct Cli {
     /// Segmentation and receive-checksum offloads are not offered to the guest.
     #[arg(long, value_name = "IFACE")]
     pub xdp: Option<String>,
+
+    /// With --xdp: transmit guest packets straight from guest memory, registered as a
+    /// second UMEM per queue pair on interface queue (queues + pair); the interface
+    /// needs twice as many TX queues as queue pairs. The kernel pins all guest memory.
+    #[arg(long)]
+    pub xdp_zerocopy_tx: bool,
 
     /// Test/benchmark uplink instead of a TAP.
     #[arg(long, value_enum, value_name = "KIND")]
@@ -146,6 +155,8 @@ pub struct NetConfig {
     pub stats_file: Option<PathBuf>,
     /// Busy-poll budget after the last packet (None: off).
     pub busy_poll: Option<std::time::Duration>,
+    /// AF_XDP zero-copy TX from guest memory.
+    pub xdp_zerocopy_tx: bool,
 }
 
 /// Parse `aa:bb:cc:dd:ee:ff` (unicast only).
@@ -199,6 +210,9 @@ impl NetConfig {
             (None, None, None) => UplinkConfig::Tap("vnm%d".into()),
             _ => return Err(ConfigError::UplinkConflict),
         };
+        if cli.xdp_zerocopy_tx && !matches!(uplink, UplinkConfig::Xdp(_)) {
+            return Err(ConfigError::ZeroCopyTxWithoutXdp);
+        }
         if !(1..=MAX_QUEUE_PAIRS).contains(&cli.queues) {
             return Err(ConfigError::Queues(cli.queues));
         }
@@ -226,6 +240,7 @@ impl NetConfig {
             stats_file: cli.stats_file,
             busy_poll: (cli.busy_poll > 0)
                 .then(|| std::time::Duration::from_micros(u64::from(cli.busy_poll))),
+            xdp_zerocopy_tx: cli.xdp_zerocopy_tx,
         })
     }
 }
@@ -278,6 +293,16 @@ mod tests {
         assert_eq!(
             parse(&["--socket", "/s", "--xdp", "veth0"]).unwrap().uplink,
             UplinkConfig::Xdp("veth0".into())
+        );
+        assert!(
+            parse(&["--socket", "/s", "--xdp", "veth0", "--xdp-zerocopy-tx"])
+                .unwrap()
+                .xdp_zerocopy_tx
+        );
+        assert!(
+            parse(&["--socket", "/s", "--tap", "a", "--xdp-zerocopy-tx"])
+                .unwrap_err()
+                .contains("needs --xdp")
         );
         assert!(parse(&[]).is_err());
     }

@@ -13,7 +13,7 @@ use crate::config::{NetConfig, TestUplinkArg, UplinkConfig};
 use crate::metrics::DeviceMetrics;
 use crate::uplink::null::{TestUplink, TestUplinkKind};
 use crate::uplink::tap::Tap;
-use crate::uplink::xdp::Xdp;
+use crate::uplink::xdp::{Xdp, XdpOptions};
 use crate::uplink::{Uplink, UplinkError};
 use crate::vhost_user::{serve_connection, ConnectionEnd, NetBackend};
 use crate::virtio::features::SUPPORTED;
@@ -59,7 +59,14 @@ pub fn open_uplink(config: &NetConfig) -> Result<Arc<dyn Uplink>, UplinkError> {
         UplinkConfig::Test(TestUplinkArg::Loopback) => {
             Arc::new(TestUplink::new(TestUplinkKind::Loopback, pairs)?)
         }
-        UplinkConfig::Xdp(iface) => Arc::new(Xdp::open(iface, pairs)?),
+        UplinkConfig::Xdp(iface) => Arc::new(Xdp::open_with(
+            iface,
+            pairs,
+            &XdpOptions {
+                zerocopy_tx: config.xdp_zerocopy_tx,
+                ..XdpOptions::default()
+            },
+        )?),
     })
 }
 

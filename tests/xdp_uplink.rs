@@ -7,8 +7,9 @@
 //! and never leave the pair. A guard deletes the pair and the namespace even when the
 //! test fails.
 //!
-//! The last test runs the whole daemon with `--xdp` on a veth pair inside a namespace
-//! and reads the page pool and socket counters from its stats file.
+//! The last tests run the whole daemon with `--xdp` on a veth pair inside a namespace:
+//! the page pool and socket counters in its stats file, and zero-copy TX from guest
+//! memory (`--xdp-zerocopy-tx`, the veth with two queues).
 //!
 //! Needs root (CAP_NET_ADMIN, CAP_BPF, CAP_SYS_ADMIN for setns); without it each test
 //! prints why it skips.
@@ -18,13 +19,17 @@ mod common;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vhost_netmem::netmem::{parked_pools, Frag, FragList, NetmemRef};
+use vhost_netmem::netmem::{
+    parked_pools, Frag, FragList, GuestPageMap, NetmemRef, RegionSpec, SharedPageMap,
+};
 use vhost_netmem::uplink::xdp::{AttachMode, BindMode, Xdp, XdpError, XdpOptions};
 use vhost_netmem::uplink::{SendStatus, Uplink, UplinkQueue};
 use vhost_netmem::virtio::header::VIRTIO_NET_HDR_F_NEEDS_CSUM;
 use vhost_netmem::virtio::{VirtioNetHdr, VNET_HDR_LEN};
+use vm_memory::{Bytes, GuestAddress};
 
 /// IEEE 802 local experimental ethertype 1.
 const ETHERTYPE_TEST: u16 = 0x88b5;
@@ -522,6 +527,7 @@ fn two_queue_pairs_in_generic_mode() {
         &XdpOptions {
             attach: Some(AttachMode::Generic),
             bind: Some(BindMode::Copy),
+            ..XdpOptions::default()
         },
     )
     .expect("open xdp with two queues");
@@ -611,6 +617,7 @@ fn frames_recycle_under_sustained_traffic() {
                     break;
                 }
                 SendStatus::Dropped => panic!("plain frame dropped"),
+                SendStatus::InFlight => panic!("zero-copy tx is off"),
             }
             if sent == TX {
                 break;
@@ -837,4 +844,350 @@ fn daemon_stats_show_page_pool_and_xdp_counters() {
     }
     // Nothing from the groups leaks into the drop list of the queue counters.
     assert!(s.drops(0).iter().all(|(_, v)| *v == 0), "{s}");
+}
+
+/// A memfd of `len` bytes (guest memory, as a frontend would send it).
+fn memfd(len: u64) -> std::fs::File {
+    // SAFETY: memfd_create with a NUL-terminated name and valid flags; checked below.
+    let fd = unsafe { libc::memfd_create(c"vnm-zc-test".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", errno());
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.set_len(len).expect("size the memfd");
+    f
+}
+
+/// Two regions of one memfd at different file offsets, as QEMU sends guest memory.
+fn guest_memory(memory: &SharedPageMap) -> Arc<GuestPageMap> {
+    const MIB: u64 = 1 << 20;
+    let file = memfd(4 * MIB);
+    memory
+        .set_table(vec![
+            RegionSpec {
+                gpa: 0,
+                size: MIB,
+                file: file.try_clone().unwrap(),
+                offset: 0,
+                user_addr: 0x7f00_0000_0000,
+            },
+            RegionSpec {
+                gpa: 0x1_0000_0000,
+                size: 2 * MIB,
+                file,
+                offset: 2 * MIB,
+                user_addr: 0x7f00_1000_0000,
+            },
+        ])
+        .expect("set the memory table");
+    memory.load()
+}
+
+/// Flush and reap until `n` packets in flight completed.
+fn wait_in_flight(q: &mut dyn UplinkQueue, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut done = 0;
+    while done < n {
+        assert!(
+            Instant::now() < deadline,
+            "{done} of {n} zero-copy packets completed"
+        );
+        q.flush().unwrap();
+        done += q.reap_in_flight();
+    }
+    assert_eq!(done, n, "more packets completed than were in flight");
+}
+
+/// Zero-copy TX: guest memory registered as a second UMEM on interface queue 1; a
+/// frame crossing a page boundary and a frame split over both regions (multi-buffer)
+/// go out of guest memory byte-exact, their pages are held exactly until the
+/// completion ring returns them; packets with a checksum to complete or outside guest
+/// memory take the copy path; a memory update registers the new snapshot, and the old
+/// regions are not kept.
+#[test]
+fn zero_copy_tx_sends_from_guest_memory_and_unpins_on_completion() {
+    require_root!();
+    let net = VethNs::new('z', 2);
+    let peer = net.peer_socket();
+    let zc = XdpOptions {
+        zerocopy_tx: true,
+        ..XdpOptions::default()
+    };
+    let xdp = Xdp::open_with(&net.host, 1, &zc).expect("open xdp with zero-copy tx");
+    let mut q = xdp.take_queue(0).expect("queue 0");
+    let stats = xdp.stats(0).unwrap();
+    let memory = SharedPageMap::new();
+    let map = guest_memory(&memory);
+    q.attach_memory(&map);
+    assert_eq!(stats.tx_zc_umems.get(), 1, "{:?}", stats.fields());
+    let hdr = VirtioNetHdr::default();
+    let (low, high) = (
+        Arc::clone(map.regions()[0].pages()),
+        Arc::clone(map.regions()[1].pages()),
+    );
+
+    // One frag crossing the boundary of guest pages 2 and 3.
+    let f1 = test_frame(21, 1400);
+    let gpa1 = 3 * 4096 - 700;
+    map.mem().write_slice(&f1, GuestAddress(gpa1)).unwrap();
+    let mut pkt = FragList::new();
+    map.push_frags(gpa1, u32::try_from(f1.len()).unwrap(), &mut pkt)
+        .unwrap();
+    assert_eq!(q.send(&hdr, &pkt).unwrap(), SendStatus::InFlight);
+    drop(pkt);
+    assert_eq!(q.in_flight(), 1);
+    assert_eq!(low.pinned_pages(), 2, "both pages held until completion");
+    wait_in_flight(q.as_mut(), 1);
+    assert_eq!(low.pinned_pages(), 0, "pages still held after completion");
+    assert_eq!(q.in_flight(), 0);
+    capture(peer.as_raw_fd(), &f1).expect("frame sent from guest memory");
+
+    // Two frags, one in each region: two descriptors, XDP_PKT_CONTD.
+    let f2 = test_frame(22, 900);
+    let (gpa_a, gpa_b) = (0xf_ff00, 0x1_0000_0000 + 0x1_2345);
+    map.mem()
+        .write_slice(&f2[..100], GuestAddress(gpa_a))
+        .unwrap();
+    map.mem()
+        .write_slice(&f2[100..], GuestAddress(gpa_b))
+        .unwrap();
+    let mut pkt = FragList::new();
+    map.push_frags(gpa_a, 100, &mut pkt).unwrap();
+    map.push_frags(gpa_b, 800, &mut pkt).unwrap();
+    assert_eq!(q.send(&hdr, &pkt).unwrap(), SendStatus::InFlight);
+    drop(pkt);
+    assert_eq!((low.pinned_pages(), high.pinned_pages()), (1, 1));
+    wait_in_flight(q.as_mut(), 1);
+    assert_eq!((low.pinned_pages(), high.pinned_pages()), (0, 0));
+    capture(peer.as_raw_fd(), &f2).expect("multi-buffer frame from guest memory");
+    assert_eq!(stats.tx_zc_packets.get(), 2);
+    assert_eq!(stats.tx_zc_completed.get(), 2);
+
+    // A frame outside guest memory, and one asking for a checksum: copied.
+    let f3 = test_frame(23, 200);
+    assert_eq!(send_one(q.as_mut(), &hdr, &f3), SendStatus::Sent);
+    capture(peer.as_raw_fd(), &f3).expect("copied frame");
+    let mut pkt = FragList::new();
+    map.push_frags(gpa1, u32::try_from(f1.len()).unwrap(), &mut pkt)
+        .unwrap();
+    let csum_hdr = VirtioNetHdr {
+        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        csum_start: 14,
+        csum_offset: 6,
+        ..hdr
+    };
+    assert_eq!(q.send(&csum_hdr, &pkt).unwrap(), SendStatus::Sent);
+    drop(pkt);
+    q.flush().unwrap();
+    assert_eq!(stats.tx_zc_copied.get(), 2, "{:?}", stats.fields());
+    assert_eq!(low.pinned_pages(), 0);
+
+    // A memory update: the new snapshot is registered; the old regions leave the map
+    // at once (the UMEM holds no reference that would make their removal wait).
+    drop((low, high));
+    drop(map);
+    let map = guest_memory(&memory);
+    assert_eq!(memory.retired_regions(), 0);
+    q.attach_memory(&map);
+    assert_eq!(stats.tx_zc_umems.get(), 2);
+    let f4 = test_frame(24, 60);
+    map.mem()
+        .write_slice(&f4, GuestAddress(0x1_0000_0000))
+        .unwrap();
+    let mut pkt = FragList::new();
+    map.push_frags(0x1_0000_0000, 60, &mut pkt).unwrap();
+    assert_eq!(q.send(&hdr, &pkt).unwrap(), SendStatus::InFlight);
+    drop(pkt);
+    wait_in_flight(q.as_mut(), 1);
+    capture(peer.as_raw_fd(), &f4).expect("frame from the new memory");
+    assert_eq!(stats.tx_zc_out_of_order.get(), 0);
+    assert_eq!(stats.tx_zc_umem_errors.get(), 0);
+    q.detach_memory();
+    assert_eq!(q.in_flight(), 0);
+    xdp.return_queue(0, q);
+}
+
+/// With the link down nothing completes: the packet stays in flight with its page
+/// held (not reported, however long it waits) until the link comes back and the
+/// completion ring returns it. A caller that gives up (a stopping worker) gets the
+/// guest UMEM closed, so the held pages are released and the descriptors never sent;
+/// the next memory attach registers again.
+#[test]
+fn zero_copy_tx_holds_pages_until_completion_or_given_up() {
+    require_root!();
+    let net = VethNs::new('h', 2);
+    let peer = net.peer_socket();
+    let zc = XdpOptions {
+        zerocopy_tx: true,
+        ..XdpOptions::default()
+    };
+    let xdp = Xdp::open_with(&net.host, 1, &zc).expect("open xdp with zero-copy tx");
+    let mut q = xdp.take_queue(0).expect("queue 0");
+    let stats = xdp.stats(0).unwrap();
+    let memory = SharedPageMap::new();
+    let map = guest_memory(&memory);
+    q.attach_memory(&map);
+    let pages = Arc::clone(map.regions()[0].pages());
+    let hdr = VirtioNetHdr::default();
+    let frame = test_frame(31, 300);
+    map.mem().write_slice(&frame, GuestAddress(0x2000)).unwrap();
+    let send = |q: &mut dyn UplinkQueue| {
+        let mut pkt = FragList::new();
+        map.push_frags(0x2000, 300, &mut pkt).unwrap();
+        assert_eq!(q.send(&hdr, &pkt).unwrap(), SendStatus::InFlight);
+    };
+
+    run(&["ip", "link", "set", &net.host, "down"]);
+    send(q.as_mut());
+    for _ in 0..20 {
+        q.flush().unwrap();
+        assert_eq!(q.reap_in_flight(), 0, "completed with the link down");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(q.in_flight(), 1);
+    assert_eq!(pages.pinned_pages(), 1, "page not held while in flight");
+    run(&["ip", "link", "set", &net.host, "up"]);
+    wait_in_flight(q.as_mut(), 1);
+    assert_eq!(pages.pinned_pages(), 0);
+    capture(peer.as_raw_fd(), &frame).expect("frame sent once the link came back");
+
+    run(&["ip", "link", "set", &net.host, "down"]);
+    send(q.as_mut());
+    q.flush().unwrap();
+    assert_eq!(pages.pinned_pages(), 1);
+    q.forget_in_flight();
+    assert_eq!(q.in_flight(), 0);
+    assert_eq!(
+        pages.pinned_pages(),
+        0,
+        "given-up packet still holds its page"
+    );
+    run(&["ip", "link", "set", &net.host, "up"]);
+    q.attach_memory(&map);
+    assert_eq!(stats.tx_zc_umems.get(), 2, "not registered again");
+    send(q.as_mut());
+    wait_in_flight(q.as_mut(), 1);
+    assert_eq!(pages.pinned_pages(), 0);
+    xdp.return_queue(0, q);
+}
+
+/// Zero-copy TX needs a second interface queue per pair; a single-queue veth is
+/// refused with a clear error.
+#[test]
+fn zero_copy_tx_needs_two_queues_per_pair() {
+    require_root!();
+    let net = VethNs::new('q', 1);
+    let zc = XdpOptions {
+        zerocopy_tx: true,
+        ..XdpOptions::default()
+    };
+    match Xdp::open_with(&net.host, 1, &zc) {
+        Err(
+            e @ XdpError::ZeroCopyTxQueues {
+                need: 2, have: 1, ..
+            },
+        ) => {
+            println!("expected error: {e}")
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("zero-copy tx opened on a single-queue veth"),
+    }
+    assert!(!net.xdp_attached(false), "{}", net.host_link());
+}
+
+/// The whole daemon with `--xdp-zerocopy-tx`: the guest's frames (single, split and
+/// indirect chains) leave from guest memory byte-exact, and every chain comes back to
+/// the guest once its packet completed.
+#[test]
+fn daemon_zero_copy_tx_returns_chains_after_completion() {
+    use common::daemon::Daemon;
+    use common::guest::{Guest, GuestConfig};
+    use common::netns::NetNs;
+    use common::packet::{assert_bytes, guest_frames, ETH_P_TEST, GUEST_MAC_STR};
+    use common::{privileged, STATS_TIMEOUT, TIMEOUT};
+
+    if !privileged("daemon_zero_copy_tx_returns_chains_after_completion") {
+        return;
+    }
+    let ns = NetNs::new();
+    let (xdp_end, peer_end) = ("vnmz0", "vnmz1");
+    ns.ip(&[
+        "link",
+        "add",
+        xdp_end,
+        "numtxqueues",
+        "2",
+        "numrxqueues",
+        "2",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        peer_end,
+    ]);
+    ns.link_up(xdp_end);
+    ns.link_up(peer_end);
+    let cap = ns.packet_socket(peer_end, ETH_P_TEST, false);
+    let mut d = Daemon::spawn(
+        &[
+            "--xdp",
+            xdp_end,
+            "--xdp-zerocopy-tx",
+            "--mac",
+            GUEST_MAC_STR,
+        ],
+        Some(&ns),
+    );
+    let mut g = Guest::new(GuestConfig::default());
+    let _c = g.attach(&mut d);
+
+    let frames = guest_frames(700, 48, 60, 1514);
+    g.send(0, &frames);
+    g.wait_tx(0, frames.len());
+    for (i, f) in frames.iter().enumerate() {
+        let Some(got) = cap.recv(TIMEOUT) else {
+            d.fail(&format!("guest frame {i} never reached {peer_end}"));
+        };
+        assert_bytes(&got, f, &format!("guest frame {i} on {peer_end}"));
+    }
+    let s = d.wait_stats("zero-copy completions", STATS_TIMEOUT, |s| {
+        s.group_counter(Some(0), "xdp", "tx_zc_completed") == 48
+    });
+    println!("{s}");
+    assert_eq!(s.queue(0, "tx_packets"), 48, "{s}");
+    assert_eq!(s.group_counter(Some(0), "xdp", "tx_zc_packets"), 48, "{s}");
+    assert_eq!(s.group_counter(Some(0), "xdp", "tx_zc_copied"), 0, "{s}");
+    assert_eq!(s.group_counter(Some(0), "xdp", "tx_zc_umems"), 1, "{s}");
+    assert_eq!(s.group_counter(Some(0), "xdp", "tx_packets"), 48, "{s}");
+
+    // With the link down the packets cannot complete: their chains must stay with
+    // the device (the guest would otherwise reuse buffers the kernel still reads).
+    ns.ip(&["link", "set", xdp_end, "down"]);
+    let used_before = g.pairs[0].tx.ring.used_idx(&g.mem);
+    let held = guest_frames(800, 8, 60, 1000);
+    g.send(0, &held);
+    d.wait_stats("8 more zero-copy packets in flight", STATS_TIMEOUT, |s| {
+        s.group_counter(Some(0), "xdp", "tx_zc_packets") == 56
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        g.pairs[0].tx.ring.used_idx(&g.mem),
+        used_before,
+        "chains returned before their packets completed"
+    );
+    ns.link_up(xdp_end);
+    g.wait_tx(0, held.len());
+    for (i, f) in held.iter().enumerate() {
+        let Some(got) = cap.recv(TIMEOUT) else {
+            d.fail(&format!("held frame {i} never reached {peer_end}"));
+        };
+        assert_bytes(&got, f, &format!("held frame {i} on {peer_end}"));
+    }
+    let s = d.wait_stats("all zero-copy packets completed", STATS_TIMEOUT, |s| {
+        s.group_counter(Some(0), "xdp", "tx_zc_completed") == 56
+    });
+    assert_eq!(
+        s.group_counter(Some(0), "xdp", "tx_zc_out_of_order"),
+        0,
+        "{s}"
+    );
 }

@@ -5,9 +5,15 @@
 //! turn the rest of the chain into frags (no copy) and hand header + frags to the
 //! uplink. The chain goes back to the used ring with length 0 whatever happens,
 //! except when the uplink has no room: then the chain is given back to the avail side
-//! and the worker waits for the uplink to become writable (no loss).
+//! and the worker waits for the uplink to become writable (no loss); and except when
+//! the uplink transmits straight from the guest's pages ([`SendStatus::InFlight`]):
+//! then the chain waits, in send order, until the uplink reports the packet complete,
+//! so the guest cannot rewrite a buffer the device still reads.
 
-use vm_memory::{Bytes, GuestAddress};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::ring::Ring;
 use super::LogLimiter;
@@ -43,11 +49,17 @@ enum TxDrop {
     Oversized(usize),
 }
 
+/// How long a stopping worker waits for packets in flight before returning their
+/// chains anyway.
+const IN_FLIGHT_WAIT: Duration = Duration::from_millis(200);
+
 /// The TX half of a queue pair worker.
 #[derive(Debug)]
 pub struct TxPath {
     segs: Segments,
     log: LogLimiter,
+    /// Heads of chains sent [`SendStatus::InFlight`], in send order.
+    in_flight: VecDeque<u16>,
 }
 
 impl Default for TxPath {
@@ -55,6 +67,7 @@ impl Default for TxPath {
         TxPath {
             segs: Segments::new(),
             log: LogLimiter::new(10),
+            in_flight: VecDeque::new(),
         }
     }
 }
@@ -141,6 +154,75 @@ impl TxPath {
         }
     }
 
+    /// Chains waiting for their packet to complete.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Return the chains of packets the uplink reports complete.
+    fn complete(&mut self, ring: &mut Ring, mem: &GuestMemoryMmap, uplink: &mut dyn UplinkQueue) {
+        if self.in_flight.is_empty() {
+            return;
+        }
+        for _ in 0..uplink.reap_in_flight() {
+            let Some(head) = self.in_flight.pop_front() else {
+                log::error!("uplink reported more packets complete than are in flight");
+                break;
+            };
+            let _ = ring.add_used(mem, head, 0);
+        }
+    }
+
+    /// Kick the uplink and return the chains of completed packets (for a worker
+    /// woken up while packets are in flight).
+    pub fn poll_in_flight(
+        &mut self,
+        ring: &mut Ring,
+        map: &GuestPageMap,
+        uplink: &mut dyn UplinkQueue,
+        m: &QueueMetrics,
+    ) {
+        if self.in_flight.is_empty() {
+            return;
+        }
+        if let Err(e) = uplink.flush() {
+            if self.log.allow() {
+                log::warn!("uplink flush: {e}");
+            }
+        }
+        self.complete(ring, map.mem(), uplink);
+        ring.signal(map.mem(), m);
+    }
+
+    /// The worker stops: wait (bounded) for the packets in flight, then return their
+    /// chains whatever happened; the uplink forgets them.
+    pub fn finish(
+        &mut self,
+        ring: &mut Ring,
+        map: &GuestPageMap,
+        uplink: &mut dyn UplinkQueue,
+        m: &QueueMetrics,
+    ) {
+        let deadline = Instant::now() + IN_FLIGHT_WAIT;
+        while !self.in_flight.is_empty() && Instant::now() < deadline {
+            self.poll_in_flight(ring, map, uplink, m);
+            if !self.in_flight.is_empty() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        if !self.in_flight.is_empty() {
+            log::warn!(
+                "{} TX packets still in flight when the worker stopped; their chains are returned now",
+                self.in_flight.len()
+            );
+            uplink.forget_in_flight();
+            for head in std::mem::take(&mut self.in_flight) {
+                let _ = ring.add_used(map.mem(), head, 0);
+            }
+            ring.signal(map.mem(), m);
+        }
+    }
+
     /// Move up to [`TX_BATCH`] packets from the guest to the uplink.
     pub fn process(
         &mut self,
@@ -155,6 +237,7 @@ impl TxPath {
         let mut packets = 0u64;
         let mut bytes = 0u64;
         let mut ready = 0u16;
+        self.complete(ring, mem, uplink);
         let outcome = loop {
             if ready == 0 {
                 // One acquire load of the avail index per round, not per chain.
@@ -172,11 +255,18 @@ impl TxPath {
             ready -= 1;
             done += 1;
             let mut frags = FragList::new();
+            let mut held = false;
             match self.build(ring, map, head, features, &mut frags) {
                 Ok(hdr) => match uplink.send(&hdr, &frags) {
                     Ok(SendStatus::Sent) => {
                         packets += 1;
                         bytes += frags.len() as u64;
+                    }
+                    Ok(SendStatus::InFlight) => {
+                        packets += 1;
+                        bytes += frags.len() as u64;
+                        self.in_flight.push_back(head);
+                        held = true;
                     }
                     Ok(SendStatus::WouldBlock) => {
                         ring.unpop(1);
@@ -188,14 +278,18 @@ impl TxPath {
                 Err(d) => self.count_drop(&d, m),
             }
             drop(frags);
-            // An impossible head index cannot be returned; the walker already counted it.
-            let _ = ring.add_used(mem, head, 0);
+            if !held {
+                // An impossible head index cannot be returned; the walker already
+                // counted it.
+                let _ = ring.add_used(mem, head, 0);
+            }
         };
         if let Err(e) = uplink.flush() {
             if self.log.allow() {
                 log::warn!("uplink flush: {e}");
             }
         }
+        self.complete(ring, mem, uplink);
         m.tx_packets.add(packets);
         m.tx_bytes.add(bytes);
         if done > 0 {

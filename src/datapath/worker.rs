@@ -21,6 +21,9 @@ use crate::netmem::SharedPageMap;
 use crate::uplink::UplinkQueue;
 use crate::virtio::Features;
 
+/// Epoll timeout while TX packets are in flight (their completion raises no event).
+const IN_FLIGHT_POLL_MS: i32 = 1;
+
 /// Epoll event ids of a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u64)]
@@ -209,11 +212,17 @@ fn run(spec: WorkerSpec, exit: EventFd) -> WorkerState {
         let mut events = vec![epoll::Event::new(epoll::Events::empty(), 0); 8];
         let moved = |m: &QueueMetrics| m.tx_packets.get() + m.rx_packets.get();
         let mut last_work = std::time::Instant::now();
+        // The snapshot generation the uplink was last given (u64::MAX: none yet).
+        let mut attached = u64::MAX;
         loop {
             let before = moved(m);
             // Work until nothing is left, then sleep.
             while (need_tx && !tx_blocked) || (need_rx && rx_armed) {
                 let map = memory.load();
+                if map.generation() != attached {
+                    attached = map.generation();
+                    uplink.attach_memory(&map);
+                }
                 if need_tx && !tx_blocked {
                     if let Some(ring) = tx_ring.as_mut() {
                         ring.disable_notification(map.mem());
@@ -248,7 +257,7 @@ fn run(spec: WorkerSpec, exit: EventFd) -> WorkerState {
             if moved(m) != before {
                 last_work = now;
             }
-            let timeout = match busy_poll {
+            let mut timeout = match busy_poll {
                 Some(budget) if now.duration_since(last_work) < budget => {
                     need_tx = tx_ring.is_some();
                     need_rx = rx_ring.is_some() && rx_armed;
@@ -256,11 +265,22 @@ fn run(spec: WorkerSpec, exit: EventFd) -> WorkerState {
                 }
                 _ => -1,
             };
+            // Packets in flight complete without an event on our fds: look again soon.
+            let in_flight = tx_path.in_flight() > 0;
+            if in_flight && timeout != 0 {
+                timeout = IN_FLIGHT_POLL_MS;
+            }
             let n = match epoll::wait(poller.epfd, timeout, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
+            if in_flight {
+                if let Some(ring) = tx_ring.as_mut() {
+                    let map = memory.load();
+                    tx_path.poll_in_flight(ring, &map, uplink.as_mut(), m);
+                }
+            }
             for ev in &events[..n] {
                 let flags = epoll::Events::from_bits_truncate(ev.events);
                 match Event::from_u64(ev.data) {
@@ -298,6 +318,10 @@ fn run(spec: WorkerSpec, exit: EventFd) -> WorkerState {
     if let Some(ring) = rx_ring.as_mut() {
         let map = memory.load();
         rx_path.release(ring, &map);
+    }
+    if let Some(ring) = tx_ring.as_mut() {
+        let map = memory.load();
+        tx_path.finish(ring, &map, uplink.as_mut(), m);
     }
     WorkerState {
         rx: rx_ring.map(|r| r.indices()),

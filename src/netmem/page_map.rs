@@ -9,7 +9,7 @@
 
 use std::alloc::{self, Layout};
 use std::fs::File;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -85,7 +85,7 @@ pub struct RegionPages {
 }
 
 impl RegionPages {
-    fn new(slot: u16, gpa: u64, size: u64, user_addr: u64) -> Self {
+    pub(crate) fn new(slot: u16, gpa: u64, size: u64, user_addr: u64) -> Self {
         let n = usize::try_from(size.div_ceil(PAGE_SIZE)).unwrap_or(usize::MAX);
         RegionPages {
             slot,
@@ -175,6 +175,12 @@ impl GuestRegion {
     pub fn pages(&self) -> &Arc<RegionPages> {
         &self.pages
     }
+
+    /// The file backing the region and the region's offset in it (the memfd and
+    /// `mmap_offset` the frontend sent), for mapping the region a second time.
+    pub fn file_offset(&self) -> Option<(&File, u64)> {
+        self.region.file_offset().map(|f| (f.file(), f.start()))
+    }
 }
 
 /// An immutable snapshot of guest memory with its page descriptors.
@@ -182,6 +188,8 @@ impl GuestRegion {
 pub struct GuestPageMap {
     mem: GuestMemoryMmap,
     regions: Vec<GuestRegion>,
+    /// Which publication this snapshot is (0: the initial empty map).
+    generation: u64,
 }
 
 impl GuestPageMap {
@@ -193,6 +201,13 @@ impl GuestPageMap {
     /// Regions in guest-physical order.
     pub fn regions(&self) -> &[GuestRegion] {
         &self.regions
+    }
+
+    /// Increases with every memory update of the [`SharedPageMap`] this snapshot came
+    /// from: a user that keeps state derived from a snapshot (without holding it)
+    /// compares generations to notice a new one.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The region owning `slot`, if it is part of this snapshot.
@@ -312,6 +327,7 @@ const REMOVE_WAIT: Duration = Duration::from_secs(2);
 #[derive(Debug, Default)]
 pub struct SharedPageMap {
     current: ArcSwap<GuestPageMap>,
+    generation: AtomicU64,
     next_slot: Mutex<u16>,
     retired: Mutex<Vec<Arc<RegionPages>>>,
 }
@@ -359,14 +375,22 @@ impl SharedPageMap {
             return Err(PageMapError::TooManyRegions(MAX_REGIONS));
         }
         regions.sort_by_key(|r| r.pages.gpa);
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         if regions.is_empty() {
-            self.current.store(Arc::new(GuestPageMap::default()));
+            self.current.store(Arc::new(GuestPageMap {
+                generation,
+                ..GuestPageMap::default()
+            }));
             return Ok(());
         }
         let mem = GuestMemoryMmap::from_arc_regions(
             regions.iter().map(|r| Arc::clone(&r.region)).collect(),
         )?;
-        self.current.store(Arc::new(GuestPageMap { mem, regions }));
+        self.current.store(Arc::new(GuestPageMap {
+            mem,
+            regions,
+            generation,
+        }));
         Ok(())
     }
 

@@ -11,9 +11,10 @@ pub mod tap;
 pub mod xdp;
 
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
 use crate::metrics::NamedGroup;
-use crate::netmem::FragList;
+use crate::netmem::{FragList, GuestPageMap};
 use crate::virtio::{Features, VirtioNetHdr};
 
 /// Errors of the uplinks.
@@ -42,8 +43,12 @@ pub enum UplinkError {
 /// Outcome of [`UplinkQueue::send`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendStatus {
-    /// The packet left.
+    /// The packet left; the uplink no longer reads its frags.
     Sent,
+    /// The packet is on its way and the uplink still reads its frags in place (zero-copy
+    /// transmit from guest memory): the chain must not go back to the guest until
+    /// [`UplinkQueue::reap_in_flight`] reports the packet done.
+    InFlight,
     /// No room now: keep the packet, wait for the queue fd to be writable.
     WouldBlock,
     /// The uplink refused the packet (counted by the caller as an uplink drop).
@@ -68,6 +73,31 @@ pub trait UplinkQueue: Send {
     fn flush(&mut self) -> Result<(), UplinkError> {
         Ok(())
     }
+
+    /// Packets sent with [`SendStatus::InFlight`] that completed since the last call,
+    /// counted in the order they were sent (their chains can go back to the guest).
+    fn reap_in_flight(&mut self) -> usize {
+        0
+    }
+
+    /// Packets sent with [`SendStatus::InFlight`] not reported by
+    /// [`Self::reap_in_flight`] yet.
+    fn in_flight(&self) -> usize {
+        0
+    }
+
+    /// The caller gave up waiting for the packets in flight (its worker stops and
+    /// returns their chains to the guest): they are not reported any more, and the
+    /// uplink must no longer read their frags.
+    fn forget_in_flight(&mut self) {}
+
+    /// The guest memory snapshot the frags of the following sends point into, given
+    /// whenever it changes (AF_XDP zero-copy transmit registers it as a UMEM).
+    fn attach_memory(&mut self, _map: &Arc<GuestPageMap>) {}
+
+    /// Guest memory is going away (the frontend disconnected): release anything that
+    /// refers to it.
+    fn detach_memory(&mut self) {}
 }
 
 /// An uplink device.
@@ -88,6 +118,10 @@ pub trait Uplink: Send + Sync {
     fn unsupported_features(&self) -> u64 {
         0
     }
+
+    /// Guest memory is going away (the frontend disconnected, every worker stopped):
+    /// the queues held by the uplink release anything that refers to it.
+    fn detach_memory(&self) {}
 
     /// Counters this uplink keeps for queue pair `pair` beyond the generic queue
     /// counters (AF_XDP: its page pool and its socket), each under a name that becomes
@@ -114,6 +148,14 @@ impl QueueSlots {
             .ok_or(UplinkError::NoQueue(pair))?
             .take()
             .ok_or(UplinkError::QueueBusy(pair))
+    }
+
+    /// Call `f` on every queue no worker holds.
+    pub(crate) fn for_each_idle(&self, mut f: impl FnMut(&mut dyn UplinkQueue)) {
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for queue in q.iter_mut().flatten() {
+            f(queue.as_mut());
+        }
     }
 
     pub(crate) fn put(&self, pair: usize, queue: Box<dyn UplinkQueue>) {

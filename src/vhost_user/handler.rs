@@ -208,6 +208,7 @@ impl NetBackend {
         for pair in 0..self.workers.len() {
             self.stop_pair(pair);
         }
+        self.uplink.detach_memory();
         self.memory.clear();
     }
 

@@ -5,6 +5,8 @@
 //! - `socket`: one XSK (UMEM registration, four rings, bind) with `xdpilone`.
 //! - `umem`: the UMEM as a `NetIovArea` whose frames are net_iovs handed out by the
 //!   queue's `PagePool` (see its module docs for who owns a frame when).
+//! - `guest_umem`: zero-copy TX (`--xdp-zerocopy-tx`): guest memory registered as a
+//!   second UMEM, guest pages held until their descriptors complete.
 //! - `csum`: software completion of partial checksums on TX.
 //!
 //! One UMEM per queue rather than one shared UMEM: each queue pair is owned by its own
@@ -30,6 +32,7 @@
 //! sets it for TX, since nothing transmits in copy mode without a syscall.
 
 mod csum;
+mod guest_umem;
 mod prog;
 mod socket;
 mod umem;
@@ -47,7 +50,9 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_HOST_USO,
 };
 use xdpilone::xdp::XdpDesc;
+use xdpilone::RingTx;
 
+use self::guest_umem::GuestUmem;
 pub use self::prog::AttachMode;
 use self::prog::{XdpLink, XdpProg, XskMap};
 pub use self::socket::BindMode;
@@ -55,7 +60,7 @@ use self::socket::{RingSizes, Xsk};
 use self::umem::Umem;
 use super::{QueueSlots, SendStatus, Uplink, UplinkError, UplinkQueue};
 use crate::metrics::{Counter, CounterGroup, NamedGroup};
-use crate::netmem::{FragList, NetmemRef, PagePoolError, PagePoolStatsReader};
+use crate::netmem::{FragList, GuestPageMap, NetmemRef, PagePoolError, PagePoolStatsReader};
 use crate::virtio::header::{VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE};
 use crate::virtio::{Features, VirtioNetHdr, VNET_HDR_LEN};
 
@@ -203,6 +208,25 @@ pub enum XdpError {
         #[source]
         source: io::Error,
     },
+    /// Registering the guest's memory as a UMEM (zero-copy TX) failed.
+    #[error("cannot register guest memory as a umem for interface queue {queue}: {source}")]
+    GuestUmem {
+        /// Interface queue of the zero-copy TX socket.
+        queue: u32,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Zero-copy TX needs a second interface queue per queue pair.
+    #[error("zero-copy tx on {iface} needs {need} tx queues (two per queue pair), it has {have}")]
+    ZeroCopyTxQueues {
+        /// Interface name.
+        iface: String,
+        /// Queues needed.
+        need: u32,
+        /// Queues the interface has.
+        have: u32,
+    },
     /// Binding the socket to the interface queue failed.
     #[error("cannot bind an xdp socket to {iface} queue {queue} in {mode} mode: {source}")]
     Bind {
@@ -225,6 +249,11 @@ pub struct XdpOptions {
     pub attach: Option<AttachMode>,
     /// How to bind the sockets; None: zero-copy, copy where the driver refuses.
     pub bind: Option<BindMode>,
+    /// Transmit guest packets straight from guest memory (`--xdp-zerocopy-tx`): the
+    /// guest's memory is registered as a second UMEM per queue pair, on interface
+    /// queue `queue_pairs + pair`, so the interface needs twice as many TX queues as
+    /// there are pairs. See [`XdpQueue`].
+    pub zerocopy_tx: bool,
 }
 
 /// Counters of one AF_XDP queue (single writer: the queue's worker).
@@ -255,6 +284,20 @@ pub struct XdpQueueStats {
     pub rx_truncated: Counter,
     /// `poll` wakeups issued because the fill ring asked for one.
     pub fill_wakeups: Counter,
+    /// TX packets sent straight from guest memory (zero-copy TX; also in `tx_packets`).
+    pub tx_zc_packets: Counter,
+    /// Zero-copy TX packets whose descriptors all completed (chains returned).
+    pub tx_zc_completed: Counter,
+    /// TX packets copied although zero-copy TX is on: a checksum to complete, memory
+    /// not registered, more frags than one packet may take, or the ring full.
+    pub tx_zc_copied: Counter,
+    /// Completions that did not name the oldest zero-copy packet's first descriptor.
+    pub tx_zc_out_of_order: Counter,
+    /// Guest memory snapshots registered as a UMEM.
+    pub tx_zc_umems: Counter,
+    /// Guest memory snapshots that could not be registered (zero-copy TX off until
+    /// the memory changes).
+    pub tx_zc_umem_errors: Counter,
     /// Ring entries naming memory outside the UMEM or a frame the kernel did not own
     /// (kernel or driver bug; the entry is skipped).
     pub invalid_descs: Counter,
@@ -282,6 +325,12 @@ impl XdpQueueStats {
             ("rx_packets", self.rx_packets.get()),
             ("rx_truncated", self.rx_truncated.get()),
             ("fill_wakeups", self.fill_wakeups.get()),
+            ("tx_zc_packets", self.tx_zc_packets.get()),
+            ("tx_zc_completed", self.tx_zc_completed.get()),
+            ("tx_zc_copied", self.tx_zc_copied.get()),
+            ("tx_zc_out_of_order", self.tx_zc_out_of_order.get()),
+            ("tx_zc_umems", self.tx_zc_umems.get()),
+            ("tx_zc_umem_errors", self.tx_zc_umem_errors.get()),
             ("invalid_descs", self.invalid_descs.get()),
         ]
     }
@@ -311,6 +360,16 @@ pub struct Xdp {
     pool_stats: Vec<PagePoolStatsReader>,
     iface: String,
     bind_mode: BindMode,
+}
+
+/// Number of TX queues of `iface` (sysfs), if it can be read.
+fn tx_queues(iface: &str) -> Option<u32> {
+    let dir = std::fs::read_dir(format!("/sys/class/net/{iface}/queues")).ok()?;
+    let n = dir
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("tx-"))
+        .count();
+    u32::try_from(n).ok()
 }
 
 fn valid_name(iface: &str) -> bool {
@@ -351,6 +410,16 @@ impl Xdp {
             });
         }
 
+        if options.zerocopy_tx {
+            let need = pairs.saturating_mul(2);
+            if let Some(have) = tx_queues(iface).filter(|&have| have < need) {
+                return Err(XdpError::ZeroCopyTxQueues {
+                    iface: iface.to_string(),
+                    need,
+                    have,
+                });
+            }
+        }
         // Everything below is owned by values that clean up on drop, so an error at
         // any step releases what the steps before it set up.
         let map = XskMap::create(pairs)?;
@@ -369,7 +438,15 @@ impl Xdp {
             let queue_stats = Arc::new(XdpQueueStats::default());
             stats.push(Arc::clone(&queue_stats));
             pool_stats.push(umem.stats_reader());
-            queues.push(Box::new(XdpQueue::new(queue, xsk, umem, queue_stats)));
+            let zc = options.zerocopy_tx.then(|| ZeroCopyTx {
+                iface: cname.clone(),
+                queue: pairs + queue,
+                mode: xsk.mode,
+                umem: None,
+                generation: None,
+                carried: 0,
+            });
+            queues.push(Box::new(XdpQueue::new(queue, xsk, umem, queue_stats, zc)));
         }
         let link = prog.attach(iface, ifindex, options.attach)?;
         let bind_mode = bind_mode.unwrap_or(BindMode::Copy);
@@ -445,6 +522,10 @@ impl Uplink for Xdp {
         XDP_UNSUPPORTED_FEATURES
     }
 
+    fn detach_memory(&self) {
+        self.queues.for_each_idle(|q| q.detach_memory());
+    }
+
     /// `page_pool`: the pool of the pair's UMEM frames (the kernel's counter names);
     /// `xdp`: the pair's socket ([`XdpQueueStats`]).
     fn queue_counters(&self, pair: usize) -> Vec<NamedGroup> {
@@ -498,6 +579,14 @@ impl LogLimit {
 /// RX: one frame from the RX ring becomes a net_iov frag, written behind a zeroed
 /// 12-byte virtio header (`num_buffers` is the caller's) into the guest buffers; the
 /// frame is recycled to the pool, which refills the fill ring.
+///
+/// Zero-copy TX (`XdpOptions::zerocopy_tx`): the guest memory snapshot the worker
+/// attaches is registered as a second UMEM (see `guest_umem`), and a packet without a
+/// checksum to complete whose frags all lie in it goes out from guest memory:
+/// [`SendStatus::InFlight`], its pages held and its chain kept by the caller until
+/// the completion ring returns it ([`UplinkQueue::reap_in_flight`]). Other packets
+/// take the copy path (counted in `tx_zc_copied`); since the two paths use different
+/// interface queues, a flow mixing them may be reordered.
 pub struct XdpQueue {
     queue: u32,
     // Rings before the UMEM: they (and the socket) go first on drop, and the UMEM
@@ -509,7 +598,64 @@ pub struct XdpQueue {
     tx_in_flight: u32,
     stats: Arc<XdpQueueStats>,
     log_limit: LogLimit,
+    /// Zero-copy TX from guest memory, when enabled.
+    zc: Option<ZeroCopyTx>,
     umem: Umem,
+}
+
+/// Zero-copy TX state of one queue.
+struct ZeroCopyTx {
+    iface: CString,
+    /// Interface queue of the guest UMEM's TX socket.
+    queue: u32,
+    mode: BindMode,
+    /// The current snapshot's registration (None: no memory, or it failed).
+    umem: Option<GuestUmem>,
+    /// Generation of the snapshot last attached.
+    generation: Option<u64>,
+    /// Packets of a retired registration to report complete (its socket is closed).
+    carried: usize,
+}
+
+/// How long retiring a guest UMEM waits for its packets in flight.
+const ZC_RETIRE_WAIT: Duration = Duration::from_millis(50);
+
+/// Wake the kernel to transmit what is on `tx`, if it asks for it. Copy mode sends a
+/// batch per call, so keep kicking while the ring drains.
+fn kick_ring(tx: &mut RingTx, queue: u32, stats: &XdpQueueStats, log_limit: &mut LogLimit) {
+    let fd = tx.as_raw_fd();
+    let mut pending = tx.pending();
+    let mut kicks = 0;
+    while pending > 0 && kicks < MAX_KICKS && tx.needs_wakeup() {
+        kicks += 1;
+        stats.tx_kicks.inc();
+        match sendto_kick(fd) {
+            Ok(()) => {}
+            // Batch limit reached, completion ring busy, or interrupted: the progress
+            // check below decides whether to go on.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::EINTR)
+                ) => {}
+            Err(e) => {
+                stats.tx_kick_errors.inc();
+                if let Some(n) = log_limit.allow() {
+                    log::warn!(
+                        "xdp queue {queue}: tx wakeup failed: {e} ({n} similar messages suppressed)"
+                    );
+                }
+                break;
+            }
+        }
+        let now = tx.pending();
+        if now >= pending {
+            // No progress: zero-copy transmits asynchronously, or the device is
+            // stalled; the next flush tries again.
+            break;
+        }
+        pending = now;
+    }
 }
 
 fn sendto_kick(fd: RawFd) -> io::Result<()> {
@@ -532,7 +678,13 @@ fn sendto_kick(fd: RawFd) -> io::Result<()> {
 }
 
 impl XdpQueue {
-    fn new(queue: u32, xsk: Xsk, umem: Umem, stats: Arc<XdpQueueStats>) -> Self {
+    fn new(
+        queue: u32,
+        xsk: Xsk,
+        umem: Umem,
+        stats: Arc<XdpQueueStats>,
+        zc: Option<ZeroCopyTx>,
+    ) -> Self {
         let mut q = XdpQueue {
             queue,
             xsk,
@@ -540,6 +692,7 @@ impl XdpQueue {
             tx_in_flight: 0,
             stats,
             log_limit: LogLimit::default(),
+            zc,
             umem,
         };
         q.refill();
@@ -602,42 +755,66 @@ impl XdpQueue {
         done.release();
     }
 
-    /// Wake the kernel to transmit what is on the TX ring, if it asks for it. Copy
-    /// mode sends a batch per call, so keep kicking while the ring drains.
+    /// Wake the kernel to transmit what is on the TX ring, if it asks for it.
     fn kick_tx(&mut self) {
-        let fd = self.xsk.tx.as_raw_fd();
-        let mut pending = self.xsk.tx.pending();
-        let mut kicks = 0;
-        while pending > 0 && kicks < MAX_KICKS && self.xsk.tx.needs_wakeup() {
-            kicks += 1;
-            self.stats.tx_kicks.inc();
-            match sendto_kick(fd) {
-                Ok(()) => {}
-                // Batch limit reached, completion ring busy, or interrupted: the
-                // progress check below decides whether to go on.
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::EINTR)
-                    ) => {}
-                Err(e) => {
-                    self.stats.tx_kick_errors.inc();
-                    if let Some(n) = self.log_limit.allow() {
-                        log::warn!(
-                            "xdp queue {}: tx wakeup failed: {e} ({n} similar messages suppressed)",
-                            self.queue
-                        );
-                    }
-                    break;
-                }
-            }
-            let now = self.xsk.tx.pending();
-            if now >= pending {
-                // No progress: zero-copy transmits asynchronously, or the device is
-                // stalled; the next flush tries again.
+        kick_ring(
+            &mut self.xsk.tx,
+            self.queue,
+            &self.stats,
+            &mut self.log_limit,
+        );
+    }
+
+    /// Kick the guest UMEM's TX ring and read its completion ring.
+    fn zc_flush(&mut self) {
+        let XdpQueue {
+            zc,
+            stats,
+            log_limit,
+            queue,
+            ..
+        } = self;
+        let Some(guest) = zc.as_mut().and_then(|z| z.umem.as_mut()) else {
+            return;
+        };
+        if guest.packets_out() > 0 {
+            kick_ring(guest.tx_ring(), *queue, stats, log_limit);
+        }
+        let r = guest.reap();
+        stats.tx_zc_completed.add(r.packets);
+        if r.out_of_order > 0 {
+            stats.tx_zc_out_of_order.add(r.out_of_order);
+        }
+    }
+
+    /// Drop the current guest UMEM registration after giving its packets a moment to
+    /// complete; those not reported yet are reported complete later (the socket is
+    /// closed, so the kernel no longer reads their pages).
+    fn zc_retire(&mut self) {
+        let deadline = Instant::now() + ZC_RETIRE_WAIT;
+        loop {
+            let out = self
+                .zc
+                .as_ref()
+                .and_then(|z| z.umem.as_ref())
+                .map_or(0, GuestUmem::packets_out);
+            if out == 0 || Instant::now() >= deadline {
                 break;
             }
-            pending = now;
+            self.zc_flush();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if let Some(zc) = self.zc.as_mut() {
+            if let Some(old) = zc.umem.take() {
+                zc.carried += old.unreported();
+                if old.packets_out() > 0 {
+                    log::warn!(
+                        "xdp queue {}: guest umem retired with {} packets in flight",
+                        self.queue,
+                        old.packets_out()
+                    );
+                }
+            }
         }
     }
 
@@ -693,6 +870,15 @@ impl UplinkQueue for XdpQueue {
         };
         let csum = (hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0)
             .then(|| (usize::from(hdr.csum_start), usize::from(hdr.csum_offset)));
+        if let Some(guest) = self.zc.as_mut().and_then(|z| z.umem.as_mut()) {
+            // A checksum to complete would mean writing into the guest's buffer.
+            if csum.is_none() && guest.send(pkt).is_ok() {
+                self.stats.tx_packets.inc();
+                self.stats.tx_zc_packets.inc();
+                return Ok(SendStatus::InFlight);
+            }
+            self.stats.tx_zc_copied.inc();
+        }
 
         if !self.tx_slot_free() || self.tx_in_flight >= TX_FRAMES {
             self.kick_tx();
@@ -763,7 +949,89 @@ impl UplinkQueue for XdpQueue {
     fn flush(&mut self) -> Result<(), UplinkError> {
         self.kick_tx();
         self.reap_completions();
+        self.zc_flush();
         Ok(())
+    }
+
+    fn reap_in_flight(&mut self) -> usize {
+        self.zc_flush();
+        let Some(zc) = self.zc.as_mut() else {
+            return 0;
+        };
+        let done = zc.umem.as_mut().map_or(0, GuestUmem::take_completed);
+        done + std::mem::take(&mut zc.carried)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.zc.as_ref().map_or(0, |zc| {
+            zc.carried + zc.umem.as_ref().map_or(0, GuestUmem::unreported)
+        })
+    }
+
+    /// Closes the guest UMEM's socket: descriptors not sent yet are never sent, since
+    /// the guest gets their buffers back; the next memory attach registers again.
+    fn forget_in_flight(&mut self) {
+        if let Some(zc) = self.zc.as_mut() {
+            zc.carried = 0;
+            zc.generation = None;
+            if let Some(old) = zc.umem.take() {
+                log::warn!(
+                    "xdp queue {}: guest umem closed with {} packets in flight",
+                    self.queue,
+                    old.packets_out()
+                );
+            }
+        }
+    }
+
+    fn attach_memory(&mut self, map: &Arc<GuestPageMap>) {
+        let Some(zc) = self.zc.as_ref() else {
+            return;
+        };
+        if zc.generation == Some(map.generation()) {
+            return;
+        }
+        self.zc_retire();
+        let Some(zc) = self.zc.as_mut() else {
+            return;
+        };
+        zc.generation = Some(map.generation());
+        if map.regions().is_empty() {
+            return;
+        }
+        match GuestUmem::build(map, &zc.iface, zc.queue, zc.mode) {
+            Ok(guest) => {
+                self.stats.tx_zc_umems.inc();
+                log::info!(
+                    "xdp queue {}: guest memory ({} regions) registered for zero-copy tx on interface queue {}{}",
+                    self.queue,
+                    map.regions().len(),
+                    zc.queue,
+                    if guest.multi_buffer() {
+                        ""
+                    } else {
+                        " (no multi-buffer: single-frag packets only)"
+                    }
+                );
+                zc.umem = Some(guest);
+            }
+            Err(e) => {
+                self.stats.tx_zc_umem_errors.inc();
+                log::warn!(
+                    "xdp queue {}: zero-copy tx off until guest memory changes: {e}",
+                    self.queue
+                );
+            }
+        }
+    }
+
+    fn detach_memory(&mut self) {
+        self.zc_retire();
+        if let Some(zc) = self.zc.as_mut() {
+            // No worker is left to report to.
+            zc.carried = 0;
+            zc.generation = None;
+        }
     }
 
     fn recv(&mut self, bufs: &FragList<'_>) -> Result<Option<usize>, UplinkError> {

@@ -70,7 +70,7 @@ const BIND_BUSY_WAIT: Duration = Duration::from_secs(2);
 /// from a workqueue, so re-opening an interface right after closing it (or after a
 /// failed open) can briefly find the queue busy. Another process really holding the
 /// queue still fails, after [`BIND_BUSY_WAIT`].
-fn bind_retrying(umem: &Umem, user: &User) -> io::Result<()> {
+pub(crate) fn bind_retrying(umem: &Umem, user: &User) -> io::Result<()> {
     let deadline = Instant::now() + BIND_BUSY_WAIT;
     loop {
         match umem.bind(user).map_err(errno) {
