@@ -30,6 +30,9 @@ cargo clippy --all-targets -- -D warnings
 step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 
+step "README quick start (run as written)"
+bash ci/readme-check.sh
+
 step "unit and integration tests"
 cargo test --all-targets -- --test-threads=2
 
