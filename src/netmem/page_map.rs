@@ -82,6 +82,9 @@ pub struct RegionPages {
     descs: Box<[NetmemDesc]>,
     /// Pages of this region with a non-zero `pp_ref_count`.
     pinned: AtomicUsize,
+    /// ADD_MEM_REG requests naming this very region (QEMU sends one per vhost device,
+    /// i.e. per queue pair); REM_MEM_REG unmaps it when the last one is removed.
+    users: AtomicUsize,
 }
 
 impl RegionPages {
@@ -94,6 +97,7 @@ impl RegionPages {
             user_addr,
             descs: zeroed_descs(n),
             pinned: AtomicUsize::new(0),
+            users: AtomicUsize::new(1),
         }
     }
 
@@ -390,6 +394,14 @@ impl SharedPageMap {
     /// Add one region (ADD_MEM_REG).
     pub fn add_region(&self, spec: RegionSpec) -> Result<(), PageMapError> {
         let old = self.load();
+        if let Some(same) = old.regions.iter().find(|r| {
+            r.pages.gpa == spec.gpa
+                && r.pages.size == spec.size
+                && r.pages.user_addr == spec.user_addr
+        }) {
+            same.pages.users.fetch_add(1, Ordering::AcqRel);
+            return Ok(());
+        }
         let mut regions = old.regions.clone();
         regions.push(self.map_region(spec)?);
         self.publish(regions)
@@ -404,6 +416,10 @@ impl SharedPageMap {
             .iter()
             .position(|r| r.pages.gpa == gpa && r.pages.size == size)
             .ok_or(PageMapError::NoSuchRegion { gpa, size })?;
+        if old.regions[pos].pages.users.fetch_sub(1, Ordering::AcqRel) > 1 {
+            // Another vhost device of this frontend still uses it.
+            return Ok(());
+        }
         let mut regions = old.regions.clone();
         let removed = regions.remove(pos);
         drop(old);
@@ -575,6 +591,26 @@ mod tests {
         assert!(t0.elapsed() < REMOVE_WAIT);
         assert_eq!(shared.retired_regions(), 0);
         assert!(shared.load().regions().is_empty());
+    }
+
+    #[test]
+    fn the_same_region_added_twice_needs_two_removals() {
+        let shared = two_regions();
+        let f = memfd(0x1000);
+        let spec = |file: File| RegionSpec {
+            gpa: 0x100_0000,
+            size: 0x1000,
+            file,
+            offset: 0,
+            user_addr: 0x7f00_3000_0000,
+        };
+        shared.add_region(spec(f.try_clone().unwrap())).unwrap();
+        shared.add_region(spec(f)).unwrap();
+        assert_eq!(shared.load().regions().len(), 3);
+        shared.remove_region(0x100_0000, 0x1000).unwrap();
+        assert!(shared.load().contains(0x100_0000, 0x1000));
+        shared.remove_region(0x100_0000, 0x1000).unwrap();
+        assert!(!shared.load().contains(0x100_0000, 0x1000));
     }
 
     #[test]
