@@ -112,11 +112,11 @@ impl RxPath {
             Some(n) if n > 0 => {}
             _ => return false,
         }
-        let Some(head) = ring.pop_head(mem) else {
+        let Some(head) = ring.pop_head(map) else {
             return false;
         };
         let mut segs = Segments::new();
-        if let Err(e) = ring.walker.walk(mem, head, &mut segs) {
+        if let Err(e) = ring.walker.walk(map, head, &mut segs) {
             match e {
                 ChainError::Wraps { .. } => m.rx_drop_bad_memory.inc(),
                 _ => m.rx_drop_bad_chain.inc(),
