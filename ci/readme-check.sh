@@ -11,6 +11,14 @@ run_cmd=$(printf '%s\n' "$blocks" | sed -n 's/^0: //p')
 test_cmd=$(printf '%s\n' "$blocks" | sed -n 's/^1: //p')
 [ -n "$run_cmd" ] || { echo "README: no backend command under Quick start" >&2; exit 1; }
 [ "$test_cmd" = "sudo bash ci/test.sh" ] || { echo "README: test command is '$test_cmd', expected 'sudo bash ci/test.sh'" >&2; exit 1; }
+# The QEMU arguments the README shows are the ones the guest tests run.
+qemu_args=$(awk '/^\*\*QEMU\*\*/{q=1} q&&/^```/{n++; next} q&&n==1{print}' README.md)
+for flag in "memory-backend-memfd,id=mem" "share=on" "-numa node,memdev=mem" \
+            "-netdev vhost-user,id=n0,chardev=c0" "virtio-net-pci,netdev=n0,romfile=,vectors=0" "reconnect=1"; do
+    grep -qF -- "$flag" <<<"$qemu_args" || { echo "README: QEMU arguments lack '$flag'" >&2; exit 1; }
+    grep -qF -- "$(sed "s/^-[a-z]* //" <<<"$flag")" guest-test/run || { echo "guest-test/run does not use '$flag' shown in the README" >&2; exit 1; }
+done
+
 sock=$(printf '%s\n' "$run_cmd" | sed -n 's/.*--socket \([^ ]*\).*/\1/p')
 [ -n "$sock" ] || { echo "README: backend command has no --socket" >&2; exit 1; }
 if [ -S "$sock" ]; then echo "README check: $sock is in use; skipping would hide a broken README" >&2; exit 1; fi
