@@ -39,6 +39,9 @@ impl Event {
     }
 }
 
+/// While the uplink refuses TX, retry this often even without EPOLLOUT (ms).
+const TX_BLOCKED_RETRY_MS: i32 = 10;
+
 /// Everything a worker needs.
 pub struct WorkerSpec {
     /// Queue pair index.
@@ -254,6 +257,9 @@ fn run(spec: WorkerSpec, exit: EventFd) -> WorkerState {
                     need_rx = rx_ring.is_some() && rx_armed;
                     0
                 }
+                // A blocked uplink normally reports EPOLLOUT; some only drain when
+                // kicked (an AF_XDP TX ring while its link was down), so retry anyway.
+                _ if tx_blocked => TX_BLOCKED_RETRY_MS,
                 _ => -1,
             };
             let n = match epoll::wait(poller.epfd, timeout, &mut events) {
@@ -261,6 +267,10 @@ fn run(spec: WorkerSpec, exit: EventFd) -> WorkerState {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
+            if n == 0 && tx_blocked && timeout == TX_BLOCKED_RETRY_MS {
+                tx_blocked = false;
+                need_tx = true;
+            }
             for ev in &events[..n] {
                 let flags = epoll::Events::from_bits_truncate(ev.events);
                 match Event::from_u64(ev.data) {
