@@ -13,8 +13,9 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-# Debian packages: QEMU, the guest's iperf3 and busybox, the host's ping and ip.
-pkgs=(qemu-system-x86 iperf3 busybox-static iputils-ping iproute2 python3)
+# Debian packages: QEMU, the guest's iperf3 and busybox, the host's ping, ip, ethtool and
+# sysctl (the AF_XDP scenario's veth).
+pkgs=(qemu-system-x86 iperf3 busybox-static iputils-ping iproute2 ethtool procps python3)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

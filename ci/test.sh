@@ -30,8 +30,12 @@ cargo clippy --all-targets -- -D warnings
 step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 
+step "README quick start (run as written)"
+bash ci/readme-check.sh
+
 step "unit and integration tests"
-cargo test --all-targets -- --test-threads=2
+# As root every privileged test must run: a skip is a failure here.
+VNM_REQUIRE_PRIVILEGED=1 cargo test --all-targets -- --test-threads=2
 
 if [ -z "${VNM_SKIP_GUEST:-}" ] && [ -f ci/guest-test.sh ]; then
     step "guest tests (QEMU)"

@@ -4,7 +4,9 @@ use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
+
+use crate::netmem::GuestPageMap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::metrics::QueueMetrics;
@@ -114,7 +116,7 @@ impl Ring {
 
     /// Pop the next head (call only after [`Self::available`] said there is one: its
     /// acquire load of the avail index orders this read of the ring entry).
-    pub fn pop_head(&mut self, mem: &GuestMemoryMmap) -> Option<u16> {
+    pub fn pop_head(&mut self, map: &GuestPageMap) -> Option<u16> {
         let next = self.queue.next_avail();
         // Ring sizes are powers of two, so the mask is the modulo.
         let slot = next & self.queue.size().wrapping_sub(1);
@@ -122,9 +124,9 @@ impl Ring {
             .queue
             .avail_ring()
             .checked_add(AVAIL_RING_HEADER + u64::from(slot) * 2)?;
-        let head = mem.read_obj::<u16>(GuestAddress(addr)).ok()?;
+        let head = u16::from_le_bytes(map.read_array::<2>(addr)?);
         self.queue.set_next_avail(next.wrapping_add(1));
-        Some(u16::from_le(head))
+        Some(head)
     }
 
     /// Give back the last `n` popped heads (they will be popped again).

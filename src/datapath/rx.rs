@@ -44,6 +44,8 @@ struct Stashed {
     head: u16,
     segs: Segments,
     cap: u64,
+    /// Frags this chain contributes to the batch's frag list.
+    nfrags: usize,
 }
 
 /// The RX half of a queue pair worker.
@@ -112,11 +114,11 @@ impl RxPath {
             Some(n) if n > 0 => {}
             _ => return false,
         }
-        let Some(head) = ring.pop_head(mem) else {
+        let Some(head) = ring.pop_head(map) else {
             return false;
         };
         let mut segs = Segments::new();
-        if let Err(e) = ring.walker.walk(mem, head, &mut segs) {
+        if let Err(e) = ring.walker.walk(map, head, &mut segs) {
             match e {
                 ChainError::Wraps { .. } => m.rx_drop_bad_memory.inc(),
                 _ => m.rx_drop_bad_chain.inc(),
@@ -141,7 +143,12 @@ impl RxPath {
             return true;
         }
         self.stash_cap += cap;
-        self.stash.push_back(Stashed { head, segs, cap });
+        self.stash.push_back(Stashed {
+            head,
+            segs,
+            cap,
+            nfrags: 0,
+        });
         true
     }
 
@@ -165,6 +172,10 @@ impl RxPath {
         let mut packets = 0u64;
         let mut bytes = 0u64;
         let mut outcome = RxOutcome::Budget;
+        // Frags of the first `covered` stashed chains, built once per batch and trimmed
+        // as chains are used, so a small packet does not re-translate the whole stash.
+        let mut frags = FragList::new();
+        let mut covered = 0usize;
         while packets < RX_BATCH as u64 {
             // Top up the stash until it holds a whole packet's worth of buffers.
             let mut starved = false;
@@ -187,15 +198,17 @@ impl RxPath {
                 break;
             }
             let chains = if mrg { self.stash.len() } else { 1 };
-            let mut frags = FragList::new();
             let mut ok = true;
-            let offered: u64 = self.stash.iter().take(chains).map(|c| c.cap).sum();
-            for c in self.stash.iter().take(chains) {
+            while covered < chains {
+                let before = frags.nr_frags();
+                let c = &mut self.stash[covered];
                 for s in &c.segs {
                     if map.push_frags(s.gpa, s.len, &mut frags).is_err() {
                         ok = false;
                     }
                 }
+                c.nfrags = frags.nr_frags() - before;
+                covered += 1;
             }
             if !ok {
                 // Memory changed under a stashed chain: return the stash and start over.
@@ -205,8 +218,15 @@ impl RxPath {
                 }
                 self.stash_cap = 0;
                 self.contiguous = true;
+                frags.clear();
+                covered = 0;
                 continue;
             }
+            let offered = if mrg {
+                self.stash_cap
+            } else {
+                self.stash.front().map_or(0, |c| c.cap)
+            };
             let n = match uplink.recv(&frags) {
                 Ok(Some(n)) => n,
                 Ok(None) => {
@@ -222,7 +242,6 @@ impl RxPath {
                     break;
                 }
             };
-            drop(frags);
             if n as u64 > offered {
                 // The uplink had more than the buffers hold (it reports the full length):
                 // drop it rather than hand the guest a cut packet; the buffers stay.
@@ -257,6 +276,8 @@ impl RxPath {
             for (head, len) in used {
                 if let Some(c) = self.stash.pop_front() {
                     self.stash_cap -= c.cap;
+                    frags.drain_front(c.nfrags);
+                    covered -= 1;
                 }
                 let _ = ring.add_used(mem, head, len);
             }

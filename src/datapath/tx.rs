@@ -73,6 +73,12 @@ impl Default for TxPath {
 }
 
 fn read_header(map: &GuestPageMap, segs: &Segments) -> Result<VirtioNetHdr, TxDrop> {
+    // Fast path: the header sits in the first buffer.
+    if let Some(first) = segs.first().filter(|s| s.len as usize >= VNET_HDR_LEN) {
+        if let Some(b) = map.read_array::<VNET_HDR_LEN>(first.gpa) {
+            return Ok(VirtioNetHdr::from_bytes(&b));
+        }
+    }
     let mut b = [0u8; VNET_HDR_LEN];
     let mut got = 0;
     for s in segs {
@@ -108,7 +114,7 @@ impl TxPath {
         frags: &mut FragList<'m>,
     ) -> Result<VirtioNetHdr, TxDrop> {
         ring.walker
-            .walk(map.mem(), head, &mut self.segs)
+            .walk(map, head, &mut self.segs)
             .map_err(TxDrop::Chain)?;
         if self.segs.iter().any(|s| s.write) {
             return Err(TxDrop::Direction);
@@ -249,7 +255,7 @@ impl TxPath {
             if done >= TX_BATCH {
                 break TxOutcome::Budget;
             }
-            let Some(head) = ring.pop_head(mem) else {
+            let Some(head) = ring.pop_head(map) else {
                 break TxOutcome::Drained;
             };
             ready -= 1;

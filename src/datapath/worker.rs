@@ -42,6 +42,9 @@ impl Event {
     }
 }
 
+/// While the uplink refuses TX, retry this often even without EPOLLOUT (ms).
+const TX_BLOCKED_RETRY_MS: i32 = 10;
+
 /// Everything a worker needs.
 pub struct WorkerSpec {
     /// Queue pair index.
@@ -263,6 +266,9 @@ fn run(spec: WorkerSpec, exit: EventFd) -> WorkerState {
                     need_rx = rx_ring.is_some() && rx_armed;
                     0
                 }
+                // A blocked uplink normally reports EPOLLOUT; some only drain when
+                // kicked (an AF_XDP TX ring while its link was down), so retry anyway.
+                _ if tx_blocked => TX_BLOCKED_RETRY_MS,
                 _ => -1,
             };
             // Packets in flight complete without an event on our fds: look again soon.
@@ -280,6 +286,11 @@ fn run(spec: WorkerSpec, exit: EventFd) -> WorkerState {
                     let map = memory.load();
                     tx_path.poll_in_flight(ring, &map, uplink.as_mut(), m);
                 }
+            }
+            // A timeout while blocked (the retry, or the in-flight poll): try again.
+            if n == 0 && tx_blocked && timeout > 0 {
+                tx_blocked = false;
+                need_tx = true;
             }
             for ev in &events[..n] {
                 let flags = epoll::Events::from_bits_truncate(ev.events);

@@ -94,6 +94,17 @@ impl<'m> FragList<'m> {
         &self.iov
     }
 
+    /// Remove the first `n` frags (all of them if fewer).
+    pub fn drain_front(&mut self, n: usize) {
+        let n = n.min(self.frags.len());
+        self.len -= self.frags[..n]
+            .iter()
+            .map(|f| f.len as usize)
+            .sum::<usize>();
+        self.frags.drain(..n);
+        self.iov.drain(..n);
+    }
+
     /// Forget all frags (keeps the allocation).
     pub fn clear(&mut self) {
         self.frags.clear();
@@ -278,6 +289,20 @@ mod tests {
             }
             prop_assert_eq!(got, want);
         }
+    }
+
+    #[test]
+    fn drain_front_keeps_the_tail() {
+        let mut bufs: Vec<Vec<u8>> = (1..=5u8).map(|i| vec![i; usize::from(i)]).collect();
+        let mut l = list_over(&mut bufs);
+        l.drain_front(2);
+        assert_eq!(l.nr_frags(), 3);
+        assert_eq!(l.len(), 3 + 4 + 5);
+        let mut out = vec![0u8; l.len()];
+        l.copy_to(&mut out);
+        assert_eq!(out, [3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 5]);
+        l.drain_front(10);
+        assert!(l.is_empty());
     }
 
     #[test]

@@ -14,10 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use vm_memory::{
-    FileOffset, GuestAddress, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
-    MemoryRegionAddress, MmapRegion,
-};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
 use super::{Frag, FragList, NetmemDesc, NetmemRef};
 
@@ -82,6 +79,9 @@ pub struct RegionPages {
     descs: Box<[NetmemDesc]>,
     /// Pages of this region with a non-zero `pp_ref_count`.
     pinned: AtomicUsize,
+    /// ADD_MEM_REG requests naming this very region (QEMU sends one per vhost device,
+    /// i.e. per queue pair); REM_MEM_REG unmaps it when the last one is removed.
+    users: AtomicUsize,
 }
 
 impl RegionPages {
@@ -94,6 +94,7 @@ impl RegionPages {
             user_addr,
             descs: zeroed_descs(n),
             pinned: AtomicUsize::new(0),
+            users: AtomicUsize::new(1),
         }
     }
 
@@ -163,11 +164,24 @@ fn zeroed_descs(n: usize) -> Box<[NetmemDesc]> {
     unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, n)) }
 }
 
+/// Host address of the first byte of a region's mapping.
+#[derive(Debug, Clone, Copy)]
+struct HostBase(std::ptr::NonNull<u8>);
+
+// SAFETY: a HostBase is only ever stored next to the Arc<GuestRegionMmap> that owns the
+// mapping it points into (in GuestRegion), so it is valid wherever that Arc is; the
+// memory is shared guest memory, accessed only through volatile reads/writes and
+// syscalls, never through Rust references.
+unsafe impl Send for HostBase {}
+// SAFETY: as above: sharing the address between threads creates no references.
+unsafe impl Sync for HostBase {}
+
 /// One region of a snapshot: the vm-memory mapping and its page descriptors.
 #[derive(Debug, Clone)]
 pub struct GuestRegion {
     region: Arc<GuestRegionMmap>,
     pages: Arc<RegionPages>,
+    host: HostBase,
 }
 
 impl GuestRegion {
@@ -231,6 +245,31 @@ impl GuestPageMap {
         (gpa - r.pages.gpa < r.pages.size).then_some(r)
     }
 
+    /// Host address of `gpa..gpa + len` when the range lies inside one region.
+    #[inline]
+    fn host_range(&self, gpa: u64, len: u64) -> Option<*mut u8> {
+        let r = self.find(gpa)?;
+        let off = gpa - r.pages.gpa;
+        if len > r.pages.size - off {
+            return None;
+        }
+        let off = usize::try_from(off).ok()?;
+        // SAFETY: `off + len <= size` of the region's mapping (checked above), so the
+        // result stays inside the mapping that `r.host` points to.
+        Some(unsafe { r.host.0.as_ptr().add(off) })
+    }
+
+    /// Read `N` bytes at `gpa` (one volatile copy) when they lie inside one region: the
+    /// fast path for descriptors, ring entries and packet headers.
+    #[inline]
+    pub fn read_array<const N: usize>(&self, gpa: u64) -> Option<[u8; N]> {
+        let p = self.host_range(gpa, u64::try_from(N).ok()?)?;
+        // SAFETY: `p..p + N` is inside a live mapping (host_range) that `self` keeps
+        // alive; [u8; N] has alignment 1 and every bit pattern is valid; a volatile read
+        // tolerates the guest writing concurrently.
+        Some(unsafe { std::ptr::read_volatile(p.cast::<[u8; N]>()) })
+    }
+
     /// Append frags covering guest range `gpa..gpa + len` to `list` (one frag per region
     /// the range touches). The whole range must be guest memory; on error nothing is
     /// appended.
@@ -260,19 +299,20 @@ impl GuestPageMap {
             let off = at - r.pages.gpa;
             let n = (end - at).min(r.pages.size - off);
             let n32 = u32::try_from(n).map_err(|_| PageMapError::OutOfRange { gpa, len: len64 })?;
-            let slice = r
-                .region
-                .get_slice(MemoryRegionAddress(off), n32 as usize)
-                .map_err(|_| PageMapError::OutOfRange { gpa, len: len64 })?;
+            let host = usize::try_from(off)
+                .ok()
+                // SAFETY: `off + n <= size` of this region (n is clamped to the region's
+                // end above), so the pointer stays inside the mapping `r.host` points to.
+                .map(|o| unsafe { r.host.0.as_ptr().add(o) })
+                .ok_or(PageMapError::OutOfRange { gpa, len: len64 })?;
             let frag = Frag {
                 netmem: NetmemRef::page(r.pages.slot, off >> PAGE_SHIFT),
                 offset: u32::try_from(off & (PAGE_SIZE - 1)).unwrap_or(0),
                 len: n32,
             };
-            // SAFETY: `slice` is vm-memory's bounds-checked view of exactly `n` bytes of
-            // this region's mapping, and the mapping is owned (through Arc) by `self`,
-            // which `list` borrows for 'm.
-            unsafe { list.push_unchecked(frag, slice.ptr_guard_mut().as_ptr()) };
+            // SAFETY: `host..host + n` lies inside this region's mapping (bounds above),
+            // and the mapping is owned (through Arc) by `self`, which `list` borrows for 'm.
+            unsafe { list.push_unchecked(frag, host) };
             at += n;
         }
         Ok(())
@@ -364,9 +404,14 @@ impl SharedPageMap {
             *s = s.wrapping_add(1);
             *s
         };
+        let host = std::ptr::NonNull::new(region.as_ptr()).ok_or(PageMapError::Wraps {
+            gpa: spec.gpa,
+            len: spec.size,
+        })?;
         Ok(GuestRegion {
             region: Arc::new(region),
             pages: Arc::new(RegionPages::new(slot, spec.gpa, spec.size, spec.user_addr)),
+            host: HostBase(host),
         })
     }
 
@@ -414,6 +459,14 @@ impl SharedPageMap {
     /// Add one region (ADD_MEM_REG).
     pub fn add_region(&self, spec: RegionSpec) -> Result<(), PageMapError> {
         let old = self.load();
+        if let Some(same) = old.regions.iter().find(|r| {
+            r.pages.gpa == spec.gpa
+                && r.pages.size == spec.size
+                && r.pages.user_addr == spec.user_addr
+        }) {
+            same.pages.users.fetch_add(1, Ordering::AcqRel);
+            return Ok(());
+        }
         let mut regions = old.regions.clone();
         regions.push(self.map_region(spec)?);
         self.publish(regions)
@@ -428,6 +481,10 @@ impl SharedPageMap {
             .iter()
             .position(|r| r.pages.gpa == gpa && r.pages.size == size)
             .ok_or(PageMapError::NoSuchRegion { gpa, size })?;
+        if old.regions[pos].pages.users.fetch_sub(1, Ordering::AcqRel) > 1 {
+            // Another vhost device of this frontend still uses it.
+            return Ok(());
+        }
         let mut regions = old.regions.clone();
         let removed = regions.remove(pos);
         drop(old);
@@ -599,6 +656,26 @@ mod tests {
         assert!(t0.elapsed() < REMOVE_WAIT);
         assert_eq!(shared.retired_regions(), 0);
         assert!(shared.load().regions().is_empty());
+    }
+
+    #[test]
+    fn the_same_region_added_twice_needs_two_removals() {
+        let shared = two_regions();
+        let f = memfd(0x1000);
+        let spec = |file: File| RegionSpec {
+            gpa: 0x100_0000,
+            size: 0x1000,
+            file,
+            offset: 0,
+            user_addr: 0x7f00_3000_0000,
+        };
+        shared.add_region(spec(f.try_clone().unwrap())).unwrap();
+        shared.add_region(spec(f)).unwrap();
+        assert_eq!(shared.load().regions().len(), 3);
+        shared.remove_region(0x100_0000, 0x1000).unwrap();
+        assert!(shared.load().contains(0x100_0000, 0x1000));
+        shared.remove_region(0x100_0000, 0x1000).unwrap();
+        assert!(!shared.load().contains(0x100_0000, 0x1000));
     }
 
     #[test]

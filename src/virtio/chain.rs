@@ -25,6 +25,26 @@ pub struct Segment {
     pub write: bool,
 }
 
+/// Where descriptors are read from: guest memory through vm-memory, or the netmem
+/// page map's direct path.
+pub trait DescMemory {
+    /// The 16 bytes of the descriptor at `addr`, None when outside guest memory.
+    fn read_desc(&self, addr: u64) -> Option<[u8; 16]>;
+}
+
+impl DescMemory for GuestMemoryMmap {
+    fn read_desc(&self, addr: u64) -> Option<[u8; 16]> {
+        self.read_obj(GuestAddress(addr)).ok()
+    }
+}
+
+impl DescMemory for crate::netmem::GuestPageMap {
+    #[inline]
+    fn read_desc(&self, addr: u64) -> Option<[u8; 16]> {
+        self.read_array::<16>(addr)
+    }
+}
+
 /// Segments of one chain (most chains have one or two).
 pub type Segments = SmallVec<[Segment; 8]>;
 
@@ -68,17 +88,18 @@ pub struct ChainWalker {
 }
 
 impl ChainWalker {
+    #[inline]
     fn read_desc(
-        mem: &GuestMemoryMmap,
+        mem: &impl DescMemory,
         table: u64,
         index: u16,
     ) -> Result<(u64, u32, u16, u16), ChainError> {
         let addr = table
             .checked_add(u64::from(index) * DESC_SIZE)
             .ok_or(ChainError::TableOutsideMemory(table))?;
-        let raw: [u8; 16] = mem
-            .read_obj(GuestAddress(addr))
-            .map_err(|_| ChainError::TableOutsideMemory(table))?;
+        let raw = mem
+            .read_desc(addr)
+            .ok_or(ChainError::TableOutsideMemory(table))?;
         let gpa = u64::from_le_bytes(raw[0..8].try_into().unwrap_or_default());
         let len = u32::from_le_bytes(raw[8..12].try_into().unwrap_or_default());
         let flags = u16::from_le_bytes([raw[12], raw[13]]);
@@ -89,7 +110,7 @@ impl ChainWalker {
     /// Collect the segments of the chain starting at `head` into `out` (cleared first).
     pub fn walk(
         &self,
-        mem: &GuestMemoryMmap,
+        mem: &impl DescMemory,
         head: u16,
         out: &mut Segments,
     ) -> Result<(), ChainError> {

@@ -6,7 +6,7 @@ pub mod config_space;
 pub mod features;
 pub mod header;
 
-pub use chain::{ChainError, ChainWalker, Segment};
+pub use chain::{ChainError, ChainWalker, DescMemory, Segment};
 pub use config_space::NetConfigSpace;
 pub use features::Features;
 pub use header::{HeaderError, VirtioNetHdr, VNET_HDR_LEN};

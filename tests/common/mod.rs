@@ -13,7 +13,9 @@
 //! - [`stats`]: the daemon's `--stats-file` JSON.
 //! - [`netns`]: network namespaces created and deleted by the tests, AF_PACKET sockets
 //!   opened inside them.
-//! - [`packet`]: Ethernet / IPv4 / TCP frame builders and payload patterns.
+//! - [`packet`]: Ethernet / IPv4 / IPv6 / TCP / UDP frame builders, checksum helpers
+//!   (pseudo-header sums, NEEDS_CSUM completion, a parser that verifies) and payload
+//!   patterns.
 //!
 //! Every wait in this harness has a deadline and fails with a message that says what
 //! was expected, what was seen, and what the daemon printed.

@@ -143,6 +143,24 @@ pub struct PacketSocket {
     ifindex: i32,
 }
 
+impl PacketSocket {
+    /// Make room for `bytes` of queued frames (a burst released at once would
+    /// otherwise overflow the default receive buffer and look like loss).
+    pub fn set_rcvbuf(&self, bytes: i32) {
+        // SAFETY: setsockopt reads one c_int from a live local; the fd is ours.
+        let r = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                std::ptr::from_ref(&bytes).cast(),
+                socklen::<i32>(),
+            )
+        };
+        assert_eq!(r, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+    }
+}
+
 fn sockaddr_ll(ifindex: i32, protocol: u16, dst: Option<[u8; 6]>) -> libc::sockaddr_ll {
     // SAFETY: sockaddr_ll is a plain C struct for which all-zero bytes are valid.
     let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };

@@ -221,3 +221,273 @@ pub fn total_len(frames: &[Vec<u8>]) -> u64 {
         .map(|f| u64::try_from(f.len()).expect("fits"))
         .sum()
 }
+
+// ---------------------------------------------------------------------------------------
+// Offloads: IPv6, TCP with chosen flags and sequence numbers, checksum metadata.
+// ---------------------------------------------------------------------------------------
+
+/// IPv6.
+pub const ETH_P_IPV6: u16 = 0x86dd;
+/// `flags`: the checksum is already verified (device to driver).
+pub const VIRTIO_NET_HDR_F_DATA_VALID: u8 = 2;
+/// `gso_type`: TCP over IPv6.
+pub const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
+/// `gso_type` flag: the super-packet carries CWR (ECN), to be kept on the first segment.
+pub const VIRTIO_NET_HDR_GSO_ECN: u8 = 0x80;
+
+/// Ethernet header length.
+pub const ETH_HLEN: usize = 14;
+/// IPv4 header length (no options) of the test frames.
+pub const IPV4_HLEN: usize = 20;
+/// IPv6 header length (no extension headers) of the test frames.
+pub const IPV6_HLEN: usize = 40;
+/// TCP header length (no options) of the test frames.
+pub const TCP_HLEN: usize = 20;
+/// UDP header length.
+pub const UDP_HLEN: usize = 8;
+/// Offset of the checksum inside a TCP header.
+pub const TCP_CSUM_OFFSET: u16 = 16;
+/// Offset of the checksum inside a UDP header.
+pub const UDP_CSUM_OFFSET: u16 = 6;
+
+/// TCP flag CWR (congestion window reduced: the ECN bit GSO carries).
+pub const TCP_CWR: u8 = 0x80;
+/// TCP flag ECE.
+pub const TCP_ECE: u8 = 0x40;
+/// TCP flag ACK.
+pub const TCP_ACK: u8 = 0x10;
+/// TCP flag PSH.
+pub const TCP_PSH: u8 = 0x08;
+
+/// Source address of the test IPv6 packets (ULA `fd00:77::1`).
+pub const PEER_IP6: [u8; 16] = [0xfd, 0, 0, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+/// Destination address of the test IPv6 packets (ULA `fd00:77::2`).
+pub const GUEST_IP6: [u8; 16] = [0xfd, 0, 0, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+/// The IP version of a test TCP frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpVersion {
+    /// IPv4 ([`PEER_IP`] -> [`GUEST_IP`]).
+    V4,
+    /// IPv6 ([`PEER_IP6`] -> [`GUEST_IP6`]).
+    V6,
+}
+
+impl IpVersion {
+    /// The EtherType.
+    pub fn ethertype(self) -> u16 {
+        match self {
+            IpVersion::V4 => ETH_P_IP,
+            IpVersion::V6 => ETH_P_IPV6,
+        }
+    }
+
+    /// Length of the IP header the builders write.
+    pub fn ip_hlen(self) -> usize {
+        match self {
+            IpVersion::V4 => IPV4_HLEN,
+            IpVersion::V6 => IPV6_HLEN,
+        }
+    }
+
+    /// Where the transport header starts in the frame: `csum_start` of an L4 checksum.
+    pub fn l4_offset(self) -> u16 {
+        u16::try_from(ETH_HLEN + self.ip_hlen()).expect("small")
+    }
+
+    /// Ethernet + IP + TCP header length: `hdr_len` of a TCP GSO packet.
+    pub fn tcp_hdr_len(self) -> u16 {
+        u16::try_from(ETH_HLEN + self.ip_hlen() + TCP_HLEN).expect("small")
+    }
+
+    /// The plain GSO type of a TCP packet of this version.
+    pub fn gso_tcp(self) -> u8 {
+        match self {
+            IpVersion::V4 => VIRTIO_NET_HDR_GSO_TCPV4,
+            IpVersion::V6 => VIRTIO_NET_HDR_GSO_TCPV6,
+        }
+    }
+}
+
+/// The IPv6 header of a packet with `payload_len` bytes after it.
+pub fn ipv6_header(src: [u8; 16], dst: [u8; 16], next_header: u8, payload_len: usize) -> Vec<u8> {
+    let plen = u16::try_from(payload_len).expect("IPv6 payload fits 64 KiB");
+    // Version 6, traffic class 0, flow label 0x12345.
+    let mut ip = vec![0x60, 0x01, 0x23, 0x45];
+    ip.extend_from_slice(&plen.to_be_bytes());
+    ip.extend_from_slice(&[next_header, 64]);
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    ip
+}
+
+/// The one's-complement sum (folded, not inverted) of the IPv4 pseudo-header.
+pub fn pseudo_sum_v4(src: [u8; 4], dst: [u8; 4], proto: u8, l4_len: usize) -> u16 {
+    let len = u16::try_from(l4_len).expect("IPv4 L4 length fits 16 bits");
+    let mut p = Vec::with_capacity(12);
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(&[0, proto]);
+    p.extend_from_slice(&len.to_be_bytes());
+    csum_fold(0, &p)
+}
+
+/// The one's-complement sum (folded, not inverted) of the IPv6 pseudo-header.
+pub fn pseudo_sum_v6(src: [u8; 16], dst: [u8; 16], next_header: u8, l4_len: usize) -> u16 {
+    let len = u32::try_from(l4_len).expect("IPv6 L4 length fits 32 bits");
+    let mut p = Vec::with_capacity(40);
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(&len.to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, next_header]);
+    csum_fold(0, &p)
+}
+
+/// An Ethernet + IP (`ip`) + TCP frame from port 40000 to 5201 with sequence number
+/// `seq`, TCP flags `tcp_flags` and `payload`. The TCP checksum field holds the
+/// pseudo-header sum, as it does in a CHECKSUM_PARTIAL (NEEDS_CSUM) packet: complete it
+/// with [`complete_csum`] to get a packet whose checksum verifies.
+pub fn tcp_frame(
+    ip: IpVersion,
+    dst: [u8; 6],
+    src: [u8; 6],
+    seq: u32,
+    tcp_flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let l4_len = TCP_HLEN + payload.len();
+    let mut f = eth_header(dst, src, ip.ethertype());
+    let partial = match ip {
+        IpVersion::V4 => {
+            f.extend(ipv4_header(PEER_IP, GUEST_IP, 6, l4_len));
+            pseudo_sum_v4(PEER_IP, GUEST_IP, 6, l4_len)
+        }
+        IpVersion::V6 => {
+            f.extend(ipv6_header(PEER_IP6, GUEST_IP6, 6, l4_len));
+            pseudo_sum_v6(PEER_IP6, GUEST_IP6, 6, l4_len)
+        }
+    };
+    f.extend_from_slice(&40000u16.to_be_bytes());
+    f.extend_from_slice(&5201u16.to_be_bytes());
+    f.extend_from_slice(&seq.to_be_bytes());
+    f.extend_from_slice(&1u32.to_be_bytes());
+    // Data offset 5 words; window 0xffff; checksum; urgent pointer 0.
+    f.extend_from_slice(&[0x50, tcp_flags, 0xff, 0xff]);
+    f.extend_from_slice(&partial.to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An Ethernet + IPv4 + UDP frame whose UDP checksum field holds the pseudo-header sum
+/// (a NEEDS_CSUM packet: `csum_start` 34, `csum_offset` 6).
+pub fn ipv4_udp_frame_partial_csum(
+    dst: [u8; 6],
+    src: [u8; 6],
+    sport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = ipv4_udp_frame(dst, src, sport, payload);
+    let partial = pseudo_sum_v4(PEER_IP, GUEST_IP, 17, UDP_HLEN + payload.len());
+    let at = ETH_HLEN + IPV4_HLEN + usize::from(UDP_CSUM_OFFSET);
+    f[at..at + 2].copy_from_slice(&partial.to_be_bytes());
+    f
+}
+
+/// Do what a NIC does for NEEDS_CSUM: checksum `frame` from `csum_start` to the end
+/// (the field at `csum_start + csum_offset` holds the pseudo-header sum) and store the
+/// complement there.
+pub fn complete_csum(frame: &mut [u8], csum_start: u16, csum_offset: u16) {
+    let start = usize::from(csum_start);
+    let at = start + usize::from(csum_offset);
+    assert!(
+        at + 2 <= frame.len(),
+        "checksum at {start}+{csum_offset} outside a {}-byte frame",
+        frame.len()
+    );
+    let c = !csum_fold(0, &frame[start..]);
+    frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// The parts of an Ethernet + IPv4/IPv6 + TCP/UDP frame the offload tests look at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct L4View {
+    /// IP version.
+    pub ip: IpVersion,
+    /// IP protocol / next header.
+    pub proto: u8,
+    /// The transport header and payload, as long as the IP header says.
+    pub l4: Vec<u8>,
+    /// Pseudo-header sum for `l4`.
+    pub pseudo: u16,
+}
+
+impl L4View {
+    /// Parse `frame` (no VLAN, no IP options or extension headers); `None` when it is
+    /// not such a frame or its lengths are inconsistent.
+    pub fn parse(frame: &[u8]) -> Option<L4View> {
+        let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+        let ip = match ethertype {
+            ETH_P_IP => IpVersion::V4,
+            ETH_P_IPV6 => IpVersion::V6,
+            _ => return None,
+        };
+        let iph = frame.get(ETH_HLEN..ETH_HLEN + ip.ip_hlen())?;
+        let (proto, l4_len, pseudo) = match ip {
+            IpVersion::V4 => {
+                if iph[0] != 0x45 {
+                    return None;
+                }
+                let total = usize::from(u16::from_be_bytes([iph[2], iph[3]]));
+                let l4_len = total.checked_sub(IPV4_HLEN)?;
+                let src: [u8; 4] = iph[12..16].try_into().ok()?;
+                let dst: [u8; 4] = iph[16..20].try_into().ok()?;
+                (iph[9], l4_len, pseudo_sum_v4(src, dst, iph[9], l4_len))
+            }
+            IpVersion::V6 => {
+                if iph[0] >> 4 != 6 {
+                    return None;
+                }
+                let l4_len = usize::from(u16::from_be_bytes([iph[4], iph[5]]));
+                let src: [u8; 16] = iph[8..24].try_into().ok()?;
+                let dst: [u8; 16] = iph[24..40].try_into().ok()?;
+                (iph[6], l4_len, pseudo_sum_v6(src, dst, iph[6], l4_len))
+            }
+        };
+        let start = ETH_HLEN + ip.ip_hlen();
+        let l4 = frame.get(start..start + l4_len)?.to_vec();
+        if start + l4_len != frame.len() {
+            return None;
+        }
+        Some(L4View {
+            ip,
+            proto,
+            l4,
+            pseudo,
+        })
+    }
+
+    /// Whether the transport checksum verifies over the pseudo-header and `l4`.
+    pub fn checksum_ok(&self) -> bool {
+        csum_fold(u32::from(self.pseudo), &self.l4) == 0xffff
+    }
+
+    /// TCP sequence number (`None` unless TCP).
+    pub fn tcp_seq(&self) -> Option<u32> {
+        (self.proto == 6).then(|| u32::from_be_bytes(self.l4[4..8].try_into().expect("4")))
+    }
+
+    /// TCP flags (`None` unless TCP).
+    pub fn tcp_flags(&self) -> Option<u8> {
+        (self.proto == 6).then(|| self.l4[13])
+    }
+
+    /// The TCP payload (`None` unless TCP).
+    pub fn tcp_payload(&self) -> Option<&[u8]> {
+        if self.proto != 6 {
+            return None;
+        }
+        let off = usize::from(self.l4.get(12)? >> 4) * 4;
+        self.l4.get(off..)
+    }
+}
