@@ -1,7 +1,7 @@
 //! The queue pair worker thread: one epoll over the pair's kick eventfds, the uplink
 //! queue fd and an exit eventfd.
 //!
-//! Event ids are the variants of [`Event`], private to each worker's own epoll
+//! Event ids are the variants of `Event`, private to each worker's own epoll
 //! instance, so they cannot collide with each other or with the exit event whatever
 //! the number of queue pairs. A ring starts working as soon as the worker starts (the
 //! guest may have posted RX buffers long ago and will not kick again).
