@@ -69,7 +69,13 @@ impl Default for RxPath {
     }
 }
 
-fn write_at(map: &GuestPageMap, segs: &Segments, mut offset: u64, bytes: &[u8]) -> bool {
+fn write_at(map: &GuestPageMap, segs: &Segments, mut offset: u64, bytes: &[u8; 2]) -> bool {
+    // Fast path: the field lies in the first buffer.
+    if let Some(first) = segs.first() {
+        if offset + 2 <= u64::from(first.len) && map.write_array(first.gpa + offset, *bytes) {
+            return true;
+        }
+    }
     let mut done = 0usize;
     for s in segs {
         let len = u64::from(s.len);

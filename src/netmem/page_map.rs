@@ -270,6 +270,20 @@ impl GuestPageMap {
         Some(unsafe { std::ptr::read_volatile(p.cast::<[u8; N]>()) })
     }
 
+    /// Write `bytes` at `gpa` (one volatile copy) when they lie inside one region;
+    /// false when they do not.
+    #[inline]
+    pub fn write_array<const N: usize>(&self, gpa: u64, bytes: [u8; N]) -> bool {
+        let Some(p) = u64::try_from(N).ok().and_then(|n| self.host_range(gpa, n)) else {
+            return false;
+        };
+        // SAFETY: `p..p + N` is inside a live, writable shared mapping (host_range) that
+        // `self` keeps alive; [u8; N] has alignment 1; a volatile write does not assume
+        // the guest leaves the bytes alone.
+        unsafe { std::ptr::write_volatile(p.cast::<[u8; N]>(), bytes) };
+        true
+    }
+
     /// Append frags covering guest range `gpa..gpa + len` to `list` (one frag per region
     /// the range touches). The whole range must be guest memory; on error nothing is
     /// appended.

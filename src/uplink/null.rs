@@ -119,17 +119,23 @@ impl UplinkQueue for LoopbackQueue {
         buf.extend_from_slice(&reflected.to_bytes());
         buf.resize(VNET_HDR_LEN + pkt.len(), 0);
         pkt.copy_to(&mut buf[VNET_HDR_LEN..]);
+        // The eventfd is readable exactly while packets wait: one write when the queue
+        // stops being empty, not one per packet.
+        if self.packets.is_empty() {
+            self.ready.write(1)?;
+        }
         self.packets.push_back(buf);
-        self.ready.write(1)?;
         Ok(SendStatus::Sent)
     }
 
     fn recv(&mut self, bufs: &FragList<'_>) -> Result<Option<usize>, UplinkError> {
         let Some(pkt) = self.packets.pop_front() else {
-            // Drain the eventfd so epoll stops reporting it.
-            let _ = self.ready.read();
             return Ok(None);
         };
+        if self.packets.is_empty() {
+            // Nothing left: drain the eventfd so epoll stops reporting it.
+            let _ = self.ready.read();
+        }
         // Like a TAP read: a prefix is written if the buffers are too small, and the full
         // length is reported.
         bufs.copy_from(&pkt);
