@@ -14,6 +14,12 @@ use crate::virtio::ChainWalker;
 
 /// Bytes before the first entry of the avail ring (flags, idx).
 const AVAIL_RING_HEADER: u64 = 4;
+/// Bytes before the first entry of the used ring (flags, idx).
+const USED_RING_HEADER: u64 = 4;
+/// One used ring entry (id: u32, len: u32).
+const USED_ELEM_SIZE: u64 = 8;
+/// avail->flags: the driver does not want interrupts.
+const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 
 /// Everything needed to run one ring, handed from the control plane to a worker.
 #[derive(Debug)]
@@ -62,6 +68,13 @@ pub struct Ring {
     pub fault: Option<RingFault>,
     /// Used entries added since the last notification decision.
     pending_signal: bool,
+    /// Next used index to write (entries are written one by one, the index is
+    /// published once per batch).
+    next_used: Wrapping<u16>,
+    /// The used index the guest has been shown.
+    published_used: Wrapping<u16>,
+    /// The used index at the last notification decision (EVENT_IDX's "old").
+    signalled_used: Wrapping<u16>,
 }
 
 impl Ring {
@@ -87,6 +100,9 @@ impl Ring {
             call: setup.call,
             fault: None,
             pending_signal: false,
+            next_used: Wrapping(setup.next_used),
+            published_used: Wrapping(setup.next_used),
+            signalled_used: Wrapping(setup.next_used),
         })
     }
 
@@ -135,25 +151,84 @@ impl Ring {
         self.queue.set_next_avail(next.0);
     }
 
-    /// Return a chain to the guest with `len` bytes written.
-    pub fn add_used(&mut self, mem: &GuestMemoryMmap, head: u16, len: u32) -> bool {
-        match self.queue.add_used(mem, head, len) {
-            Ok(()) => {
-                self.pending_signal = true;
-                true
-            }
-            Err(_) => false,
+    /// Return a chain to the guest with `len` bytes written. The entry is written now;
+    /// the guest sees it when the batch is published by [`Self::signal`]. False for a
+    /// head beyond the ring (nothing to return) or a used ring outside guest memory
+    /// (the ring is then broken).
+    pub fn add_used(&mut self, map: &GuestPageMap, head: u16, len: u32) -> bool {
+        let size = self.queue.size();
+        if head >= size {
+            return false;
+        }
+        let slot = self.next_used.0 & size.wrapping_sub(1);
+        let Some(addr) = self
+            .queue
+            .used_ring()
+            .checked_add(USED_RING_HEADER + u64::from(slot) * USED_ELEM_SIZE)
+        else {
+            self.fault = Some(RingFault::Broken);
+            return false;
+        };
+        let mut elem = [0u8; 8];
+        elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+        elem[4..].copy_from_slice(&len.to_le_bytes());
+        if !map.write_array(addr, elem) {
+            self.fault = Some(RingFault::Broken);
+            return false;
+        }
+        self.next_used += Wrapping(1);
+        self.pending_signal = true;
+        true
+    }
+
+    /// Make the written used entries visible: one release store of the used index.
+    fn publish_used(&mut self, map: &GuestPageMap) {
+        if self.published_used == self.next_used {
+            return;
+        }
+        let idx_addr = self.queue.used_ring() + 2;
+        if map.store_u16(idx_addr, self.next_used.0, Ordering::Release) {
+            self.published_used = self.next_used;
+        } else {
+            self.fault = Some(RingFault::Broken);
         }
     }
 
-    /// Notify the guest if anything was used and EVENT_IDX (or the NO_INTERRUPT flag)
-    /// does not suppress it.
-    pub fn signal(&mut self, mem: &GuestMemoryMmap, m: &QueueMetrics) {
+    /// Whether the guest wants an interrupt for the entries published since the last
+    /// decision: EVENT_IDX's `used_event`, or else the NO_INTERRUPT flag.
+    fn needs_notification(&mut self, map: &GuestPageMap) -> bool {
+        // The used index store must be visible before we read the guest's wish.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let new = self.next_used;
+        let old = std::mem::replace(&mut self.signalled_used, new);
+        let avail = self.queue.avail_ring();
+        if self.queue.event_idx_enabled() {
+            let used_event_addr = avail + AVAIL_RING_HEADER + 2 * u64::from(self.queue.size());
+            match map.read_array::<2>(used_event_addr) {
+                Some(b) => {
+                    let used_event = Wrapping(u16::from_le_bytes(b));
+                    // vring_need_event: used_event within (old, new].
+                    new - used_event - Wrapping(1) < new - old
+                }
+                None => true,
+            }
+        } else {
+            match map.read_array::<2>(avail) {
+                Some(b) => u16::from_le_bytes(b) & VRING_AVAIL_F_NO_INTERRUPT == 0,
+                None => true,
+            }
+        }
+    }
+
+    /// Publish the used entries and notify the guest unless EVENT_IDX (or the
+    /// NO_INTERRUPT flag) suppresses it.
+    pub fn signal(&mut self, map: &GuestPageMap, m: &QueueMetrics) {
         if !self.pending_signal {
             return;
         }
         self.pending_signal = false;
-        let needed = self.queue.needs_notification(mem).unwrap_or(true);
+        self.publish_used(map);
+        let needed = self.needs_notification(map);
         if !needed {
             m.notifications_suppressed.inc();
             return;
@@ -178,6 +253,6 @@ impl Ring {
 
     /// (next_avail, next_used) for handing the ring back to the control plane.
     pub fn indices(&self) -> (u16, u16) {
-        (self.queue.next_avail(), self.queue.next_used())
+        (self.queue.next_avail(), self.next_used.0)
     }
 }

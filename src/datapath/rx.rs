@@ -107,7 +107,7 @@ impl RxPath {
         if !self.stash.is_empty() {
             self.contiguous = false;
         }
-        let _ = ring.add_used(map.mem(), head, 0);
+        let _ = ring.add_used(map, head, 0);
         if self.log.allow() {
             log::warn!("guest RX chain dropped: {why}");
         }
@@ -220,7 +220,7 @@ impl RxPath {
                 // Memory changed under a stashed chain: return the stash and start over.
                 m.rx_drop_bad_memory.inc();
                 while let Some(c) = self.stash.pop_front() {
-                    let _ = ring.add_used(mem, c.head, 0);
+                    let _ = ring.add_used(map, c.head, 0);
                 }
                 self.stash_cap = 0;
                 self.contiguous = true;
@@ -285,7 +285,7 @@ impl RxPath {
                     frags.drain_front(c.nfrags);
                     covered -= 1;
                 }
-                let _ = ring.add_used(mem, head, len);
+                let _ = ring.add_used(map, head, len);
             }
             if self.stash.is_empty() {
                 self.contiguous = true;
@@ -298,7 +298,7 @@ impl RxPath {
         if packets > 0 {
             m.rx_batches.inc();
         }
-        ring.signal(mem, m);
+        ring.signal(map, m);
         outcome
     }
 
@@ -309,7 +309,7 @@ impl RxPath {
             ring.unpop(u16::try_from(self.stash.len()).unwrap_or(0));
         } else {
             for c in &self.stash {
-                let _ = ring.add_used(map.mem(), c.head, 0);
+                let _ = ring.add_used(map, c.head, 0);
             }
         }
         self.stash.clear();

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::ring::Ring;
 use super::LogLimiter;
@@ -166,7 +166,7 @@ impl TxPath {
     }
 
     /// Return the chains of packets the uplink reports complete.
-    fn complete(&mut self, ring: &mut Ring, mem: &GuestMemoryMmap, uplink: &mut dyn UplinkQueue) {
+    fn complete(&mut self, ring: &mut Ring, map: &GuestPageMap, uplink: &mut dyn UplinkQueue) {
         if self.in_flight.is_empty() {
             return;
         }
@@ -175,7 +175,7 @@ impl TxPath {
                 log::error!("uplink reported more packets complete than are in flight");
                 break;
             };
-            let _ = ring.add_used(mem, head, 0);
+            let _ = ring.add_used(map, head, 0);
         }
     }
 
@@ -196,8 +196,8 @@ impl TxPath {
                 log::warn!("uplink flush: {e}");
             }
         }
-        self.complete(ring, map.mem(), uplink);
-        ring.signal(map.mem(), m);
+        self.complete(ring, map, uplink);
+        ring.signal(map, m);
     }
 
     /// The worker stops: wait (bounded) for the packets in flight, then return their
@@ -223,9 +223,9 @@ impl TxPath {
             );
             uplink.forget_in_flight();
             for head in std::mem::take(&mut self.in_flight) {
-                let _ = ring.add_used(map.mem(), head, 0);
+                let _ = ring.add_used(map, head, 0);
             }
-            ring.signal(map.mem(), m);
+            ring.signal(map, m);
         }
     }
 
@@ -243,7 +243,7 @@ impl TxPath {
         let mut packets = 0u64;
         let mut bytes = 0u64;
         let mut ready = 0u16;
-        self.complete(ring, mem, uplink);
+        self.complete(ring, map, uplink);
         let outcome = loop {
             if ready == 0 {
                 // One acquire load of the avail index per round, not per chain.
@@ -287,7 +287,7 @@ impl TxPath {
             if !held {
                 // An impossible head index cannot be returned; the walker already
                 // counted it.
-                let _ = ring.add_used(mem, head, 0);
+                let _ = ring.add_used(map, head, 0);
             }
         };
         if let Err(e) = uplink.flush() {
@@ -295,13 +295,13 @@ impl TxPath {
                 log::warn!("uplink flush: {e}");
             }
         }
-        self.complete(ring, mem, uplink);
+        self.complete(ring, map, uplink);
         m.tx_packets.add(packets);
         m.tx_bytes.add(bytes);
         if done > 0 {
             m.tx_batches.inc();
         }
-        ring.signal(mem, m);
+        ring.signal(map, m);
         outcome
     }
 }

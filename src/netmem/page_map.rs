@@ -284,6 +284,24 @@ impl GuestPageMap {
         true
     }
 
+    /// Store a little-endian u16 at `gpa` with `order` (ring indices the guest reads
+    /// concurrently); false when outside guest memory or misaligned.
+    #[inline]
+    pub fn store_u16(&self, gpa: u64, value: u16, order: std::sync::atomic::Ordering) -> bool {
+        let Some(p) = self.host_range(gpa, 2) else {
+            return false;
+        };
+        if p.align_offset(std::mem::align_of::<std::sync::atomic::AtomicU16>()) != 0 {
+            return false;
+        }
+        // SAFETY: `p` is 2-byte aligned (checked) and `p..p + 2` lies inside a live
+        // shared mapping that `self` keeps alive; the location is only ever accessed
+        // atomically or volatilely on our side, never through a Rust reference.
+        let atomic = unsafe { std::sync::atomic::AtomicU16::from_ptr(p.cast::<u16>()) };
+        atomic.store(value.to_le(), order);
+        true
+    }
+
     /// Append frags covering guest range `gpa..gpa + len` to `list` (one frag per region
     /// the range touches). The whole range must be guest memory; on error nothing is
     /// appended.
