@@ -395,4 +395,29 @@ fn avail_index_more_than_queue_size_ahead_stops_the_ring() {
     );
     still_serving(&mut d, &mut g, false);
     assert_eq!(d.stats().unwrap().queue(1, "ring_errors"), 0);
+    // The broken ring is left alone: no worker spins on it, and the daemon still
+    // stops at once on SIGTERM.
+    let cpu = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    let before = cpu(d.pid());
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let ticks = cpu(d.pid()) - before;
+    assert!(
+        ticks < 30,
+        "daemon used {ticks} CPU ticks in 1 s with a broken ring"
+    );
+    // SAFETY: kill(2) on the daemon child we spawned, by its PID.
+    unsafe { libc::kill(i32::try_from(d.pid()).unwrap(), libc::SIGTERM) };
+    assert!(
+        d.wait_exit(std::time::Duration::from_secs(3)).is_some(),
+        "daemon did not stop on SIGTERM"
+    );
 }

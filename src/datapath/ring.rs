@@ -108,14 +108,14 @@ impl Ring {
 
     /// Heads available to pop now; None (and the ring marked broken) when the avail
     /// index is impossible or unreadable.
-    pub fn available(&mut self, mem: &GuestMemoryMmap, m: &QueueMetrics) -> Option<u16> {
+    pub fn available(&mut self, map: &GuestPageMap, m: &QueueMetrics) -> Option<u16> {
         if self.fault.is_some() {
             return None;
         }
-        let avail = match self.queue.avail_idx(mem, Ordering::Acquire) {
-            Ok(a) => a,
-            Err(_) => return self.broken(m),
+        let Some(avail) = map.load_u16(self.queue.avail_ring() + 2, Ordering::Acquire) else {
+            return self.broken(m);
         };
+        let avail = Wrapping(avail);
         let pending = (avail - Wrapping(self.queue.next_avail())).0;
         if pending > self.queue.size() {
             return self.broken(m);

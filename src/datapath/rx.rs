@@ -55,6 +55,8 @@ pub struct RxPath {
     stash_cap: u64,
     /// The stash is exactly the last chains popped (so it can be un-popped).
     contiguous: bool,
+    /// Heads known to be available (from the last read of the avail index).
+    ready: u16,
     log: LogLimiter,
 }
 
@@ -64,6 +66,7 @@ impl Default for RxPath {
             stash: VecDeque::new(),
             stash_cap: 0,
             contiguous: true,
+            ready: 0,
             log: LogLimiter::new(10),
         }
     }
@@ -115,14 +118,18 @@ impl RxPath {
 
     /// Pop one chain into the stash. Returns false when the ring has no more.
     fn stash_one(&mut self, ring: &mut Ring, map: &GuestPageMap, m: &QueueMetrics) -> bool {
-        let mem = map.mem();
-        match ring.available(mem, m) {
-            Some(n) if n > 0 => {}
-            _ => return false,
+        if self.ready == 0 {
+            // One acquire load of the avail index per round, not per chain.
+            match ring.available(map, m) {
+                Some(n) if n > 0 => self.ready = n,
+                _ => return false,
+            }
         }
         let Some(head) = ring.pop_head(map) else {
+            self.ready = 0;
             return false;
         };
+        self.ready -= 1;
         let mut segs = Segments::new();
         if let Err(e) = ring.walker.walk(map, head, &mut segs) {
             match e {
@@ -315,5 +322,6 @@ impl RxPath {
         self.stash.clear();
         self.stash_cap = 0;
         self.contiguous = true;
+        self.ready = 0;
     }
 }

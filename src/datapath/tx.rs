@@ -238,7 +238,6 @@ impl TxPath {
         features: Features,
         m: &QueueMetrics,
     ) -> TxOutcome {
-        let mem = map.mem();
         let mut done = 0usize;
         let mut packets = 0u64;
         let mut bytes = 0u64;
@@ -247,7 +246,7 @@ impl TxPath {
         let outcome = loop {
             if ready == 0 {
                 // One acquire load of the avail index per round, not per chain.
-                match ring.available(mem, m) {
+                match ring.available(map, m) {
                     Some(n) if n > 0 => ready = n,
                     _ => break TxOutcome::Drained,
                 }

@@ -42,6 +42,9 @@ impl Event {
     }
 }
 
+/// Work rounds between two looks at the event fds while the rings stay busy.
+const WORK_ROUNDS: u32 = 64;
+
 /// While the uplink refuses TX, retry this often even without EPOLLOUT (ms).
 const TX_BLOCKED_RETRY_MS: i32 = 10;
 
@@ -219,8 +222,11 @@ fn run(spec: WorkerSpec, exit: EventFd) -> WorkerState {
         let mut attached = u64::MAX;
         loop {
             let before = moved(m);
-            // Work until nothing is left, then sleep.
-            while (need_tx && !tx_blocked) || (need_rx && rx_armed) {
+            // Work until nothing is left, then sleep; after WORK_ROUNDS rounds look at
+            // the event fds (a stop request) without sleeping, then go on.
+            let mut rounds = 0;
+            while ((need_tx && !tx_blocked) || (need_rx && rx_armed)) && rounds < WORK_ROUNDS {
+                rounds += 1;
                 let map = memory.load();
                 if map.generation() != attached {
                     attached = map.generation();
@@ -232,7 +238,12 @@ fn run(spec: WorkerSpec, exit: EventFd) -> WorkerState {
                         match tx_path.process(ring, &map, uplink.as_mut(), features, m) {
                             TxOutcome::Blocked => tx_blocked = true,
                             TxOutcome::Budget => {}
-                            TxOutcome::Drained => need_tx = ring.enable_notification(map.mem()),
+                            // A broken ring is not looked at again until it is set up
+                            // again (its avail index may say there is always work).
+                            TxOutcome::Drained => {
+                                need_tx =
+                                    ring.fault.is_none() && ring.enable_notification(map.mem())
+                            }
                         }
                     } else {
                         need_tx = false;
@@ -260,10 +271,12 @@ fn run(spec: WorkerSpec, exit: EventFd) -> WorkerState {
             if moved(m) != before {
                 last_work = now;
             }
+            let still_busy = (need_tx && !tx_blocked) || (need_rx && rx_armed);
             let mut timeout = match busy_poll {
+                _ if still_busy => 0,
                 Some(budget) if now.duration_since(last_work) < budget => {
-                    need_tx = tx_ring.is_some();
-                    need_rx = rx_ring.is_some() && rx_armed;
+                    need_tx = tx_ring.as_ref().is_some_and(|r| r.fault.is_none());
+                    need_rx = rx_ring.as_ref().is_some_and(|r| r.fault.is_none()) && rx_armed;
                     0
                 }
                 // A blocked uplink normally reports EPOLLOUT; some only drain when

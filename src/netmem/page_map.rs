@@ -284,6 +284,20 @@ impl GuestPageMap {
         true
     }
 
+    /// Load a little-endian u16 at `gpa` with `order` (ring indices the guest writes
+    /// concurrently); None when outside guest memory or misaligned.
+    #[inline]
+    pub fn load_u16(&self, gpa: u64, order: std::sync::atomic::Ordering) -> Option<u16> {
+        let p = self.host_range(gpa, 2)?;
+        if p.align_offset(std::mem::align_of::<std::sync::atomic::AtomicU16>()) != 0 {
+            return None;
+        }
+        // SAFETY: as in `store_u16`: aligned, inside a live shared mapping kept alive by
+        // `self`, accessed only atomically or volatilely on our side.
+        let atomic = unsafe { std::sync::atomic::AtomicU16::from_ptr(p.cast::<u16>()) };
+        Some(u16::from_le(atomic.load(order)))
+    }
+
     /// Store a little-endian u16 at `gpa` with `order` (ring indices the guest reads
     /// concurrently); false when outside guest memory or misaligned.
     #[inline]
