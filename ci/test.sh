@@ -35,7 +35,10 @@ bash ci/readme-check.sh
 
 step "unit and integration tests"
 # As root every privileged test must run: a skip is a failure here.
-VNM_REQUIRE_PRIVILEGED=1 cargo test --all-targets -- --test-threads=2
+VNM_REQUIRE_PRIVILEGED=1 cargo test --lib --bins --tests -- --test-threads=2
+
+step "benchmarks compile and run once (criterion test mode)"
+cargo test --benches
 
 if [ -z "${VNM_SKIP_GUEST:-}" ] && [ -f ci/guest-test.sh ]; then
     step "guest tests (QEMU)"
