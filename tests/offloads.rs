@@ -11,18 +11,20 @@
 mod common;
 
 use common::daemon::Daemon;
-use common::guest::{bit, Connection, Guest, GuestConfig, RxPacket, TxLayout, BASE_FEATURES};
+use common::guest::{
+    bit, start_on_tap, Connection, Guest, GuestConfig, RxPacket, TxLayout, BASE_FEATURES,
+};
 use common::netns::{NetNs, PacketSocket};
 use common::packet::{
     assert_bytes, complete_csum, ipv4_udp_frame, ipv4_udp_frame_partial_csum, pattern, tcp_frame,
-    total_len, IpVersion, L4View, VnetHdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, GUEST_MAC,
-    GUEST_MAC_STR, IPV4_HLEN, PEER_MAC, TCP_ACK, TCP_CSUM_OFFSET, TCP_CWR, TCP_PSH,
-    UDP_CSUM_OFFSET, VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM,
-    VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV6,
+    total_len, IpVersion, L4View, VnetHdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, GUEST_MAC, IPV4_HLEN,
+    PEER_MAC, TCP_ACK, TCP_CSUM_OFFSET, TCP_CWR, TCP_PSH, UDP_CSUM_OFFSET,
+    VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN,
+    VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV6,
 };
 use common::ring::Used;
 use common::stats::Stats;
-use common::{privileged, STATS_TIMEOUT, TIMEOUT};
+use common::{STATS_TIMEOUT, TIMEOUT};
 use std::time::Duration;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
@@ -58,18 +60,11 @@ struct Rig {
 /// A daemon on TAP [`TAP`] in a fresh namespace (link up) and a guest that acked
 /// `features` (one queue pair). `None` when not root.
 fn rig(test: &str, features: u64) -> Option<Rig> {
-    if !privileged(test) {
-        return None;
-    }
-    let ns = NetNs::new();
-    let mut d = Daemon::spawn(&["--tap", TAP, "--mac", GUEST_MAC_STR], Some(&ns));
-    let mut g = Guest::new(GuestConfig {
+    let cfg = GuestConfig {
         features,
         ..GuestConfig::default()
-    });
-    let c = g.attach(&mut d);
-    ns.wait_link(TAP, &mut d, TIMEOUT);
-    ns.link_up(TAP);
+    };
+    let (ns, d, g, c) = start_on_tap(test, cfg, TAP)?;
     Some(Rig {
         c: Some(c),
         g,

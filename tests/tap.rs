@@ -9,15 +9,15 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
-use common::guest::{bit, Connection, Guest, GuestConfig, BASE_FEATURES};
+use common::guest::{bit, start_on_tap, Connection, Guest, GuestConfig, BASE_FEATURES};
 use common::netns::{NetNs, PacketSocket};
 use common::packet::{
     assert_bytes, guest_frames, ipv4_tcp_frame, ipv4_udp_frame, pattern, test_frame, total_len,
-    VnetHdr, ETH_P_IP, ETH_P_TEST, GUEST_MAC, GUEST_MAC_STR, PEER_MAC, VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VnetHdr, ETH_P_IP, ETH_P_TEST, GUEST_MAC, PEER_MAC, VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
 };
 use common::ring::Buf;
-use common::{privileged, STATS_TIMEOUT, TIMEOUT};
+use common::{STATS_TIMEOUT, TIMEOUT};
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_HOST_TSO4,
     VIRTIO_NET_F_MRG_RXBUF,
@@ -40,19 +40,7 @@ struct TapRig {
 }
 
 fn tap_rig(test: &str, cfg: GuestConfig) -> Option<TapRig> {
-    if !privileged(test) {
-        return None;
-    }
-    let ns = NetNs::new();
-    let pairs = cfg.pairs.to_string();
-    let mut d = Daemon::spawn(
-        &["--tap", TAP, "--queues", &pairs, "--mac", GUEST_MAC_STR],
-        Some(&ns),
-    );
-    let mut g = Guest::new(cfg);
-    let c = g.attach(&mut d);
-    ns.wait_link(TAP, &mut d, TIMEOUT);
-    ns.link_up(TAP);
+    let (ns, d, g, c) = start_on_tap(test, cfg, TAP)?;
     let cap = ns.packet_socket(TAP, ETH_P_TEST, false);
     let inj = ns.packet_socket(TAP, 0, false);
     Some(TapRig {
