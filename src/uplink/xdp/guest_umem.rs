@@ -36,9 +36,9 @@ use std::sync::{Arc, Weak};
 
 use smallvec::SmallVec;
 use xdpilone::xdp::XdpDesc;
-use xdpilone::{DeviceQueue, IfInfo, RingTx, Socket, SocketConfig, Umem, UmemConfig};
+use xdpilone::{DeviceQueue, RingTx, SocketConfig, Umem, UmemConfig};
 
-use super::socket::{bind_retrying, errno, BindMode};
+use super::socket::{bind_retrying, errno, queue_socket, BindMode};
 use super::XdpError;
 use crate::netmem::{FragList, GuestPageMap, RegionPages, PAGE_SIZE};
 
@@ -365,16 +365,7 @@ impl GuestUmem {
                 queue,
                 source: errno(e),
             })?;
-        let name = iface.to_string_lossy().into_owned();
-        let mut info = IfInfo::invalid();
-        info.from_name(iface)
-            .map_err(|e| XdpError::NoSuchInterface {
-                iface: name.clone(),
-                source: errno(e),
-            })?;
-        info.set_queue(queue);
-        let sock = Socket::with_shared(&info, &umem).map_err(|e| sock_err(errno(e)))?;
-        let fq_cq = umem.fq_cq(&sock).map_err(|e| sock_err(errno(e)))?;
+        let (sock, fq_cq) = queue_socket(iface, queue, &umem)?;
         let mut bind_flags = SocketConfig::XDP_BIND_NEED_WAKEUP
             | match mode {
                 BindMode::ZeroCopy => SocketConfig::XDP_BIND_ZEROCOPY,
@@ -395,7 +386,7 @@ impl GuestUmem {
             .map_err(|e| sock_err(errno(e)))?;
         let tx = user.map_tx().map_err(|e| sock_err(errno(e)))?;
         bind_retrying(&umem, &user).map_err(|source| XdpError::Bind {
-            iface: name,
+            iface: iface.to_string_lossy().into_owned(),
             queue,
             mode,
             source,

@@ -83,6 +83,30 @@ pub(crate) fn bind_retrying(umem: &Umem, user: &User) -> io::Result<()> {
 }
 
 /// `xdpilone` reports errno values, sometimes negated; make them an `io::Error`.
+/// An XDP socket on `iface` queue `queue` sharing `umem`, with its fill and completion
+/// rings (the step both the frame UMEM and the guest-memory UMEM take).
+pub(crate) fn queue_socket(
+    iface: &CStr,
+    queue: u32,
+    umem: &Umem,
+) -> Result<(Socket, DeviceQueue), XdpError> {
+    let mut info = IfInfo::invalid();
+    info.from_name(iface)
+        .map_err(|e| XdpError::NoSuchInterface {
+            iface: iface.to_string_lossy().into_owned(),
+            source: errno(e),
+        })?;
+    info.set_queue(queue);
+    let sock_err = |e| XdpError::Socket {
+        queue,
+        source: errno(e),
+    };
+    // One fd per queue: UMEM, fill/completion and RX/TX rings all live on it.
+    let sock = Socket::with_shared(&info, umem).map_err(sock_err)?;
+    let fq_cq = umem.fq_cq(&sock).map_err(sock_err)?;
+    Ok((sock, fq_cq))
+}
+
 pub(crate) fn errno(e: Errno) -> io::Error {
     io::Error::from_raw_os_error(e.get_raw().checked_abs().unwrap_or(libc::EINVAL))
 }
@@ -138,16 +162,7 @@ impl Xsk {
             queue,
             source: errno(e),
         })?;
-        let mut info = IfInfo::invalid();
-        info.from_name(iface)
-            .map_err(|e| XdpError::NoSuchInterface {
-                iface: name.clone(),
-                source: errno(e),
-            })?;
-        info.set_queue(queue);
-        // One fd per queue: UMEM, fill/completion and RX/TX rings all live on it.
-        let sock = Socket::with_shared(&info, &umem).map_err(|e| sock_err(errno(e)))?;
-        let fq_cq = umem.fq_cq(&sock).map_err(|e| sock_err(errno(e)))?;
+        let (sock, fq_cq) = queue_socket(iface, queue, &umem)?;
         let user = umem
             .rx_tx(
                 &sock,
