@@ -278,7 +278,18 @@ impl TxPath {
                         m.tx_eagain.inc();
                         break TxOutcome::Blocked;
                     }
-                    Ok(SendStatus::Dropped) | Err(_) => m.tx_drop_uplink.inc(),
+                    Ok(SendStatus::Dropped) => {
+                        m.tx_drop_uplink.inc();
+                        if self.log.allow() {
+                            log::warn!("uplink refused a {}-byte packet", frags.len());
+                        }
+                    }
+                    Err(e) => {
+                        m.tx_drop_uplink.inc();
+                        if self.log.allow() {
+                            log::warn!("uplink send failed, packet dropped: {e}");
+                        }
+                    }
                 },
                 Err(d) => self.count_drop(&d, m),
             }

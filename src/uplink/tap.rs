@@ -317,9 +317,9 @@ impl UplinkQueue for TapQueue {
             if would_block(&e) {
                 return Ok(SendStatus::WouldBlock);
             }
-            // EINVAL/EFAULT/EIO: the kernel refused this packet; others keep flowing.
-            log::debug!("tap writev: {e}");
-            return Ok(SendStatus::Dropped);
+            // EINVAL/EFAULT/EIO: the kernel refused this packet; the worker counts and
+            // reports it, and the next packets keep flowing.
+            return Err(UplinkError::Io(e));
         }
         Ok(SendStatus::Sent)
     }
