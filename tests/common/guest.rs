@@ -191,15 +191,16 @@ impl Vq {
         need
     }
 
-    /// Collect used entries until there are at least `min` or `timeout` passed
-    /// (consuming calls on the way, and re-arming used_event with EVENT_IDX, as a
-    /// driver does before it sleeps). May return fewer than `min`.
-    pub fn collect_used(
+    /// Take used entries until there are at least `min` or `timeout` passed. As a
+    /// driver (`driver`): re-arm used_event with EVENT_IDX before sleeping and sleep
+    /// on the call eventfd (consuming calls); otherwise poll without touching either.
+    fn gather_used(
         &mut self,
         mem: &TestMemory,
         min: usize,
         timeout: Duration,
         log: &DaemonLog,
+        driver: bool,
     ) -> Vec<Used> {
         let deadline = Instant::now() + timeout;
         let mut got = Vec::new();
@@ -212,7 +213,7 @@ impl Vq {
             if got.len() >= min {
                 return got;
             }
-            if self.ring.event_idx() {
+            if driver && self.ring.event_idx() {
                 // Ask for a call at the next used entry, then re-check (the race every
                 // driver closes this way).
                 self.ring.set_used_event(mem, self.ring.last_used());
@@ -224,8 +225,25 @@ impl Vq {
             if now >= deadline {
                 return got;
             }
-            self.wait_call((deadline - now).min(Duration::from_millis(200)));
+            if driver {
+                self.wait_call((deadline - now).min(Duration::from_millis(200)));
+            } else {
+                std::thread::sleep(Duration::from_millis(2));
+            }
         }
+    }
+
+    /// Collect used entries until there are at least `min` or `timeout` passed
+    /// (consuming calls on the way, and re-arming used_event with EVENT_IDX, as a
+    /// driver does before it sleeps). May return fewer than `min`.
+    pub fn collect_used(
+        &mut self,
+        mem: &TestMemory,
+        min: usize,
+        timeout: Duration,
+        log: &DaemonLog,
+    ) -> Vec<Used> {
+        self.gather_used(mem, min, timeout, log, true)
     }
 
     /// [`Self::collect_used`], failing unless `min` entries arrive within `timeout`.
@@ -261,27 +279,16 @@ impl Vq {
         timeout: Duration,
         log: &DaemonLog,
     ) -> Vec<Used> {
-        let deadline = Instant::now() + timeout;
-        let mut got = Vec::new();
-        loop {
-            let index = self.index;
-            got.extend(
-                self.ring
-                    .take_used(mem, &|| format!(" (vring {index}){}", log.context())),
+        let got = self.gather_used(mem, min, timeout, log, false);
+        if got.len() < min {
+            panic!(
+                "vring {}: polled {timeout:?} for {min} used entries, got {}{}",
+                self.index,
+                got.len(),
+                log.context()
             );
-            if got.len() >= min {
-                return got;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "vring {}: polled {timeout:?} for {min} used entries, got {}{}",
-                    self.index,
-                    got.len(),
-                    log.context()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(2));
         }
+        got
     }
 }
 
