@@ -592,7 +592,7 @@ fn frames_recycle_under_sustained_traffic() {
     let peer = net.peer_socket();
     let xdp = Xdp::open(&net.host, 1).expect("open xdp");
     let mut q = xdp.take_queue(0).expect("queue 0");
-    let fd = q.fd().unwrap();
+    let (fd, tx_fd) = (q.fd().unwrap(), q.tx_fd().unwrap());
     let stats = xdp.stats(0).unwrap();
 
     let frame = test_frame(5, 1000);
@@ -613,7 +613,10 @@ fn frames_recycle_under_sustained_traffic() {
                 SendStatus::WouldBlock => {
                     would_block += 1;
                     q.flush().unwrap();
-                    assert!(wait_writable(fd, 1000), "WouldBlock but fd never writable");
+                    assert!(
+                        wait_writable(tx_fd, 1000),
+                        "WouldBlock but fd never writable"
+                    );
                     break;
                 }
                 SendStatus::Dropped => panic!("plain frame dropped"),
@@ -691,7 +694,7 @@ fn full_tx_ring_is_would_block_until_writable() {
     let net = VethNs::new('w', 1);
     let xdp = Xdp::open(&net.host, 1).expect("open xdp");
     let mut q = xdp.take_queue(0).expect("queue 0");
-    let fd = q.fd().unwrap();
+    let fd = q.tx_fd().unwrap();
     let stats = xdp.stats(0).unwrap();
     let frame = test_frame(6, 100);
     let mut pieces = split(&frame, &[]);

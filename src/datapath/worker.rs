@@ -117,6 +117,9 @@ struct Poller {
     epfd: RawFd,
     uplink_fd: Option<RawFd>,
     uplink_interest: Option<epoll::Events>,
+    /// The uplink's TX fd when it is not `uplink_fd`, and whether it is registered.
+    uplink_tx_fd: Option<RawFd>,
+    tx_registered: bool,
 }
 
 impl Poller {
@@ -130,7 +133,8 @@ impl Poller {
     }
 
     /// Poll the uplink for readability only while RX can take packets, and for
-    /// writability only while TX is blocked.
+    /// writability only while TX is blocked. A separate TX fd is in the epoll set only
+    /// while TX is blocked.
     fn set_uplink(&mut self, want_in: bool, want_out: bool) -> io::Result<()> {
         let Some(fd) = self.uplink_fd else {
             return Ok(());
@@ -139,7 +143,25 @@ impl Poller {
         if want_in {
             ev |= epoll::Events::EPOLLIN;
         }
-        if want_out {
+        if let Some(tx_fd) = self.uplink_tx_fd {
+            if want_out != self.tx_registered {
+                let (op, events) = if want_out {
+                    (
+                        epoll::ControlOptions::EPOLL_CTL_ADD,
+                        epoll::Events::EPOLLOUT,
+                    )
+                } else {
+                    (epoll::ControlOptions::EPOLL_CTL_DEL, epoll::Events::empty())
+                };
+                epoll::ctl(
+                    self.epfd,
+                    op,
+                    tx_fd,
+                    epoll::Event::new(events, Event::Uplink as u64),
+                )?;
+                self.tx_registered = want_out;
+            }
+        } else if want_out {
             ev |= epoll::Events::EPOLLOUT;
         }
         if self.uplink_interest == Some(ev) {
@@ -203,6 +225,8 @@ fn run(spec: WorkerSpec, exit: EventFd) -> WorkerState {
             epfd: epoll::create(true)?,
             uplink_fd: uplink.fd(),
             uplink_interest: None,
+            uplink_tx_fd: uplink.tx_fd().filter(|&t| Some(t) != uplink.fd()),
+            tx_registered: false,
         };
         poller.add(exit.as_raw_fd(), Event::Exit, epoll::Events::EPOLLIN)?;
         if let Some(r) = &rx_ring {

@@ -58,8 +58,17 @@ pub enum SendStatus {
 /// One queue pair's side of an uplink, owned by that pair's worker.
 pub trait UplinkQueue: Send {
     /// File descriptor to poll: readable when [`Self::recv`] may find a packet,
-    /// writable when a [`SendStatus::WouldBlock`] send may succeed. None: never ready.
+    /// writable when a [`SendStatus::WouldBlock`] send may succeed (unless
+    /// [`Self::tx_fd`] names another one). None: never ready.
     fn fd(&self) -> Option<RawFd>;
+
+    /// File descriptor that turns writable when a [`SendStatus::WouldBlock`] send may
+    /// succeed, where that is not [`Self::fd`]. The worker polls it only while TX is
+    /// blocked, so an uplink whose every send wakes the pollers of its fd (an AF_XDP
+    /// socket in copy mode) can keep sends on an fd nobody waits on.
+    fn tx_fd(&self) -> Option<RawFd> {
+        self.fd()
+    }
 
     /// Send one packet.
     fn send(&mut self, hdr: &VirtioNetHdr, pkt: &FragList<'_>) -> Result<SendStatus, UplinkError>;

@@ -76,7 +76,12 @@ pub const TX_FRAMES: u32 = UMEM_FRAMES - RX_FRAMES;
 const REFILL_BATCH: u32 = 64;
 /// Copy-mode `sendto` transmits at most 32 frames per call (the kernel's
 /// `TX_BATCH_SIZE`); a flush kicks at most this often, and only while the ring drains.
-const MAX_KICKS: u32 = TX_FRAMES / 32 + 2;
+const MAX_KICKS: u32 = TX_FRAMES / KICK_BATCH + 2;
+/// Frames queued on the TX ring before a send kicks the kernel without waiting for
+/// the flush (copy mode's batch), taking their completions back right after: the
+/// frames return to the page pool's cache a batch at a time instead of overflowing
+/// it into the recycle ring at the end of a long burst.
+const KICK_BATCH: u32 = 32;
 
 const RINGS: RingSizes = RingSizes {
     fill: RX_FRAMES,
@@ -855,6 +860,10 @@ impl UplinkQueue for XdpQueue {
         Some(self.xsk.rx.as_raw_fd())
     }
 
+    fn tx_fd(&self) -> Option<RawFd> {
+        Some(self.xsk.tx.as_raw_fd())
+    }
+
     fn send(&mut self, hdr: &VirtioNetHdr, pkt: &FragList<'_>) -> Result<SendStatus, UplinkError> {
         if hdr.gso_type != VIRTIO_NET_HDR_GSO_NONE {
             self.stats.tx_drop_gso.inc();
@@ -943,6 +952,10 @@ impl UplinkQueue for XdpQueue {
         }
         self.tx_in_flight += 1;
         self.stats.tx_packets.inc();
+        if self.xsk.tx.pending() >= KICK_BATCH {
+            self.kick_tx();
+            self.reap_completions();
+        }
         Ok(SendStatus::Sent)
     }
 
