@@ -38,6 +38,9 @@ pub enum ConfigError {
 /// Largest number of queue pairs.
 pub const MAX_QUEUE_PAIRS: u32 = 16;
 
+/// Default `--tx-holdoff` (microseconds).
+pub const TX_HOLDOFF_DEFAULT_US: u32 = 0;
+
 /// Test and benchmark uplinks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TestUplinkArg {
@@ -116,6 +119,15 @@ pub struct Cli {
     #[arg(long, default_value_t = 0, value_name = "USECS")]
     pub busy_poll: u32,
 
+    /// After a TX batch, keep the guest from kicking for USECS microseconds and look
+    /// at its TX ring again by timer; kicks come back on once a look finds nothing.
+    /// Every kick costs the guest a VM exit: a guest sending a stream then notifies
+    /// once per quiet spell instead of once per packet. A packet queued behind a
+    /// batch waits at most USECS; a packet after a quiet spell is not delayed.
+    /// 0 re-enables kicks at once.
+    #[arg(long, default_value_t = TX_HOLDOFF_DEFAULT_US, value_name = "USECS")]
+    pub tx_holdoff: u32,
+
     /// Write per-queue counters as JSON to this file every second and at exit.
     #[arg(long, value_name = "PATH")]
     pub stats_file: Option<PathBuf>,
@@ -155,6 +167,8 @@ pub struct NetConfig {
     pub stats_file: Option<PathBuf>,
     /// Busy-poll budget after the last packet (None: off).
     pub busy_poll: Option<std::time::Duration>,
+    /// Guest TX kicks stay off this long after a TX batch (None: off).
+    pub tx_holdoff: Option<std::time::Duration>,
     /// AF_XDP zero-copy TX from guest memory.
     pub xdp_zerocopy_tx: bool,
 }
@@ -240,6 +254,8 @@ impl NetConfig {
             stats_file: cli.stats_file,
             busy_poll: (cli.busy_poll > 0)
                 .then(|| std::time::Duration::from_micros(u64::from(cli.busy_poll))),
+            tx_holdoff: (cli.tx_holdoff > 0)
+                .then(|| std::time::Duration::from_micros(u64::from(cli.tx_holdoff))),
             xdp_zerocopy_tx: cli.xdp_zerocopy_tx,
         })
     }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::ring::{Ring, RingSetup};
 use super::rx::{RxOutcome, RxPath};
@@ -32,13 +33,21 @@ enum Event {
     RxKick = 2,
     TxKick = 3,
     Uplink = 4,
+    /// The TX holdoff ran out: look at the TX ring again.
+    TxHoldoff = 5,
 }
 
 impl Event {
     fn from_u64(v: u64) -> Option<Self> {
-        [Event::Exit, Event::RxKick, Event::TxKick, Event::Uplink]
-            .into_iter()
-            .find(|e| *e as u64 == v)
+        [
+            Event::Exit,
+            Event::RxKick,
+            Event::TxKick,
+            Event::Uplink,
+            Event::TxHoldoff,
+        ]
+        .into_iter()
+        .find(|e| *e as u64 == v)
     }
 }
 
@@ -70,6 +79,8 @@ pub struct WorkerSpec {
     pub uplink: Box<dyn UplinkQueue>,
     /// Busy-poll budget after the last packet (None: sleep at once).
     pub busy_poll: Option<std::time::Duration>,
+    /// How long guest TX kicks stay off after a TX batch (None: re-enabled at once).
+    pub tx_holdoff: Option<std::time::Duration>,
 }
 
 /// What a stopped worker hands back.
@@ -190,6 +201,47 @@ impl Drop for Poller {
     }
 }
 
+/// TX kick holdoff: after a TX batch the guest's kicks stay off and a timer brings
+/// the worker back to the ring; only a look that finds nothing turns them on again.
+/// Every kick is a VM exit for the guest, so a guest sending a stream pays for one
+/// per holdoff period at most instead of one per packet (or per short batch); a
+/// packet sent during the holdoff waits at most one period.
+struct TxHoldoff {
+    timer: TimerFd,
+    period: std::time::Duration,
+    /// Kicks are off and the timer owns the next look.
+    holding: bool,
+    armed: bool,
+}
+
+impl TxHoldoff {
+    /// After a look that drained the ring: whether kicks stay off. A look that moved
+    /// packets holds (more are likely); one that found nothing ends the holdoff only
+    /// when it is the timer's look, not a kick that raced with the holdoff.
+    fn keep(&mut self, worked: bool) -> bool {
+        self.holding = worked || (self.holding && self.armed);
+        self.holding
+    }
+
+    /// Start the timer if holding and not started yet.
+    fn arm(&mut self) -> io::Result<()> {
+        if self.holding && !self.armed {
+            self.timer
+                .reset(self.period, None)
+                .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+            self.armed = true;
+        }
+        Ok(())
+    }
+
+    /// The timer fired: whether the TX ring is due for a look.
+    fn expired(&mut self) -> bool {
+        let _ = self.timer.wait();
+        self.armed = false;
+        self.holding
+    }
+}
+
 fn make_ring(setup: Option<RingSetup>, max: u16, pair: usize, what: &str) -> Option<Ring> {
     let setup = setup?;
     match Ring::new(setup, max) {
@@ -213,6 +265,7 @@ fn run(spec: WorkerSpec, exit: EventFd) -> WorkerState {
         metrics,
         mut uplink,
         busy_poll,
+        tx_holdoff,
     } = spec;
     let mut rx_ring = make_ring(rx, max_queue_size, pair, "RX");
     let mut tx_ring = make_ring(tx, max_queue_size, pair, "TX");
@@ -235,6 +288,19 @@ fn run(spec: WorkerSpec, exit: EventFd) -> WorkerState {
         if let Some(r) = &tx_ring {
             poller.add(r.kick.as_raw_fd(), Event::TxKick, epoll::Events::EPOLLIN)?;
         }
+        let mut holdoff = match tx_holdoff.filter(|_| tx_ring.is_some()) {
+            Some(d) => {
+                let timer = TimerFd::new()?;
+                poller.add(timer.as_raw_fd(), Event::TxHoldoff, epoll::Events::EPOLLIN)?;
+                Some(TxHoldoff {
+                    timer,
+                    period: d,
+                    holding: false,
+                    armed: false,
+                })
+            }
+            None => None,
+        };
         let mut rx_armed = rx_ring.is_some();
         let mut tx_blocked = false;
         let mut need_rx = rx_ring.is_some();
@@ -259,14 +325,26 @@ fn run(spec: WorkerSpec, exit: EventFd) -> WorkerState {
                 if need_tx && !tx_blocked {
                     if let Some(ring) = tx_ring.as_mut() {
                         ring.disable_notification(map.mem());
+                        let batches = m.tx_batches.get();
                         match tx_path.process(ring, &map, uplink.as_mut(), features, m) {
                             TxOutcome::Blocked => tx_blocked = true,
                             TxOutcome::Budget => {}
                             // A broken ring is not looked at again until it is set up
                             // again (its avail index may say there is always work).
+                            TxOutcome::Drained if ring.fault.is_some() => {
+                                need_tx = false;
+                                // A broken ring gets no timer looks either.
+                                if let Some(h) = holdoff.as_mut() {
+                                    h.holding = false;
+                                }
+                            }
                             TxOutcome::Drained => {
-                                need_tx =
-                                    ring.fault.is_none() && ring.enable_notification(map.mem())
+                                let worked = m.tx_batches.get() != batches;
+                                if holdoff.as_mut().is_some_and(|h| h.keep(worked)) {
+                                    need_tx = false;
+                                } else {
+                                    need_tx = ring.enable_notification(map.mem());
+                                }
                             }
                         }
                     } else {
@@ -289,6 +367,9 @@ fn run(spec: WorkerSpec, exit: EventFd) -> WorkerState {
                 }
             }
             poller.set_uplink(rx_armed && rx_ring.is_some(), tx_blocked)?;
+            if let Some(h) = holdoff.as_mut() {
+                h.arm()?;
+            }
             // Busy-poll: keep looking at the rings without sleeping for a while after
             // the last packet moved.
             let now = std::time::Instant::now();
@@ -345,6 +426,11 @@ fn run(spec: WorkerSpec, exit: EventFd) -> WorkerState {
                             let _ = r.kick.read();
                         }
                         need_tx = true;
+                    }
+                    Some(Event::TxHoldoff) => {
+                        if let Some(h) = holdoff.as_mut() {
+                            need_tx |= h.expired();
+                        }
                     }
                     Some(Event::Uplink) => {
                         if flags.intersects(epoll::Events::EPOLLOUT | epoll::Events::EPOLLERR) {

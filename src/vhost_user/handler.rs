@@ -190,6 +190,7 @@ impl NetBackend {
             metrics: self.metrics.queue(pair),
             uplink,
             busy_poll: self.config.busy_poll,
+            tx_holdoff: self.config.tx_holdoff,
         };
         match PairWorker::spawn(spec) {
             Ok(w) => self.workers[pair] = Some(w),
