@@ -75,7 +75,7 @@ pub struct Cli {
     #[arg(long, value_name = "NAME")]
     pub tap: Option<String>,
 
-    /// AF_XDP uplink on interface IFACE instead of a TAP: one XDP socket per queue pair
+    /// AF_XDP uplink on interface IFACE instead of a TAP: per queue pair, XDP sockets
     /// bound to queue id = pair index (zero-copy when the driver can, else copy mode).
     /// Segmentation and receive-checksum offloads are not offered to the guest.
     #[arg(long, value_name = "IFACE")]

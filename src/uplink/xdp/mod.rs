@@ -1,8 +1,10 @@
-//! AF_XDP uplink: one XDP socket per queue pair, bound to the interface queue of the
-//! same index, each with its own UMEM, and the XSKMAP redirect program in front.
+//! AF_XDP uplink: one XDP queue per queue pair, bound to the interface queue of the
+//! same index, each with its own UMEM (an RX socket, polled and in the XSKMAP, and a TX
+//! socket sharing its UMEM), and the XSKMAP redirect program in front.
 //!
 //! - `prog`: the `bpf(2)` loader: XSKMAP, redirect program, BPF link.
-//! - `socket`: one XSK (UMEM registration, four rings, bind) with `xdpilone`.
+//! - `socket`: one XDP queue (UMEM registration, its two sockets, four rings, binds) with
+//!   `xdpilone`.
 //! - `umem`: the UMEM as a `NetIovArea` whose frames are net_iovs handed out by the
 //!   queue's `PagePool` (see its module docs for who owns a frame when).
 //! - `guest_umem`: zero-copy TX (`--xdp-zerocopy-tx`): guest memory registered as a
