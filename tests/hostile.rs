@@ -24,6 +24,10 @@ use virtio_bindings::virtio_net::{
 const QUEUE_SIZE: u16 = 64;
 
 fn rig() -> (Daemon, Guest, Connection) {
+    rig_with(&[])
+}
+
+fn rig_with(args: &[&str]) -> (Daemon, Guest, Connection) {
     let cfg = GuestConfig {
         pairs: 2,
         queue_size: QUEUE_SIZE,
@@ -34,7 +38,7 @@ fn rig() -> (Daemon, Guest, Connection) {
             | bit(VIRTIO_NET_F_HOST_TSO6),
         ..GuestConfig::default()
     };
-    start_loopback(cfg, &[])
+    start_loopback(cfg, args)
 }
 
 /// A valid 12-byte header in region 0 and a frame in region 1.
@@ -376,7 +380,17 @@ fn rx_buffer_shorter_than_the_header() {
 
 #[test]
 fn avail_index_more_than_queue_size_ahead_stops_the_ring() {
-    let (mut d, mut g, _c) = rig();
+    broken_ring_is_left_alone(&[]);
+}
+
+/// The same with a TX holdoff running when the ring breaks (its timer must stop too).
+#[test]
+fn avail_index_far_ahead_during_a_tx_holdoff_stops_the_ring() {
+    broken_ring_is_left_alone(&["--tx-holdoff", "1"]);
+}
+
+fn broken_ring_is_left_alone(args: &[&str]) {
+    let (mut d, mut g, _c) = rig_with(args);
     g.loopback_roundtrip(0, &guest_frames(9400, 2, 60, 100));
     let used_before = g.pairs[0].tx.ring.used_idx(&g.mem);
     let (h, f) = good_parts(&g, 10, 100);

@@ -331,7 +331,13 @@ fn run(spec: WorkerSpec, exit: EventFd) -> WorkerState {
                         ring.disable_notification(map.mem());
                         let batches = m.tx_batches.get();
                         match tx_path.process(ring, &map, uplink.as_mut(), features, m) {
-                            TxOutcome::Blocked => tx_blocked = true,
+                            TxOutcome::Blocked => {
+                                tx_blocked = true;
+                                // The uplink's writability brings TX back, not the timer.
+                                if let Some(h) = holdoff.as_mut() {
+                                    h.holding = false;
+                                }
+                            }
                             TxOutcome::Budget => {}
                             // A broken ring is not looked at again until it is set up
                             // again (its avail index may say there is always work).
