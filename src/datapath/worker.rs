@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use vmm_sys_util::timerfd::TimerFd;
 
+use super::holdoff::TxHoldoff;
 use super::ring::{Ring, RingSetup};
 use super::rx::{RxOutcome, RxPath};
 use super::tx::{TxOutcome, TxPath};
@@ -201,47 +201,6 @@ impl Drop for Poller {
     }
 }
 
-/// TX kick holdoff: after a TX batch the guest's kicks stay off and a timer brings
-/// the worker back to the ring; only a look that finds nothing turns them on again.
-/// Every kick is a VM exit for the guest, so a guest sending a stream pays for one
-/// per holdoff period at most instead of one per packet (or per short batch); a
-/// packet sent during the holdoff waits at most one period.
-struct TxHoldoff {
-    timer: TimerFd,
-    period: std::time::Duration,
-    /// Kicks are off and the timer owns the next look.
-    holding: bool,
-    armed: bool,
-}
-
-impl TxHoldoff {
-    /// After a look that drained the ring: whether kicks stay off. A look that moved
-    /// packets holds (more are likely); one that found nothing ends the holdoff only
-    /// when it is the timer's look, not a kick that raced with the holdoff.
-    fn keep(&mut self, worked: bool) -> bool {
-        self.holding = worked || (self.holding && self.armed);
-        self.holding
-    }
-
-    /// Start the timer if holding and not started yet.
-    fn arm(&mut self) -> io::Result<()> {
-        if self.holding && !self.armed {
-            self.timer
-                .reset(self.period, None)
-                .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
-            self.armed = true;
-        }
-        Ok(())
-    }
-
-    /// The timer fired: whether the TX ring is due for a look.
-    fn expired(&mut self) -> bool {
-        let _ = self.timer.wait();
-        self.armed = false;
-        self.holding
-    }
-}
-
 fn make_ring(setup: Option<RingSetup>, max: u16, pair: usize, what: &str) -> Option<Ring> {
     let setup = setup?;
     match Ring::new(setup, max) {
@@ -290,18 +249,9 @@ fn run(spec: WorkerSpec, exit: EventFd) -> WorkerState {
         }
         let mut holdoff = match tx_holdoff.filter(|_| tx_ring.is_some()) {
             Some(d) => {
-                let timer = TimerFd::new()?;
-                poller.add(timer.as_raw_fd(), Event::TxHoldoff, epoll::Events::EPOLLIN)?;
-                // A thread's default timer slack (50 us) would stretch short holdoffs.
-                // SAFETY: PR_SET_TIMERSLACK takes a plain integer and affects only the
-                // calling thread.
-                unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64, 0u64, 0u64, 0u64) };
-                Some(TxHoldoff {
-                    timer,
-                    period: d,
-                    holding: false,
-                    armed: false,
-                })
+                let h = TxHoldoff::new(d)?;
+                poller.add(h.fd(), Event::TxHoldoff, epoll::Events::EPOLLIN)?;
+                Some(h)
             }
             None => None,
         };
@@ -335,7 +285,7 @@ fn run(spec: WorkerSpec, exit: EventFd) -> WorkerState {
                                 tx_blocked = true;
                                 // The uplink's writability brings TX back, not the timer.
                                 if let Some(h) = holdoff.as_mut() {
-                                    h.holding = false;
+                                    h.end();
                                 }
                             }
                             TxOutcome::Budget => {}
@@ -345,7 +295,7 @@ fn run(spec: WorkerSpec, exit: EventFd) -> WorkerState {
                                 need_tx = false;
                                 // A broken ring gets no timer looks either.
                                 if let Some(h) = holdoff.as_mut() {
-                                    h.holding = false;
+                                    h.end();
                                 }
                             }
                             TxOutcome::Drained => {
