@@ -403,18 +403,7 @@ fn check_whole_gso(r: &Rig, p: &RxPacket, frame: &[u8]) {
         p.hdr
     );
     assert_eq!(p.hdr.gso_size, GSO_SIZE_V6, "gso_size: {:?}", p.hdr);
-    assert!(
-        p.buffers > 1,
-        "a {}-byte packet in {} buffer(s)",
-        frame.len(),
-        p.buffers
-    );
-    assert_eq!(
-        usize::from(p.hdr.num_buffers),
-        p.buffers,
-        "num_buffers vs used entries: {:?}",
-        p.hdr
-    );
+    p.assert_merged();
     let csum = p.hdr.flags & (VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID);
     assert_ne!(
         csum, 0,

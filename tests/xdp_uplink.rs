@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use vhost_netmem::netmem::{
     parked_pools, Frag, FragList, GuestPageMap, NetmemRef, RegionSpec, SharedPageMap,
 };
-use vhost_netmem::uplink::xdp::{AttachMode, BindMode, Xdp, XdpError, XdpOptions};
+use vhost_netmem::uplink::xdp::{AttachMode, BindMode, Xdp, XdpError, XdpOptions, XdpQueueStats};
 use vhost_netmem::uplink::{SendStatus, Uplink, UplinkQueue};
 use vhost_netmem::virtio::header::VIRTIO_NET_HDR_F_NEEDS_CSUM;
 use vhost_netmem::virtio::{VirtioNetHdr, VNET_HDR_LEN};
@@ -860,6 +860,42 @@ fn memfd(len: u64) -> std::fs::File {
     f
 }
 
+/// A zero-copy TX setup: a veth with two queues (the guest UMEM's socket takes the
+/// second), one queue pair opened with `zerocopy_tx`, guest memory attached.
+struct ZeroCopyRig {
+    net: VethNs,
+    peer: OwnedFd,
+    xdp: Xdp,
+    q: Box<dyn UplinkQueue>,
+    stats: Arc<XdpQueueStats>,
+    memory: SharedPageMap,
+    map: Arc<GuestPageMap>,
+}
+
+fn zero_copy_rig(tag: char) -> ZeroCopyRig {
+    let net = VethNs::new(tag, 2);
+    let peer = net.peer_socket();
+    let zc = XdpOptions {
+        zerocopy_tx: true,
+        ..XdpOptions::default()
+    };
+    let xdp = Xdp::open_with(&net.host, 1, &zc).expect("open xdp with zero-copy tx");
+    let mut q = xdp.take_queue(0).expect("queue 0");
+    let stats = xdp.stats(0).unwrap();
+    let memory = SharedPageMap::new();
+    let map = guest_memory(&memory);
+    q.attach_memory(&map);
+    ZeroCopyRig {
+        net,
+        peer,
+        xdp,
+        q,
+        stats,
+        memory,
+        map,
+    }
+}
+
 /// Two regions of one memfd at different file offsets, as QEMU sends guest memory.
 fn guest_memory(memory: &SharedPageMap) -> Arc<GuestPageMap> {
     const MIB: u64 = 1 << 20;
@@ -909,18 +945,15 @@ fn wait_in_flight(q: &mut dyn UplinkQueue, n: usize) {
 #[test]
 fn zero_copy_tx_sends_from_guest_memory_and_unpins_on_completion() {
     require_root!();
-    let net = VethNs::new('z', 2);
-    let peer = net.peer_socket();
-    let zc = XdpOptions {
-        zerocopy_tx: true,
-        ..XdpOptions::default()
-    };
-    let xdp = Xdp::open_with(&net.host, 1, &zc).expect("open xdp with zero-copy tx");
-    let mut q = xdp.take_queue(0).expect("queue 0");
-    let stats = xdp.stats(0).unwrap();
-    let memory = SharedPageMap::new();
-    let map = guest_memory(&memory);
-    q.attach_memory(&map);
+    let ZeroCopyRig {
+        net: _net,
+        peer,
+        xdp,
+        mut q,
+        stats,
+        memory,
+        map,
+    } = zero_copy_rig('z');
     assert_eq!(stats.tx_zc_umems.get(), 1, "{:?}", stats.fields());
     let hdr = VirtioNetHdr::default();
     let (low, high) = (
@@ -1017,18 +1050,15 @@ fn zero_copy_tx_sends_from_guest_memory_and_unpins_on_completion() {
 #[test]
 fn zero_copy_tx_holds_pages_until_completion_or_given_up() {
     require_root!();
-    let net = VethNs::new('h', 2);
-    let peer = net.peer_socket();
-    let zc = XdpOptions {
-        zerocopy_tx: true,
-        ..XdpOptions::default()
-    };
-    let xdp = Xdp::open_with(&net.host, 1, &zc).expect("open xdp with zero-copy tx");
-    let mut q = xdp.take_queue(0).expect("queue 0");
-    let stats = xdp.stats(0).unwrap();
-    let memory = SharedPageMap::new();
-    let map = guest_memory(&memory);
-    q.attach_memory(&map);
+    let ZeroCopyRig {
+        net,
+        peer,
+        xdp,
+        mut q,
+        stats,
+        memory: _memory,
+        map,
+    } = zero_copy_rig('h');
     let pages = Arc::clone(map.regions()[0].pages());
     let hdr = VirtioNetHdr::default();
     let frame = test_frame(31, 300);

@@ -319,6 +319,25 @@ pub struct RxPacket {
     pub buffers: usize,
 }
 
+impl RxPacket {
+    /// The packet was merged over several buffers (MRG_RXBUF) and its header's
+    /// `num_buffers` says how many.
+    pub fn assert_merged(&self) {
+        assert!(
+            self.buffers > 1,
+            "a {}-byte packet in {} buffer(s)",
+            self.frame.len(),
+            self.buffers
+        );
+        assert_eq!(
+            usize::from(self.hdr.num_buffers),
+            self.buffers,
+            "num_buffers vs used entries: {:?}",
+            self.hdr
+        );
+    }
+}
+
 /// How a TX chain is laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TxLayout {
