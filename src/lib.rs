@@ -10,11 +10,13 @@
 //!   `PagePool` and its memory providers.
 //! - [`datapath`]: the queue pair worker: TX, RX, notifications.
 //! - [`uplink`]: `trait Uplink`; TAP, AF_XDP, null and loopback.
+//! - [`log_limit`]: rate-limited logging for guest- and frontend-triggered events.
 //! - [`metrics`]: per-queue-pair counters and their JSON exposition.
 
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod log_limit;
 pub mod metrics;
 pub mod netmem;
 pub mod uplink;

@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::ring::Ring;
-use super::LogLimiter;
+use crate::log_limit::LogLimiter;
 use crate::metrics::QueueMetrics;
 use crate::netmem::{FragList, GuestPageMap};
 use crate::uplink::UplinkQueue;
@@ -111,9 +111,7 @@ impl RxPath {
             self.contiguous = false;
         }
         let _ = ring.add_used(map, head, 0);
-        if self.log.allow() {
-            log::warn!("guest RX chain dropped: {why}");
-        }
+        crate::log_limited!(self.log, warn, "guest RX chain dropped: {why}");
     }
 
     /// Pop one chain into the stash. Returns false when the ring has no more.
@@ -248,9 +246,7 @@ impl RxPath {
                 }
                 Err(e) => {
                     m.rx_uplink_errors.inc();
-                    if self.log.allow() {
-                        log::warn!("uplink receive: {e}");
-                    }
+                    crate::log_limited!(self.log, warn, "uplink receive: {e}");
                     outcome = RxOutcome::Drained;
                     break;
                 }
@@ -259,11 +255,11 @@ impl RxPath {
                 // The uplink had more than the buffers hold (it reports the full length):
                 // drop it rather than hand the guest a cut packet; the buffers stay.
                 m.rx_drop_truncated.inc();
-                if self.log.allow() {
-                    log::warn!(
-                        "{n}-byte packet does not fit {offered} bytes of guest buffers: dropped"
-                    );
-                }
+                crate::log_limited!(
+                    self.log,
+                    warn,
+                    "{n}-byte packet does not fit {offered} bytes of guest buffers: dropped"
+                );
                 continue;
             }
             // Distribute the packet over the chains in order.

@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::ring::Ring;
-use super::LogLimiter;
+use crate::log_limit::LogLimiter;
 use crate::metrics::QueueMetrics;
 use crate::netmem::{FragList, GuestPageMap, PageMapError};
 use crate::uplink::{SendStatus, UplinkQueue};
 use crate::virtio::chain::Segments;
-use crate::virtio::{ChainError, Features, VirtioNetHdr, VNET_HDR_LEN};
+use crate::virtio::{ChainError, Features, HeaderError, VirtioNetHdr, VNET_HDR_LEN};
 
 /// Largest frame a guest may transmit (64 KiB GSO payload + Ethernet + VLAN).
 pub const MAX_TX_FRAME: usize = 65535 + 14 + 4;
@@ -40,12 +40,26 @@ pub enum TxOutcome {
     Blocked,
 }
 
-#[derive(Debug)]
+/// Why a guest TX chain was dropped (each reason has its own counter).
+#[derive(Debug, thiserror::Error)]
 enum TxDrop {
+    /// The chain itself is malformed.
+    #[error("{0}")]
     Chain(ChainError),
+    /// A buffer is outside guest memory.
+    #[error("{0}")]
     Memory(PageMapError),
+    /// A device-writable buffer in a TX chain.
+    #[error("device-writable buffer in a TX chain")]
     Direction,
-    Header(String),
+    /// The chain is shorter than the virtio-net header.
+    #[error("chain of {0} bytes is shorter than the virtio-net header")]
+    Short(usize),
+    /// The virtio-net header asks for something not negotiated or impossible.
+    #[error("bad virtio-net header: {0}")]
+    Header(HeaderError),
+    /// The chain is larger than the largest frame.
+    #[error("{0}-byte chain exceeds the largest frame")]
     Oversized(usize),
 }
 
@@ -97,9 +111,7 @@ fn read_header(map: &GuestPageMap, segs: &Segments) -> Result<VirtioNetHdr, TxDr
         got += n;
     }
     if got < VNET_HDR_LEN {
-        return Err(TxDrop::Header(format!(
-            "chain of {got} bytes is shorter than the virtio-net header"
-        )));
+        return Err(TxDrop::Short(got));
     }
     Ok(VirtioNetHdr::from_bytes(&b))
 }
@@ -135,7 +147,7 @@ impl TxPath {
                 .map_err(TxDrop::Memory)?;
         }
         hdr.validate_tx(features, frags.len())
-            .map_err(|e| TxDrop::Header(e.to_string()))?;
+            .map_err(TxDrop::Header)?;
         Ok(hdr)
     }
 
@@ -145,19 +157,10 @@ impl TxPath {
             TxDrop::Chain(_) => m.tx_drop_bad_chain.inc(),
             TxDrop::Memory(_) => m.tx_drop_bad_memory.inc(),
             TxDrop::Direction => m.tx_drop_bad_direction.inc(),
-            TxDrop::Header(_) => m.tx_drop_bad_header.inc(),
+            TxDrop::Short(_) | TxDrop::Header(_) => m.tx_drop_bad_header.inc(),
             TxDrop::Oversized(_) => m.tx_drop_oversized.inc(),
         }
-        if self.log.allow() {
-            let why = match d {
-                TxDrop::Chain(e) => e.to_string(),
-                TxDrop::Memory(e) => e.to_string(),
-                TxDrop::Direction => "device-writable buffer in a TX chain".into(),
-                TxDrop::Header(e) => format!("bad virtio-net header: {e}"),
-                TxDrop::Oversized(n) => format!("{n}-byte chain exceeds the largest frame"),
-            };
-            log::warn!("guest TX chain dropped: {why}");
-        }
+        crate::log_limited!(self.log, warn, "guest TX chain dropped: {d}");
     }
 
     /// Chains waiting for their packet to complete.
@@ -192,9 +195,7 @@ impl TxPath {
             return;
         }
         if let Err(e) = uplink.flush() {
-            if self.log.allow() {
-                log::warn!("uplink flush: {e}");
-            }
+            crate::log_limited!(self.log, warn, "uplink flush: {e}");
         }
         self.complete(ring, map, uplink);
         ring.signal(map, m);
@@ -280,15 +281,20 @@ impl TxPath {
                     }
                     Ok(SendStatus::Dropped) => {
                         m.tx_drop_uplink.inc();
-                        if self.log.allow() {
-                            log::warn!("uplink refused a {}-byte packet", frags.len());
-                        }
+                        crate::log_limited!(
+                            self.log,
+                            warn,
+                            "uplink refused a {}-byte packet",
+                            frags.len()
+                        );
                     }
                     Err(e) => {
                         m.tx_drop_uplink.inc();
-                        if self.log.allow() {
-                            log::warn!("uplink send failed, packet dropped: {e}");
-                        }
+                        crate::log_limited!(
+                            self.log,
+                            warn,
+                            "uplink send failed, packet dropped: {e}"
+                        );
                     }
                 },
                 Err(d) => self.count_drop(&d, m),
@@ -301,9 +307,7 @@ impl TxPath {
             }
         };
         if let Err(e) = uplink.flush() {
-            if self.log.allow() {
-                log::warn!("uplink flush: {e}");
-            }
+            crate::log_limited!(self.log, warn, "uplink flush: {e}");
         }
         self.complete(ring, map, uplink);
         m.tx_packets.add(packets);

@@ -61,6 +61,7 @@ pub use self::socket::BindMode;
 use self::socket::{RingSizes, Xsk};
 use self::umem::Umem;
 use super::{QueueSlots, SendStatus, Uplink, UplinkError, UplinkQueue};
+use crate::log_limit::LogLimiter;
 use crate::metrics::{Counter, CounterGroup, NamedGroup};
 use crate::netmem::{FragList, GuestPageMap, NetmemRef, PagePoolError, PagePoolStatsReader};
 use crate::virtio::header::{VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE};
@@ -547,30 +548,6 @@ impl Uplink for Xdp {
     }
 }
 
-/// At most one log line per second for a guest-triggerable event.
-#[derive(Debug, Default)]
-struct LogLimit {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogLimit {
-    /// Whether to log now; Some(n): n messages were suppressed since the last one.
-    fn allow(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        match self.last {
-            Some(t) if now.duration_since(t) < Duration::from_secs(1) => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
-
 /// One queue pair's AF_XDP socket, owned by the pair's worker.
 ///
 /// TX: the frags are copied into a UMEM frame from the queue's page pool and the frame
@@ -604,7 +581,7 @@ pub struct XdpQueue {
     /// Frames with the kernel for TX (TX ring + completion ring), at most TX_FRAMES.
     tx_in_flight: u32,
     stats: Arc<XdpQueueStats>,
-    log_limit: LogLimit,
+    log_limit: LogLimiter,
     /// Zero-copy TX from guest memory, when enabled.
     zc: Option<ZeroCopyTx>,
     umem: Umem,
@@ -629,7 +606,7 @@ const ZC_RETIRE_WAIT: Duration = Duration::from_millis(50);
 
 /// Wake the kernel to transmit what is on `tx`, if it asks for it. Copy mode sends a
 /// batch per call, so keep kicking while the ring drains.
-fn kick_ring(tx: &mut RingTx, queue: u32, stats: &XdpQueueStats, log_limit: &mut LogLimit) {
+fn kick_ring(tx: &mut RingTx, queue: u32, stats: &XdpQueueStats, log_limit: &mut LogLimiter) {
     let fd = tx.as_raw_fd();
     let mut pending = tx.pending();
     let mut kicks = 0;
@@ -647,11 +624,7 @@ fn kick_ring(tx: &mut RingTx, queue: u32, stats: &XdpQueueStats, log_limit: &mut
                 ) => {}
             Err(e) => {
                 stats.tx_kick_errors.inc();
-                if let Some(n) = log_limit.allow() {
-                    log::warn!(
-                        "xdp queue {queue}: tx wakeup failed: {e} ({n} similar messages suppressed)"
-                    );
-                }
+                crate::log_limited!(log_limit, warn, "xdp queue {queue}: tx wakeup failed: {e}");
                 break;
             }
         }
@@ -698,7 +671,7 @@ impl XdpQueue {
             rx_held: 0,
             tx_in_flight: 0,
             stats,
-            log_limit: LogLimit::default(),
+            log_limit: LogLimiter::new(1),
             zc,
             umem,
         };
@@ -831,12 +804,12 @@ impl XdpQueue {
     }
 
     fn drop_tx(&mut self, why: &str) -> SendStatus {
-        if let Some(n) = self.log_limit.allow() {
-            log::warn!(
-                "xdp queue {}: tx packet dropped: {why} ({n} similar messages suppressed)",
-                self.queue
-            );
-        }
+        crate::log_limited!(
+            self.log_limit,
+            warn,
+            "xdp queue {}: tx packet dropped: {why}",
+            self.queue
+        );
         SendStatus::Dropped
     }
 
@@ -1133,15 +1106,5 @@ mod tests {
         assert!(s.starts_with("cannot bind"), "{s}");
         assert!(s.contains("zero-copy") && s.contains("queue 1"), "{s}");
         assert!(s.contains(&io::Error::from_raw_os_error(libc::EOPNOTSUPP).to_string()));
-    }
-
-    #[test]
-    fn log_limit_suppresses_within_a_second() {
-        let mut l = LogLimit::default();
-        assert_eq!(l.allow(), Some(0));
-        assert_eq!(l.allow(), None);
-        assert_eq!(l.allow(), None);
-        l.last = Some(Instant::now() - Duration::from_secs(2));
-        assert_eq!(l.allow(), Some(2));
     }
 }
