@@ -1,17 +1,21 @@
 //! The data path: one worker thread per queue pair.
 //!
-//! - [`worker`]: the thread, its epoll loop and its start/stop handle.
+//! - [`worker`]: the thread, its loop and its start/stop handle.
+//! - [`state`]: the TX and RX states of a pair and their transitions (pure, tested).
+//! - [`poller`]: the worker's epoll instance, event ids and uplink interest.
 //! - [`tx`]: guest TX ring -> `FragList` -> uplink.
 //! - [`rx`]: uplink -> guest RX buffers (MRG_RXBUF gathering, `num_buffers`).
-//! - [`holdoff`]: keeping guest TX kicks off for a while after a TX batch.
+//! - [`holdoff`]: the timer of the TX kick holdoff.
 //! - [`ring`]: a virtqueue as the worker sees it: queue state, kick and call fds,
 //!   popping heads and notifying the guest.
 
 pub mod holdoff;
+pub mod poller;
 pub mod ring;
 pub mod rx;
+pub mod state;
 pub mod tx;
 pub mod worker;
 
 pub use ring::{Ring, RingSetup};
-pub use worker::{PairWorker, WorkerSpec, WorkerState};
+pub use worker::{PairWorker, StoppedWorker, WorkerSpec};

@@ -1,0 +1,471 @@
+//! The states of a queue pair worker: one value per direction, and every event a
+//! pure transition of it.
+//!
+//! The worker's loop ([`super::worker`]) turns what happened (a kick, the end of a
+//! look at a ring, a timer, the uplink's readiness) into a [`TxEvent`] or an
+//! [`RxEvent`], asks the state for its successor, and carries out the [`TxAction`]
+//! that comes with it. Nothing here touches a ring, an fd or a clock, so every
+//! transition is tested on its own below.
+//!
+//! TX: [`TxState::Pending`] means look at the ring now; a look ends on
+//! [`TxEvent::Drained`], [`TxEvent::Budget`], [`TxEvent::Blocked`] or
+//! [`TxEvent::Broke`]. With `--tx-holdoff` a look that moved packets leaves the
+//! guest's kicks off ([`TxState::HeldOff`]) and a timer brings the next look; only an
+//! empty look that the timer asked for turns kicks on again. RX: the uplink is read
+//! only while the guest has buffers ([`RxState::Pending`], [`RxState::Waiting`]);
+//! without them the worker waits for a kick ([`RxState::NoBuffers`]).
+
+/// The TX side of a queue pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxState {
+    /// No TX ring: nothing ever happens.
+    Off,
+    /// Kicks are on and the ring was empty: wait for a kick.
+    Idle,
+    /// The ring may hold chains: look now.
+    Pending,
+    /// Kicks stay off after a batch and the holdoff timer brings the next look;
+    /// `due`: a look is wanted before the timer (a kick that raced with the holdoff,
+    /// busy-polling).
+    HeldOff {
+        /// Look now, without ending the holdoff.
+        due: bool,
+    },
+    /// The uplink refused a packet (kept on the ring): wait until it is writable,
+    /// or for the retry timeout (some uplinks never report writability).
+    Blocked,
+    /// The ring misbehaved (an impossible avail index, unreadable memory): left alone
+    /// until the control plane sets it up again.
+    Broken,
+}
+
+/// What happened to the TX side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxEvent {
+    /// The guest kicked, or turning kicks on found chains already there.
+    Kick,
+    /// A look emptied the ring; `worked`: it moved at least one chain.
+    Drained {
+        /// The look moved at least one chain.
+        worked: bool,
+    },
+    /// A look stopped on its batch budget: chains are left.
+    Budget,
+    /// A look stopped because the uplink had no room.
+    Blocked,
+    /// A look found the ring broken.
+    Broke,
+    /// The holdoff timer ran out.
+    HoldoffExpired,
+    /// The uplink may take packets again (writable, an error to report, or the
+    /// blocked retry timeout).
+    UplinkWritable,
+    /// Busy-polling: look without waiting for a kick.
+    BusyPoll,
+}
+
+/// What the loop must do on entering the new TX state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxAction {
+    /// Nothing.
+    None,
+    /// Turn the guest's kicks on; if chains arrived meanwhile, feed [`TxEvent::Kick`].
+    EnableKicks,
+    /// Start the holdoff timer.
+    ArmHoldoff,
+}
+
+impl TxState {
+    /// The state for a worker starting with (`ring`) or without a TX ring: a ring
+    /// starts working without waiting for a kick.
+    pub fn start(ring: bool) -> Self {
+        if ring {
+            TxState::Pending
+        } else {
+            TxState::Off
+        }
+    }
+
+    /// Whether the worker should look at the TX ring now.
+    pub fn wants_look(self) -> bool {
+        matches!(self, TxState::Pending | TxState::HeldOff { due: true })
+    }
+
+    /// Whether the worker waits for the uplink to turn writable.
+    pub fn wants_writable(self) -> bool {
+        self == TxState::Blocked
+    }
+
+    /// The successor of `self` on `ev`, and what to do on entering it. `holdoff`:
+    /// a TX holdoff is configured.
+    pub fn on(self, ev: TxEvent, holdoff: bool) -> (TxState, TxAction) {
+        use TxAction as A;
+        use TxEvent as E;
+        use TxState as S;
+        match (self, ev) {
+            // Nothing happens on a missing or broken ring.
+            (S::Off, _) => (S::Off, A::None),
+            (S::Broken, _) => (S::Broken, A::None),
+            // A look's end: these events only come from a look, and a look only
+            // happens in a state that wants one.
+            (_, E::Broke) => (S::Broken, A::None),
+            // The uplink's writability brings TX back, not the holdoff timer.
+            (_, E::Blocked) => (S::Blocked, A::None),
+            (s, E::Budget) => (s, A::None),
+            (S::HeldOff { .. }, E::Drained { .. }) => (S::HeldOff { due: false }, A::None),
+            (_, E::Drained { worked: true }) if holdoff => {
+                (S::HeldOff { due: false }, A::ArmHoldoff)
+            }
+            (_, E::Drained { .. }) => (S::Idle, A::EnableKicks),
+            // Wake-ups.
+            (S::Idle, E::Kick | E::BusyPoll) => (S::Pending, A::None),
+            (S::HeldOff { .. }, E::Kick | E::BusyPoll) => (S::HeldOff { due: true }, A::None),
+            // The timer's look: if it finds nothing the holdoff ends.
+            (S::HeldOff { .. }, E::HoldoffExpired) => (S::Pending, A::None),
+            (S::Blocked, E::UplinkWritable) => (S::Pending, A::None),
+            // Everything else changes nothing: a kick while blocked waits for the
+            // uplink, a stale timer fires after the holdoff ended, the uplink reports
+            // writability while TX is not blocked.
+            (s, E::Kick | E::BusyPoll | E::HoldoffExpired | E::UplinkWritable) => (s, A::None),
+        }
+    }
+}
+
+/// The RX side of a queue pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxState {
+    /// No RX ring.
+    Off,
+    /// The uplink may have packets and the guest buffers: look now.
+    Pending,
+    /// The uplink had nothing more: wait for it to turn readable (or a kick).
+    Waiting,
+    /// The guest has not posted enough buffers: the uplink is not read until it kicks.
+    NoBuffers,
+    /// The ring misbehaved: left alone until set up again.
+    Broken,
+}
+
+/// What happened to the RX side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxEvent {
+    /// The guest kicked (it posted buffers).
+    Kick,
+    /// The uplink turned readable (or hung up: the next read reports why).
+    UplinkReadable,
+    /// A look read everything the uplink had.
+    Drained,
+    /// A look ran out of guest buffers.
+    NoBuffers,
+    /// A look stopped on its batch budget.
+    Budget,
+    /// A look found the ring broken.
+    Broke,
+    /// Busy-polling: look without waiting for the uplink.
+    BusyPoll,
+}
+
+impl RxState {
+    /// The state for a worker starting with (`ring`) or without an RX ring: a ring
+    /// starts working at once (the guest may have posted its buffers long ago, before
+    /// a backend restart, and will not kick again).
+    pub fn start(ring: bool) -> Self {
+        if ring {
+            RxState::Pending
+        } else {
+            RxState::Off
+        }
+    }
+
+    /// Whether the worker should read the uplink into the RX ring now.
+    pub fn wants_look(self) -> bool {
+        self == RxState::Pending
+    }
+
+    /// Whether the uplink should be polled for readability.
+    pub fn wants_readable(self) -> bool {
+        matches!(self, RxState::Pending | RxState::Waiting)
+    }
+
+    /// The successor of `self` on `ev`.
+    pub fn on(self, ev: RxEvent) -> RxState {
+        use RxEvent as E;
+        use RxState as S;
+        match (self, ev) {
+            (S::Off, _) => S::Off,
+            (S::Broken, _) => S::Broken,
+            (_, E::Broke) => S::Broken,
+            (_, E::NoBuffers) => S::NoBuffers,
+            (_, E::Drained) => S::Waiting,
+            (s, E::Budget) => s,
+            // Buffers posted: look, whatever the uplink said.
+            (_, E::Kick) => S::Pending,
+            (S::Waiting, E::UplinkReadable | E::BusyPoll) => S::Pending,
+            // Without buffers neither the uplink nor busy-polling brings a look.
+            (s, E::UplinkReadable | E::BusyPoll) => s,
+        }
+    }
+}
+
+/// How long the worker may sleep in `epoll_wait`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sleep {
+    /// Do not sleep: look at the event fds and go on.
+    No,
+    /// Sleep at most this many milliseconds.
+    Ms(i32),
+    /// Sleep until an event.
+    Forever,
+}
+
+impl Sleep {
+    /// The epoll timeout argument.
+    pub fn timeout_ms(self) -> i32 {
+        match self {
+            Sleep::No => 0,
+            Sleep::Ms(ms) => ms,
+            Sleep::Forever => -1,
+        }
+    }
+}
+
+/// While the uplink refuses TX, retry this often even without writability (ms).
+pub const TX_BLOCKED_RETRY_MS: i32 = 10;
+
+/// While TX packets are in flight, look at their completions this often (ms): their
+/// completion raises no event on the worker's fds.
+pub const IN_FLIGHT_POLL_MS: i32 = 1;
+
+/// How long the worker sleeps, given its states and whether TX packets are in flight.
+pub fn sleep(tx: TxState, rx: RxState, in_flight: bool) -> Sleep {
+    if tx.wants_look() || rx.wants_look() {
+        return Sleep::No;
+    }
+    if in_flight {
+        return Sleep::Ms(IN_FLIGHT_POLL_MS);
+    }
+    // A blocked uplink normally reports writability; some only drain when kicked
+    // (an AF_XDP TX ring filled while its link was down), so retry anyway.
+    if tx == TxState::Blocked {
+        return Sleep::Ms(TX_BLOCKED_RETRY_MS);
+    }
+    Sleep::Forever
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TxAction as A;
+    use TxEvent as E;
+    use TxState as S;
+
+    const ALL_TX_EVENTS: [TxEvent; 9] = [
+        E::Kick,
+        E::Drained { worked: false },
+        E::Drained { worked: true },
+        E::Budget,
+        E::Blocked,
+        E::Broke,
+        E::HoldoffExpired,
+        E::UplinkWritable,
+        E::BusyPoll,
+    ];
+
+    const ALL_TX_STATES: [TxState; 7] = [
+        S::Off,
+        S::Idle,
+        S::Pending,
+        S::HeldOff { due: false },
+        S::HeldOff { due: true },
+        S::Blocked,
+        S::Broken,
+    ];
+
+    #[test]
+    fn a_ring_starts_without_waiting_for_a_kick() {
+        assert_eq!(TxState::start(true), S::Pending);
+        assert_eq!(TxState::start(false), S::Off);
+        assert_eq!(RxState::start(true), RxState::Pending);
+        assert_eq!(RxState::start(false), RxState::Off);
+        assert!(S::Pending.wants_look());
+        assert!(RxState::Pending.wants_look());
+    }
+
+    #[test]
+    fn off_and_broken_ignore_every_event() {
+        // A broken ring's avail index may always say there is work: it must never be
+        // looked at again (it spun a core at 100 % before).
+        for holdoff in [false, true] {
+            for ev in ALL_TX_EVENTS {
+                assert_eq!(S::Off.on(ev, holdoff), (S::Off, A::None), "{ev:?}");
+                assert_eq!(S::Broken.on(ev, holdoff), (S::Broken, A::None), "{ev:?}");
+            }
+        }
+        assert!(!S::Broken.wants_look() && !S::Broken.wants_writable());
+    }
+
+    #[test]
+    fn without_holdoff_a_drained_ring_turns_kicks_on() {
+        for worked in [false, true] {
+            assert_eq!(
+                S::Pending.on(E::Drained { worked }, false),
+                (S::Idle, A::EnableKicks)
+            );
+        }
+        assert_eq!(S::Idle.on(E::Kick, false), (S::Pending, A::None));
+        assert_eq!(S::Pending.on(E::Budget, false), (S::Pending, A::None));
+        assert!(!S::Idle.wants_look());
+    }
+
+    #[test]
+    fn a_look_that_moved_packets_holds_kicks_off_and_arms_the_timer() {
+        assert_eq!(
+            S::Pending.on(E::Drained { worked: true }, true),
+            (S::HeldOff { due: false }, A::ArmHoldoff)
+        );
+        // An empty look outside a holdoff does not start one.
+        assert_eq!(
+            S::Pending.on(E::Drained { worked: false }, true),
+            (S::Idle, A::EnableKicks)
+        );
+        assert!(!S::HeldOff { due: false }.wants_look());
+    }
+
+    #[test]
+    fn a_kick_that_raced_with_the_holdoff_looks_but_keeps_holding() {
+        let held = S::HeldOff { due: false };
+        assert_eq!(held.on(E::Kick, true), (S::HeldOff { due: true }, A::None));
+        assert!(S::HeldOff { due: true }.wants_look());
+        // Its look, empty or not, keeps holding: the timer is still running, so no
+        // second arm and no kicks.
+        for worked in [false, true] {
+            assert_eq!(
+                S::HeldOff { due: true }.on(E::Drained { worked }, true),
+                (S::HeldOff { due: false }, A::None)
+            );
+        }
+        assert_eq!(
+            held.on(E::BusyPoll, true),
+            (S::HeldOff { due: true }, A::None)
+        );
+    }
+
+    #[test]
+    fn only_the_timers_empty_look_ends_the_holdoff() {
+        let (s, a) = S::HeldOff { due: false }.on(E::HoldoffExpired, true);
+        assert_eq!((s, a), (S::Pending, A::None));
+        assert_eq!(
+            s.on(E::Drained { worked: false }, true),
+            (S::Idle, A::EnableKicks)
+        );
+        assert_eq!(
+            s.on(E::Drained { worked: true }, true),
+            (S::HeldOff { due: false }, A::ArmHoldoff),
+            "a timer look that moved packets holds again"
+        );
+        // A timer that fires after the holdoff ended changes nothing.
+        assert_eq!(S::Idle.on(E::HoldoffExpired, true), (S::Idle, A::None));
+    }
+
+    #[test]
+    fn a_blocked_uplink_ends_the_holdoff_and_its_writability_brings_tx_back() {
+        for s in [S::Pending, S::HeldOff { due: true }] {
+            assert_eq!(s.on(E::Blocked, true), (S::Blocked, A::None));
+        }
+        let b = S::Blocked;
+        assert!(b.wants_writable() && !b.wants_look());
+        // Neither kicks, busy-polling nor the holdoff timer look at a blocked ring.
+        for ev in [E::Kick, E::BusyPoll, E::HoldoffExpired] {
+            assert_eq!(b.on(ev, true), (S::Blocked, A::None), "{ev:?}");
+        }
+        assert_eq!(b.on(E::UplinkWritable, true), (S::Pending, A::None));
+        // Writability while not blocked does not make a look.
+        assert_eq!(S::Idle.on(E::UplinkWritable, false), (S::Idle, A::None));
+    }
+
+    #[test]
+    fn a_broken_ring_ends_everything_including_the_holdoff() {
+        for s in [S::Pending, S::HeldOff { due: true }] {
+            assert_eq!(s.on(E::Broke, true), (S::Broken, A::None));
+        }
+    }
+
+    #[test]
+    fn only_blocked_wants_writability_and_every_state_has_an_answer() {
+        for s in ALL_TX_STATES {
+            assert_eq!(s.wants_writable(), s == S::Blocked, "{s:?}");
+            for ev in ALL_TX_EVENTS {
+                for holdoff in [false, true] {
+                    let (next, action) = s.on(ev, holdoff);
+                    // Without a holdoff no state leads into one (HeldOff itself is
+                    // unreachable then).
+                    if !holdoff && !matches!(s, S::HeldOff { .. }) {
+                        assert!(
+                            !matches!(next, S::HeldOff { .. }) && action != A::ArmHoldoff,
+                            "{s:?} + {ev:?} holds without a holdoff"
+                        );
+                    }
+                    if action == A::EnableKicks {
+                        assert_eq!(next, S::Idle, "kicks go on only when idle");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rx_reads_the_uplink_only_while_the_guest_has_buffers() {
+        use RxEvent as E;
+        use RxState as S;
+        assert_eq!(S::Pending.on(E::Drained), S::Waiting);
+        assert_eq!(S::Pending.on(E::Budget), S::Pending);
+        assert_eq!(S::Pending.on(E::NoBuffers), S::NoBuffers);
+        assert_eq!(S::Waiting.on(E::UplinkReadable), S::Pending);
+        assert_eq!(S::Waiting.on(E::BusyPoll), S::Pending);
+        assert_eq!(S::Waiting.on(E::Kick), S::Pending);
+        // Without buffers only a kick brings a look: not the uplink, not busy-polling.
+        assert_eq!(S::NoBuffers.on(E::UplinkReadable), S::NoBuffers);
+        assert_eq!(S::NoBuffers.on(E::BusyPoll), S::NoBuffers);
+        assert_eq!(S::NoBuffers.on(E::Kick), S::Pending);
+        assert!(S::Waiting.wants_readable() && S::Pending.wants_readable());
+        assert!(!S::NoBuffers.wants_readable() && !S::NoBuffers.wants_look());
+    }
+
+    #[test]
+    fn a_broken_or_missing_rx_ring_ignores_everything() {
+        use RxEvent as E;
+        use RxState as S;
+        assert_eq!(S::Pending.on(E::Broke), S::Broken);
+        for ev in [
+            E::Kick,
+            E::UplinkReadable,
+            E::Drained,
+            E::NoBuffers,
+            E::Budget,
+            E::Broke,
+            E::BusyPoll,
+        ] {
+            assert_eq!(S::Broken.on(ev), S::Broken, "{ev:?}");
+            assert_eq!(S::Off.on(ev), S::Off, "{ev:?}");
+        }
+        assert!(!S::Broken.wants_readable() && !S::Off.wants_readable());
+    }
+
+    #[test]
+    fn the_worker_sleeps_only_when_nothing_is_due() {
+        let rx = RxState::Waiting;
+        assert_eq!(sleep(S::Pending, rx, false), Sleep::No);
+        assert_eq!(sleep(S::Idle, RxState::Pending, true), Sleep::No);
+        assert_eq!(sleep(S::HeldOff { due: true }, rx, false), Sleep::No);
+        assert_eq!(sleep(S::Idle, rx, false), Sleep::Forever);
+        assert_eq!(sleep(S::HeldOff { due: false }, rx, false), Sleep::Forever);
+        assert_eq!(sleep(S::Broken, RxState::Broken, false), Sleep::Forever);
+        // A blocked uplink that never reports writability is retried.
+        assert_eq!(sleep(S::Blocked, rx, false), Sleep::Ms(TX_BLOCKED_RETRY_MS));
+        // Packets in flight complete without an event: look at them soon.
+        assert_eq!(sleep(S::Idle, rx, true), Sleep::Ms(IN_FLIGHT_POLL_MS));
+        assert_eq!(sleep(S::Blocked, rx, true), Sleep::Ms(IN_FLIGHT_POLL_MS));
+        assert_eq!(Sleep::Forever.timeout_ms(), -1);
+        assert_eq!(Sleep::No.timeout_ms(), 0);
+    }
+}
