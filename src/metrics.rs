@@ -104,6 +104,8 @@ queue_metrics! {
     tx_drop_oversized,
     /// TX packets the uplink refused.
     tx_drop_uplink,
+    /// TX packets dropped while the uplink was gone (its device deleted).
+    tx_drop_uplink_down,
     /// Packets written into the guest's RX buffers.
     rx_packets,
     /// Bytes of those packets (virtio header excluded).
@@ -130,6 +132,10 @@ queue_metrics! {
     notifications_suppressed,
     /// Ring errors (avail index beyond the ring, unreadable ring): ring stopped.
     ring_errors,
+    /// Times the uplink queue was found gone (e.g. its TAP deleted): not polled since.
+    uplink_lost,
+    /// Times a gone uplink queue was reopened (its TAP came back under the same name).
+    uplink_reopened,
 }
 
 impl QueueSnapshot {

@@ -620,6 +620,7 @@ fn frames_recycle_under_sustained_traffic() {
                     break;
                 }
                 SendStatus::Dropped => panic!("plain frame dropped"),
+                SendStatus::Down => panic!("xdp queue reported down"),
                 SendStatus::InFlight => panic!("zero-copy tx is off"),
             }
             if sent == TX {

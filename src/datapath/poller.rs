@@ -132,6 +132,37 @@ impl Poller {
         Ok(())
     }
 
+    /// Stop polling the uplink (it is gone; its fds stay open until it is reopened).
+    pub fn drop_uplink(&mut self) {
+        let del = |fd: RawFd| {
+            // Errors mean it was not registered: nothing to undo.
+            let _ = epoll::ctl(
+                self.epfd,
+                epoll::ControlOptions::EPOLL_CTL_DEL,
+                fd,
+                epoll::Event::new(epoll::Events::empty(), 0),
+            );
+        };
+        if let (Some(fd), Some(_)) = (self.uplink_fd, self.uplink_interest) {
+            del(fd);
+        }
+        if let (Some(fd), true) = (self.uplink_tx_fd, self.tx_registered) {
+            del(fd);
+        }
+        self.uplink_fd = None;
+        self.uplink_tx_fd = None;
+        self.uplink_interest = None;
+        self.tx_registered = false;
+    }
+
+    /// Poll a reopened uplink's fds (after [`Self::drop_uplink`]); the next
+    /// [`Self::set_uplink`] registers them.
+    pub fn set_uplink_fds(&mut self, uplink_fd: Option<RawFd>, uplink_tx_fd: Option<RawFd>) {
+        self.drop_uplink();
+        self.uplink_fd = uplink_fd;
+        self.uplink_tx_fd = uplink_tx_fd.filter(|&t| Some(t) != uplink_fd);
+    }
+
     /// Wait up to `timeout_ms` (-1: forever, 0: not at all) and return what is ready
     /// (nothing on a timeout or an interrupted wait).
     pub fn wait(&mut self, timeout_ms: i32) -> io::Result<impl Iterator<Item = Ready> + '_> {

@@ -62,6 +62,8 @@ pub enum TxEvent {
     UplinkWritable,
     /// Busy-polling: look without waiting for a kick.
     BusyPoll,
+    /// The uplink is gone: its sends are counted drops from now on, nothing blocks.
+    UplinkLost,
 }
 
 /// What the loop must do on entering the new TX state.
@@ -123,10 +125,15 @@ impl TxState {
             // The timer's look: if it finds nothing the holdoff ends.
             (S::HeldOff { .. }, E::HoldoffExpired) => (S::Pending, A::None),
             (S::Blocked, E::UplinkWritable) => (S::Pending, A::None),
+            // A gone uplink never turns writable: the kept chain is dropped and counted
+            // by the next look, like every chain until the uplink is back.
+            (S::Blocked, E::UplinkLost) => (S::Pending, A::None),
             // Everything else changes nothing: a kick while blocked waits for the
             // uplink, a stale timer fires after the holdoff ended, the uplink reports
             // writability while TX is not blocked.
-            (s, E::Kick | E::BusyPoll | E::HoldoffExpired | E::UplinkWritable) => (s, A::None),
+            (s, E::Kick | E::BusyPoll | E::HoldoffExpired | E::UplinkWritable | E::UplinkLost) => {
+                (s, A::None)
+            }
         }
     }
 }
@@ -144,6 +151,8 @@ pub enum RxState {
     NoBuffers,
     /// The ring misbehaved: left alone until set up again.
     Broken,
+    /// The uplink is gone: nothing to read until it is reopened.
+    UplinkDown,
 }
 
 /// What happened to the RX side.
@@ -163,6 +172,10 @@ pub enum RxEvent {
     Broke,
     /// Busy-polling: look without waiting for the uplink.
     BusyPoll,
+    /// The uplink is gone.
+    UplinkLost,
+    /// The uplink was reopened.
+    UplinkBack,
 }
 
 impl RxState {
@@ -195,6 +208,12 @@ impl RxState {
             (S::Off, _) => S::Off,
             (S::Broken, _) => S::Broken,
             (_, E::Broke) => S::Broken,
+            (_, E::UplinkLost) => S::UplinkDown,
+            // Back: look at once (the guest's buffers may have been posted meanwhile).
+            (S::UplinkDown, E::UplinkBack) => S::Pending,
+            // Nothing is read from a gone uplink, whatever the guest does.
+            (S::UplinkDown, _) => S::UplinkDown,
+            (s, E::UplinkBack) => s,
             (_, E::NoBuffers) => S::NoBuffers,
             (_, E::Drained) => S::Waiting,
             (s, E::Budget) => s,
@@ -236,8 +255,20 @@ pub const TX_BLOCKED_RETRY_MS: i32 = 10;
 /// completion raises no event on the worker's fds.
 pub const IN_FLIGHT_POLL_MS: i32 = 1;
 
+/// While the uplink is gone, try to reopen it this often (ms).
+pub const UPLINK_REOPEN_MS: i32 = 1000;
+
+/// Whether the pair's uplink queue works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UplinkState {
+    /// It works.
+    Up,
+    /// It is gone (its device was deleted): not polled, reopened now and then.
+    Down,
+}
+
 /// How long the worker sleeps, given its states and whether TX packets are in flight.
-pub fn sleep(tx: TxState, rx: RxState, in_flight: bool) -> Sleep {
+pub fn sleep(tx: TxState, rx: RxState, uplink: UplinkState, in_flight: bool) -> Sleep {
     if tx.wants_look() || rx.wants_look() {
         return Sleep::No;
     }
@@ -249,6 +280,9 @@ pub fn sleep(tx: TxState, rx: RxState, in_flight: bool) -> Sleep {
     if tx == TxState::Blocked {
         return Sleep::Ms(TX_BLOCKED_RETRY_MS);
     }
+    if uplink == UplinkState::Down {
+        return Sleep::Ms(UPLINK_REOPEN_MS);
+    }
     Sleep::Forever
 }
 
@@ -259,7 +293,8 @@ mod tests {
     use TxEvent as E;
     use TxState as S;
 
-    const ALL_TX_EVENTS: [TxEvent; 9] = [
+    const ALL_TX_EVENTS: [TxEvent; 10] = [
+        E::UplinkLost,
         E::Kick,
         E::Drained { worked: false },
         E::Drained { worked: true },
@@ -444,6 +479,8 @@ mod tests {
             E::Budget,
             E::Broke,
             E::BusyPoll,
+            E::UplinkLost,
+            E::UplinkBack,
         ] {
             assert_eq!(S::Broken.on(ev), S::Broken, "{ev:?}");
             assert_eq!(S::Off.on(ev), S::Off, "{ev:?}");
@@ -451,20 +488,61 @@ mod tests {
         assert!(!S::Broken.wants_readable() && !S::Off.wants_readable());
     }
 
+    fn sleep4(tx: TxState, rx: RxState, in_flight: bool) -> Sleep {
+        sleep(tx, rx, UplinkState::Up, in_flight)
+    }
+
+    #[test]
+    fn a_gone_uplink_unblocks_tx_and_stops_rx_until_it_is_back() {
+        use RxEvent as R;
+        assert_eq!(S::Blocked.on(E::UplinkLost, true), (S::Pending, A::None));
+        for s in [S::Idle, S::Pending, S::HeldOff { due: false }, S::Broken] {
+            assert_eq!(s.on(E::UplinkLost, true), (s, A::None), "{s:?}");
+        }
+        for s in [RxState::Pending, RxState::Waiting, RxState::NoBuffers] {
+            assert_eq!(s.on(R::UplinkLost), RxState::UplinkDown, "{s:?}");
+        }
+        let down = RxState::UplinkDown;
+        assert!(!down.wants_readable() && !down.wants_look());
+        for ev in [
+            R::Kick,
+            R::UplinkReadable,
+            R::BusyPoll,
+            R::Drained,
+            R::Budget,
+        ] {
+            assert_eq!(down.on(ev), down, "{ev:?}");
+        }
+        assert_eq!(down.on(R::UplinkBack), RxState::Pending);
+        assert_eq!(RxState::Waiting.on(R::UplinkBack), RxState::Waiting);
+        assert_eq!(RxState::Broken.on(R::UplinkLost), RxState::Broken);
+        // Down: the worker wakes up to try to reopen it, unless it has work.
+        let (tx, rx) = (S::Idle, RxState::UplinkDown);
+        assert_eq!(
+            sleep(tx, rx, UplinkState::Down, false),
+            Sleep::Ms(UPLINK_REOPEN_MS)
+        );
+        assert_eq!(sleep(S::Pending, rx, UplinkState::Down, false), Sleep::No);
+        assert_eq!(sleep(tx, rx, UplinkState::Up, false), Sleep::Forever);
+    }
+
     #[test]
     fn the_worker_sleeps_only_when_nothing_is_due() {
         let rx = RxState::Waiting;
-        assert_eq!(sleep(S::Pending, rx, false), Sleep::No);
-        assert_eq!(sleep(S::Idle, RxState::Pending, true), Sleep::No);
-        assert_eq!(sleep(S::HeldOff { due: true }, rx, false), Sleep::No);
-        assert_eq!(sleep(S::Idle, rx, false), Sleep::Forever);
-        assert_eq!(sleep(S::HeldOff { due: false }, rx, false), Sleep::Forever);
-        assert_eq!(sleep(S::Broken, RxState::Broken, false), Sleep::Forever);
+        assert_eq!(sleep4(S::Pending, rx, false), Sleep::No);
+        assert_eq!(sleep4(S::Idle, RxState::Pending, true), Sleep::No);
+        assert_eq!(sleep4(S::HeldOff { due: true }, rx, false), Sleep::No);
+        assert_eq!(sleep4(S::Idle, rx, false), Sleep::Forever);
+        assert_eq!(sleep4(S::HeldOff { due: false }, rx, false), Sleep::Forever);
+        assert_eq!(sleep4(S::Broken, RxState::Broken, false), Sleep::Forever);
         // A blocked uplink that never reports writability is retried.
-        assert_eq!(sleep(S::Blocked, rx, false), Sleep::Ms(TX_BLOCKED_RETRY_MS));
+        assert_eq!(
+            sleep4(S::Blocked, rx, false),
+            Sleep::Ms(TX_BLOCKED_RETRY_MS)
+        );
         // Packets in flight complete without an event: look at them soon.
-        assert_eq!(sleep(S::Idle, rx, true), Sleep::Ms(IN_FLIGHT_POLL_MS));
-        assert_eq!(sleep(S::Blocked, rx, true), Sleep::Ms(IN_FLIGHT_POLL_MS));
+        assert_eq!(sleep4(S::Idle, rx, true), Sleep::Ms(IN_FLIGHT_POLL_MS));
+        assert_eq!(sleep4(S::Blocked, rx, true), Sleep::Ms(IN_FLIGHT_POLL_MS));
         assert_eq!(Sleep::Forever.timeout_ms(), -1);
         assert_eq!(Sleep::No.timeout_ms(), 0);
     }

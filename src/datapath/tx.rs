@@ -279,6 +279,8 @@ impl TxPath {
                         m.tx_eagain.inc();
                         break TxOutcome::Blocked;
                     }
+                    // Logged once by the worker when the uplink went away.
+                    Ok(SendStatus::Down) => m.tx_drop_uplink_down.inc(),
                     Ok(SendStatus::Dropped) => {
                         m.tx_drop_uplink.inc();
                         crate::log_limited!(

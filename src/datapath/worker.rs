@@ -18,7 +18,9 @@ use super::holdoff::HoldoffTimer;
 use super::poller::{Event, Poller};
 use super::ring::{Ring, RingSetup};
 use super::rx::{RxOutcome, RxPath};
-use super::state::{self, RxEvent, RxState, Sleep, TxAction, TxEvent, TxState};
+use super::state::{
+    self, RxEvent, RxState, Sleep, TxAction, TxEvent, TxState, UplinkState, UPLINK_REOPEN_MS,
+};
 use super::tx::{TxOutcome, TxPath};
 use crate::metrics::QueueMetrics;
 use crate::netmem::{GuestPageMap, SharedPageMap};
@@ -122,6 +124,11 @@ struct Pair {
     holdoff: Option<HoldoffTimer>,
     /// The snapshot generation the uplink was last given (u64::MAX: none yet).
     attached: u64,
+    uplink_state: UplinkState,
+    /// While the uplink is down: when to try reopening it next, and the last reason
+    /// it could not be (each new reason is logged once).
+    reopen_at: Instant,
+    reopen_error: Option<String>,
 }
 
 impl Pair {
@@ -231,6 +238,56 @@ impl Pair {
         Ok(())
     }
 
+    /// The uplink queue says it is gone: log it once, count it, stop polling it.
+    fn check_uplink(&mut self, pair: usize, poller: &mut Poller) -> io::Result<()> {
+        if self.uplink_state == UplinkState::Down {
+            return Ok(());
+        }
+        let Some(why) = self.uplink.down() else {
+            return Ok(());
+        };
+        log::error!(
+            "queue pair {pair}: {why}; not polled any more, guest TX is dropped \
+             (tx_drop_uplink_down), and reopened as soon as it exists again"
+        );
+        self.metrics.uplink_lost.inc();
+        poller.drop_uplink();
+        self.uplink_state = UplinkState::Down;
+        self.reopen_at = Instant::now();
+        self.reopen_error = None;
+        self.tx_event(TxEvent::UplinkLost)?;
+        self.rx_event(RxEvent::UplinkLost);
+        Ok(())
+    }
+
+    /// While the uplink is down, try to reopen it once per [`UPLINK_REOPEN_MS`].
+    fn try_reopen(&mut self, pair: usize, poller: &mut Poller) {
+        let now = Instant::now();
+        if self.uplink_state != UplinkState::Down || now < self.reopen_at {
+            return;
+        }
+        self.reopen_at = now + Duration::from_millis(UPLINK_REOPEN_MS.unsigned_abs().into());
+        match self.uplink.reopen() {
+            Ok(true) => {
+                log::info!("queue pair {pair}: uplink reopened, traffic resumes");
+                self.metrics.uplink_reopened.inc();
+                poller.set_uplink_fds(self.uplink.fd(), self.uplink.tx_fd());
+                self.uplink_state = UplinkState::Up;
+                self.rx_event(RxEvent::UplinkBack);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                let msg = e.to_string();
+                if self.reopen_error.as_deref() != Some(msg.as_str()) {
+                    log::error!(
+                        "queue pair {pair}: cannot reopen the uplink: {msg}; retrying every {UPLINK_REOPEN_MS} ms"
+                    );
+                    self.reopen_error = Some(msg);
+                }
+            }
+        }
+    }
+
     /// Return the chains of TX packets that completed meanwhile.
     fn poll_in_flight(&mut self) {
         if let Some(ring) = self.tx_ring.as_mut() {
@@ -243,7 +300,10 @@ impl Pair {
     /// The loop: work, sleep until something happens, turn it into events. Returns
     /// when asked to stop (or on an epoll failure).
     fn run(&mut self, pair: usize, exit: &EventFd, busy_poll: Option<Duration>) -> io::Result<()> {
-        let mut poller = Poller::new(self.uplink.fd(), self.uplink.tx_fd())?;
+        let mut poller = match self.uplink_state {
+            UplinkState::Up => Poller::new(self.uplink.fd(), self.uplink.tx_fd())?,
+            UplinkState::Down => Poller::new(None, None)?,
+        };
         poller.add_readable(exit.as_raw_fd(), Event::Exit)?;
         if let Some(r) = &self.rx_ring {
             poller.add_readable(r.kick.as_raw_fd(), Event::RxKick)?;
@@ -258,6 +318,7 @@ impl Pair {
         loop {
             let before = self.moved();
             self.work()?;
+            self.check_uplink(pair, &mut poller)?;
             poller.set_uplink(self.rx.wants_readable(), self.tx.wants_writable())?;
             // Busy-poll: keep looking at the rings without sleeping for a while after
             // the last packet moved.
@@ -270,7 +331,7 @@ impl Pair {
                 self.rx_event(RxEvent::BusyPoll);
             }
             let in_flight = self.tx_path.in_flight() > 0;
-            let sleep = state::sleep(self.tx, self.rx, in_flight);
+            let sleep = state::sleep(self.tx, self.rx, self.uplink_state, in_flight);
             let mut woken = false;
             for ready in poller.wait(sleep.timeout_ms())? {
                 woken = true;
@@ -296,6 +357,13 @@ impl Pair {
                     }
                     Event::Uplink => {
                         let f = ready.flags;
+                        if f.intersects(epoll::Events::EPOLLERR | epoll::Events::EPOLLHUP) {
+                            // A gone device reports an error for ever: find out first.
+                            self.uplink.probe();
+                            if self.uplink.down().is_some() {
+                                continue;
+                            }
+                        }
                         if f.intersects(epoll::Events::EPOLLOUT | epoll::Events::EPOLLERR) {
                             self.tx_event(TxEvent::UplinkWritable)?;
                         }
@@ -308,6 +376,8 @@ impl Pair {
             if in_flight {
                 self.poll_in_flight();
             }
+            self.check_uplink(pair, &mut poller)?;
+            self.try_reopen(pair, &mut poller);
             // A timed sleep that ended with nothing (the blocked retry, the in-flight
             // poll): a blocked uplink is tried again.
             if !woken && matches!(sleep, Sleep::Ms(_)) && self.tx == TxState::Blocked {
@@ -364,6 +434,17 @@ fn run(spec: WorkerSpec, exit: EventFd) -> StoppedWorker {
         }
         None => None,
     };
+    let uplink_state = match uplink.down() {
+        None => UplinkState::Up,
+        Some(why) => {
+            log::warn!("queue pair {pair}: {why}; reopened as soon as it exists again");
+            UplinkState::Down
+        }
+    };
+    let mut rx_state = RxState::start(rx_ring.is_some());
+    if uplink_state == UplinkState::Down {
+        rx_state = rx_state.on(RxEvent::UplinkLost);
+    }
     let mut p = Pair {
         features,
         mtu,
@@ -371,13 +452,16 @@ fn run(spec: WorkerSpec, exit: EventFd) -> StoppedWorker {
         metrics,
         uplink,
         tx: TxState::start(tx_ring.is_some()),
-        rx: RxState::start(rx_ring.is_some()),
+        rx: rx_state,
         tx_ring,
         rx_ring,
         tx_path: TxPath::default(),
         rx_path: RxPath::default(),
         holdoff,
         attached: u64::MAX,
+        uplink_state,
+        reopen_at: Instant::now(),
+        reopen_error: None,
     };
     if let Err(e) = p.run(pair, &exit, busy_poll) {
         log::error!("queue pair {pair}: worker stopped: {e}");

@@ -53,6 +53,9 @@ pub enum SendStatus {
     WouldBlock,
     /// The uplink refused the packet (counted by the caller as an uplink drop).
     Dropped,
+    /// The uplink queue is gone ([`UplinkQueue::down`] says why): the packet is
+    /// dropped (counted by the caller as `tx_drop_uplink_down`).
+    Down,
 }
 
 /// One queue pair's side of an uplink, owned by that pair's worker.
@@ -107,6 +110,23 @@ pub trait UplinkQueue: Send {
     /// Guest memory is going away (the frontend disconnected): release anything that
     /// refers to it.
     fn detach_memory(&mut self) {}
+
+    /// Why the queue is gone (its device was deleted), or None while it works. A gone
+    /// queue answers every send with [`SendStatus::Down`] and is not polled; the
+    /// worker calls [`Self::reopen`] now and then.
+    fn down(&self) -> Option<&str> {
+        None
+    }
+
+    /// Find out whether the queue is still there (its fd reported an error or a
+    /// hang-up); [`Self::down`] tells the answer.
+    fn probe(&mut self) {}
+
+    /// Try to bring a gone queue back: Ok(true) when it works again (its fds may have
+    /// changed), Ok(false) when its device is not back yet.
+    fn reopen(&mut self) -> Result<bool, UplinkError> {
+        Ok(false)
+    }
 }
 
 /// An uplink device.

@@ -4,11 +4,20 @@
 //!
 //! TX is one `writev` of [virtio header, frags...]; RX is one `readv` straight into the
 //! guest's buffers.
+//!
+//! A TAP deleted under a running backend (`ip link del`) leaves its fds detached: every
+//! read and write fails with EBADFD and epoll reports EPOLLERR for ever. The queue then
+//! says it is down ([`UplinkQueue::down`]), answers sends with [`SendStatus::Down`], and
+//! [`UplinkQueue::reopen`] attaches to a TAP of the same name once one exists again,
+//! with the vnet header size and the offloads the guest acked.
 
+use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use smallvec::SmallVec;
 
@@ -194,59 +203,21 @@ fn set_link_up(name: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// A TAP device with one queue per queue pair.
-pub struct Tap {
+/// What the queues of one TAP share: its name, its queue mode, the offloads the guest
+/// acked, and the fd offloads are set through (queue 0's, renewed when it reopens).
+struct TapShared {
     name: String,
-    control: File,
-    queues: QueueSlots,
+    multi_queue: bool,
+    offloads: AtomicU32,
+    control: Mutex<File>,
 }
 
-impl Tap {
-    /// Open (or create) the TAP `name` (a `%d` pattern lets the kernel pick) with
-    /// `queue_pairs` queues.
-    pub fn open(name: &str, queue_pairs: usize) -> Result<Self, TapError> {
-        if !valid_ifname(name) {
-            return Err(TapError::InvalidName(name.to_string()));
-        }
-        let existed =
-            !name.contains('%') && std::path::Path::new("/sys/class/net").join(name).exists();
-        let multi_queue = queue_pairs > 1;
-        let (first, actual) = open_queue(name, multi_queue)?;
-        let mut files = vec![first];
-        for _ in 1..queue_pairs {
-            files.push(open_queue(&actual, multi_queue)?.0);
-        }
-        if existed {
-            log::info!("attached to existing tap {actual} ({queue_pairs} queue(s))");
-        } else {
-            log::info!("created tap {actual} ({queue_pairs} queue(s))");
-            if let Err(e) = set_link_up(&actual) {
-                log::warn!("cannot bring tap {actual} up: {e}");
-            }
-        }
-        let control = files[0].try_clone().map_err(TapError::OpenTun)?;
-        let queues = files
-            .into_iter()
-            .map(|file| Box::new(TapQueue { file }) as Box<dyn UplinkQueue>)
-            .collect();
-        Ok(Tap {
-            name: actual,
-            control,
-            queues: QueueSlots::new(queues),
-        })
-    }
-
-    /// The interface name the kernel gave.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Set `TUNSETOFFLOAD` bits.
-    pub fn set_offload(&self, flags: u32) -> Result<(), TapError> {
+impl TapShared {
+    fn set_offload_on(&self, file: &File, flags: u32) -> Result<(), TapError> {
         // SAFETY: TUNSETOFFLOAD takes the flags by value; the fd is a tun fd we own.
         let ret = unsafe {
             libc::ioctl(
-                self.control.as_raw_fd(),
+                file.as_raw_fd(),
                 TUNSETOFFLOAD(),
                 libc::c_ulong::from(flags),
             )
@@ -262,9 +233,88 @@ impl Tap {
     }
 }
 
+/// A TAP device with one queue per queue pair.
+pub struct Tap {
+    shared: Arc<TapShared>,
+    queues: QueueSlots,
+}
+
+/// Whether an interface called `name` exists in this network namespace.
+fn link_exists(name: &str) -> bool {
+    let Ok(c) = CString::new(name) else {
+        return false;
+    };
+    // SAFETY: if_nametoindex reads the NUL-terminated string, which lives across the
+    // call.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+}
+
+impl Tap {
+    /// Open (or create) the TAP `name` (a `%d` pattern lets the kernel pick) with
+    /// `queue_pairs` queues.
+    pub fn open(name: &str, queue_pairs: usize) -> Result<Self, TapError> {
+        if !valid_ifname(name) {
+            return Err(TapError::InvalidName(name.to_string()));
+        }
+        let existed = !name.contains('%') && link_exists(name);
+        let multi_queue = queue_pairs > 1;
+        let (first, actual) = open_queue(name, multi_queue)?;
+        let mut files = vec![first];
+        for _ in 1..queue_pairs {
+            files.push(open_queue(&actual, multi_queue)?.0);
+        }
+        if existed {
+            log::info!("attached to existing tap {actual} ({queue_pairs} queue(s))");
+        } else {
+            log::info!("created tap {actual} ({queue_pairs} queue(s))");
+            if let Err(e) = set_link_up(&actual) {
+                log::warn!("cannot bring tap {actual} up: {e}");
+            }
+        }
+        let shared = Arc::new(TapShared {
+            name: actual,
+            multi_queue,
+            offloads: AtomicU32::new(0),
+            control: Mutex::new(files[0].try_clone().map_err(TapError::OpenTun)?),
+        });
+        let queues = files
+            .into_iter()
+            .enumerate()
+            .map(|(pair, file)| {
+                Box::new(TapQueue {
+                    file,
+                    first: pair == 0,
+                    shared: Arc::clone(&shared),
+                    down: None,
+                }) as Box<dyn UplinkQueue>
+            })
+            .collect();
+        Ok(Tap {
+            shared,
+            queues: QueueSlots::new(queues),
+        })
+    }
+
+    /// The interface name the kernel gave.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Set `TUNSETOFFLOAD` bits (remembered for a queue that reopens later).
+    pub fn set_offload(&self, flags: u32) -> Result<(), TapError> {
+        self.shared.offloads.store(flags, Ordering::Relaxed);
+        let control = self
+            .shared
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.shared.set_offload_on(&control, flags)
+    }
+}
+
 impl Uplink for Tap {
     fn describe(&self) -> String {
-        format!("tap {}", self.name)
+        format!("tap {}", self.shared.name)
     }
 
     fn take_queue(&self, pair: usize) -> Result<Box<dyn UplinkQueue>, UplinkError> {
@@ -278,7 +328,7 @@ impl Uplink for Tap {
     fn apply_features(&self, features: Features) -> Result<(), UplinkError> {
         let flags = offload_flags(features);
         self.set_offload(flags)?;
-        log::info!("tap {}: offloads {flags:#x}", self.name);
+        log::info!("tap {}: offloads {flags:#x}", self.shared.name);
         Ok(())
     }
 }
@@ -286,6 +336,23 @@ impl Uplink for Tap {
 /// One queue of a TAP: a non-blocking tun fd.
 pub struct TapQueue {
     file: File,
+    /// Queue 0 renews the shared control fd when it reopens.
+    first: bool,
+    shared: Arc<TapShared>,
+    /// Why the queue is gone (its TAP was deleted), None while it works.
+    down: Option<String>,
+}
+
+impl TapQueue {
+    /// Whether `e` says the TAP behind the fd is gone: a detached tun fd fails every
+    /// read and write with EBADFD. Records it.
+    fn gone(&mut self, e: &io::Error) -> bool {
+        if e.raw_os_error() != Some(libc::EBADFD) {
+            return false;
+        }
+        self.down = Some(format!("tap {} is gone: {e}", self.shared.name));
+        true
+    }
 }
 
 type IoVecs = SmallVec<[libc::iovec; MAX_INLINE_FRAGS + 1]>;
@@ -300,6 +367,9 @@ impl UplinkQueue for TapQueue {
     }
 
     fn send(&mut self, hdr: &VirtioNetHdr, pkt: &FragList<'_>) -> Result<SendStatus, UplinkError> {
+        if self.down.is_some() {
+            return Ok(SendStatus::Down);
+        }
         let hdr_bytes = hdr.to_bytes();
         let mut iov = IoVecs::new();
         iov.push(libc::iovec {
@@ -317,6 +387,9 @@ impl UplinkQueue for TapQueue {
             if would_block(&e) {
                 return Ok(SendStatus::WouldBlock);
             }
+            if self.gone(&e) {
+                return Ok(SendStatus::Down);
+            }
             // EINVAL/EFAULT/EIO: the kernel refused this packet; the worker counts and
             // reports it, and the next packets keep flowing.
             return Err(UplinkError::Io(e));
@@ -325,6 +398,9 @@ impl UplinkQueue for TapQueue {
     }
 
     fn recv(&mut self, bufs: &FragList<'_>) -> Result<Option<usize>, UplinkError> {
+        if self.down.is_some() {
+            return Ok(None);
+        }
         let iov = bufs.iovecs();
         let cnt = libc::c_int::try_from(iov.len()).unwrap_or(libc::c_int::MAX);
         // SAFETY: the iovecs point at guest buffers of a live snapshot that `bufs`
@@ -333,12 +409,60 @@ impl UplinkQueue for TapQueue {
         let n = unsafe { libc::readv(self.file.as_raw_fd(), iov.as_ptr(), cnt) };
         if n < 0 {
             let e = io::Error::last_os_error();
-            if would_block(&e) {
+            if would_block(&e) || self.gone(&e) {
                 return Ok(None);
             }
             return Err(UplinkError::Io(e));
         }
         Ok(Some(usize::try_from(n).unwrap_or(0)))
+    }
+
+    fn down(&self) -> Option<&str> {
+        self.down.as_deref()
+    }
+
+    fn probe(&mut self) {
+        if self.down.is_some() {
+            return;
+        }
+        // A zero-length read costs nothing on a live tun fd (it returns 0 or EAGAIN)
+        // and fails with EBADFD on a detached one.
+        let mut byte = 0u8;
+        // SAFETY: reads at most 0 bytes into a live local.
+        let n = unsafe {
+            libc::read(
+                self.file.as_raw_fd(),
+                std::ptr::addr_of_mut!(byte).cast(),
+                0,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            self.gone(&e);
+        }
+    }
+
+    fn reopen(&mut self) -> Result<bool, UplinkError> {
+        if self.down.is_none() {
+            return Ok(true);
+        }
+        if !link_exists(&self.shared.name) {
+            return Ok(false);
+        }
+        let (file, _) = open_queue(&self.shared.name, self.shared.multi_queue)?;
+        self.shared
+            .set_offload_on(&file, self.shared.offloads.load(Ordering::Relaxed))?;
+        if self.first {
+            let clone = file.try_clone().map_err(TapError::OpenTun)?;
+            *self
+                .shared
+                .control
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = clone;
+        }
+        self.file = file;
+        self.down = None;
+        Ok(true)
     }
 }
 
