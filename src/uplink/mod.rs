@@ -35,9 +35,6 @@ pub enum UplinkError {
     /// No such queue.
     #[error("uplink has no queue {0}")]
     NoQueue(usize),
-    /// Other uplink kinds report their own errors.
-    #[error("{0}")]
-    Other(String),
 }
 
 /// Outcome of [`UplinkQueue::send`].

@@ -7,11 +7,21 @@
 //! a buffer address that wraps) instead of silently ending the chain.
 
 use smallvec::SmallVec;
+use virtio_bindings::virtio_ring;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-const VRING_DESC_F_NEXT: u16 = 1;
-const VRING_DESC_F_WRITE: u16 = 2;
-const VRING_DESC_F_INDIRECT: u16 = 4;
+/// A `vring_desc.flags` bit of the bindings (which are `u32`) as the `u16` the
+/// descriptor carries. Only used in the constants below, so the range check runs at
+/// compile time: a bit that did not fit would not build.
+#[allow(clippy::cast_possible_truncation)] // the range is asserted first
+const fn desc_flag(flag: u32) -> u16 {
+    assert!(flag <= u16::MAX as u32, "vring_desc.flags is 16 bits wide");
+    flag as u16
+}
+
+const VRING_DESC_F_NEXT: u16 = desc_flag(virtio_ring::VRING_DESC_F_NEXT);
+const VRING_DESC_F_WRITE: u16 = desc_flag(virtio_ring::VRING_DESC_F_WRITE);
+const VRING_DESC_F_INDIRECT: u16 = desc_flag(virtio_ring::VRING_DESC_F_INDIRECT);
 const DESC_SIZE: u64 = 16;
 
 /// One buffer of a chain.
