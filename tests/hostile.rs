@@ -7,8 +7,9 @@
 
 mod common;
 
+use common::connection::Connection;
 use common::daemon::Daemon;
-use common::guest::{bit, start_loopback, Connection, Guest, GuestConfig, BASE_FEATURES};
+use common::guest::{bit, start_loopback, Guest, GuestConfig, BASE_FEATURES};
 use common::memory::HOLE_GPA;
 use common::packet::{
     guest_frames, ipv4_tcp_frame, pattern, VnetHdr, BROADCAST, GUEST_MAC,

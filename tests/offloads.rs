@@ -10,10 +10,9 @@
 
 mod common;
 
+use common::connection::Connection;
 use common::daemon::Daemon;
-use common::guest::{
-    bit, start_on_tap, Connection, Guest, GuestConfig, RxPacket, TxLayout, BASE_FEATURES,
-};
+use common::guest::{bit, start_on_tap, Guest, GuestConfig, RxPacket, TxLayout, BASE_FEATURES};
 use common::netns::{NetNs, PacketSocket};
 use common::packet::{
     assert_bytes, complete_csum, ipv4_udp_frame, ipv4_udp_frame_partial_csum, pattern, tcp_frame,

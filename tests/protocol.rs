@@ -6,8 +6,9 @@ mod common;
 use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
 
+use common::connection::{SetupOrder, HDR_VERSION};
 use common::daemon::Daemon;
-use common::guest::{bit, start_loopback, Guest, GuestConfig, SetupOrder, HDR_VERSION};
+use common::guest::{bit, start_loopback, Guest, GuestConfig};
 use common::packet::{guest_frames, GUEST_MAC, GUEST_MAC_STR};
 use common::{unique, STATS_TIMEOUT, TIMEOUT};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;

@@ -8,8 +8,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use common::connection::Connection;
 use common::daemon::Daemon;
-use common::guest::{bit, start_on_tap, Connection, Guest, GuestConfig, BASE_FEATURES};
+use common::guest::{bit, start_on_tap, Guest, GuestConfig, BASE_FEATURES};
 use common::netns::{NetNs, PacketSocket};
 use common::packet::{
     assert_bytes, guest_frames, ipv4_tcp_frame, ipv4_udp_frame, pattern, test_frame, total_len,

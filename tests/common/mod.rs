@@ -5,9 +5,11 @@
 //!   file offsets (as QEMU sends them), with a bump allocator per region.
 //! - [`ring`]: the driver side of a split virtqueue: descriptor table, avail and used
 //!   rings in guest memory, direct / indirect / raw (hostile) chains, EVENT_IDX.
-//! - [`guest`]: a virtio-net "guest": queue pairs, eventfds, the vhost-user setup
-//!   through `vhost::vhost_user::Frontend` (plus raw messages where the `Frontend` API
-//!   refuses an order QEMU really sends), TX sending and RX receiving.
+//! - [`connection`]: the VMM's vhost-user connection: the setup messages through
+//!   `vhost::vhost_user::Frontend`, raw messages where the `Frontend` API refuses an
+//!   order QEMU really sends (or for malformed ones), the request codes they use.
+//! - [`guest`]: a virtio-net "guest" driver: queue pairs, eventfds, TX sending and RX
+//!   receiving.
 //! - [`daemon`]: the real `vhost-netmem` binary as a child process (optionally inside a
 //!   network namespace), killed by PID on drop, stderr captured for failure messages.
 //! - [`stats`]: the daemon's `--stats-file` JSON.
@@ -23,6 +25,7 @@
 // Each test crate compiles this module and uses a different subset of it.
 #![allow(dead_code)]
 
+pub mod connection;
 pub mod daemon;
 pub mod guest;
 pub mod memory;
