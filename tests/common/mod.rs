@@ -8,7 +8,9 @@
 //! - [`connection`]: the VMM's vhost-user connection: the setup messages through
 //!   `vhost::vhost_user::Frontend`, raw messages where the `Frontend` API refuses an
 //!   order QEMU really sends (or for malformed ones), the request codes they use.
-//! - [`guest`]: a virtio-net "guest" driver: queue pairs, eventfds, TX sending and RX
+//! - [`queue`]: one virtqueue of the guest driver: its ring, kick and call eventfds,
+//!   waits for used entries; an RX and a TX queue make a queue pair.
+//! - [`guest`]: a virtio-net "guest" driver: memory, queue pairs, TX sending and RX
 //!   receiving.
 //! - [`daemon`]: the real `vhost-netmem` binary as a child process (optionally inside a
 //!   network namespace), killed by PID on drop, stderr captured for failure messages.
@@ -31,6 +33,7 @@ pub mod guest;
 pub mod memory;
 pub mod netns;
 pub mod packet;
+pub mod queue;
 pub mod ring;
 pub mod stats;
 
