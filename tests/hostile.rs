@@ -9,12 +9,13 @@ mod common;
 
 use common::connection::Connection;
 use common::daemon::Daemon;
-use common::guest::{bit, start_loopback, Guest, GuestConfig, BASE_FEATURES};
+use common::guest::{bit, Guest, GuestConfig, BASE_FEATURES};
 use common::memory::HOLE_GPA;
 use common::packet::{
     guest_frames, ipv4_tcp_frame, pattern, VnetHdr, BROADCAST, GUEST_MAC,
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4,
 };
+use common::rig::start_loopback;
 use common::ring::{Buf, Desc, SplitRing, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT};
 use common::STATS_TIMEOUT;
 use std::time::Duration;

@@ -6,9 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::guest::{bit, start_loopback, GuestConfig, TxLayout, BASE_FEATURES};
+use common::guest::{bit, GuestConfig, TxLayout, BASE_FEATURES};
 use common::memory::REGIONS;
 use common::packet::{guest_frames, total_len, VnetHdr};
+use common::rig::start_loopback;
 use common::ring::Buf;
 use common::{STATS_TIMEOUT, TIMEOUT};
 use vhost::vhost_user::VhostUserFrontend;

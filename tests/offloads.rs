@@ -12,7 +12,7 @@ mod common;
 
 use common::connection::Connection;
 use common::daemon::Daemon;
-use common::guest::{bit, start_on_tap, Guest, GuestConfig, RxPacket, TxLayout, BASE_FEATURES};
+use common::guest::{bit, Guest, GuestConfig, RxPacket, TxLayout, BASE_FEATURES};
 use common::netns::{NetNs, PacketSocket};
 use common::packet::{
     assert_bytes, complete_csum, ipv4_udp_frame, ipv4_udp_frame_partial_csum, pattern, tcp_frame,
@@ -21,6 +21,7 @@ use common::packet::{
     VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN,
     VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV6,
 };
+use common::rig::start_on_tap;
 use common::ring::Used;
 use common::stats::Stats;
 use common::{STATS_TIMEOUT, TIMEOUT};

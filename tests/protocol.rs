@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use common::connection::{SetupOrder, HDR_VERSION};
 use common::daemon::Daemon;
-use common::guest::{bit, start_loopback, Guest, GuestConfig};
+use common::guest::{bit, Guest, GuestConfig};
 use common::packet::{guest_frames, GUEST_MAC, GUEST_MAC_STR};
+use common::rig::start_loopback;
 use common::{unique, STATS_TIMEOUT, TIMEOUT};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::VhostUserFrontend;

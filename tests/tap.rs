@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 
 use common::connection::Connection;
 use common::daemon::Daemon;
-use common::guest::{bit, start_on_tap, Guest, GuestConfig, BASE_FEATURES};
+use common::guest::{bit, Guest, GuestConfig, BASE_FEATURES};
 use common::netns::{NetNs, PacketSocket};
 use common::packet::{
     assert_bytes, guest_frames, ipv4_tcp_frame, ipv4_udp_frame, pattern, test_frame, total_len,
     VnetHdr, ETH_P_IP, ETH_P_TEST, GUEST_MAC, PEER_MAC, VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
 };
+use common::rig::start_on_tap;
 use common::ring::Buf;
 use common::{STATS_TIMEOUT, TIMEOUT};
 use virtio_bindings::virtio_net::{

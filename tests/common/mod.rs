@@ -12,6 +12,8 @@
 //!   waits for used entries; an RX and a TX queue make a queue pair.
 //! - [`guest`]: a virtio-net "guest" driver: memory, queue pairs, TX sending and RX
 //!   receiving.
+//! - [`rig`]: a daemon and a guest connected to it, on the loopback uplink or on a TAP
+//!   in a fresh namespace.
 //! - [`daemon`]: the real `vhost-netmem` binary as a child process (optionally inside a
 //!   network namespace), killed by PID on drop, stderr captured for failure messages.
 //! - [`stats`]: the daemon's `--stats-file` JSON.
@@ -34,6 +36,7 @@ pub mod memory;
 pub mod netns;
 pub mod packet;
 pub mod queue;
+pub mod rig;
 pub mod ring;
 pub mod stats;
 
