@@ -184,24 +184,3 @@ impl Rig {
         }
     }
 }
-
-/// A daemon with the loopback uplink and a guest attached to it (`cfg.pairs` pairs).
-pub fn start_loopback(cfg: GuestConfig, extra_args: &[&str]) -> (Daemon, Guest, Connection) {
-    let pairs = cfg.pairs.to_string();
-    let size = cfg.queue_size.to_string();
-    let mut args = vec![
-        "--uplink",
-        "loopback",
-        "--queues",
-        &pairs,
-        "--queue-size",
-        &size,
-        "--mac",
-        GUEST_MAC_STR,
-    ];
-    args.extend_from_slice(extra_args);
-    let mut daemon = Daemon::spawn(&args, None);
-    let mut guest = Guest::new(cfg);
-    let conn = guest.attach(&mut daemon);
-    (daemon, guest, conn)
-}
