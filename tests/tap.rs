@@ -48,9 +48,7 @@ fn tx_frames_arrive_on_the_tap() {
         return;
     };
     let frames = guest_frames(1000, 16, 60, 1514);
-    r.g.send(0, &frames);
-    r.g.wait_tx(0, frames.len());
-    r.expect_at_peer(&frames, "guest frame");
+    r.send_to_peer(0, &frames);
     let s = r.d.wait_stats("16 TX packets", STATS_TIMEOUT, |s| {
         s.queue(0, "tx_packets") == 16
     });
@@ -103,9 +101,7 @@ fn rx_without_mrg_rxbuf_and_event_idx() {
         );
     }
     let tx = guest_frames(3100, 8, 60, 1514);
-    r.g.send(0, &tx);
-    r.g.wait_tx(0, tx.len());
-    r.expect_at_peer(&tx, "guest frame");
+    r.send_to_peer(0, &tx);
 }
 
 #[test]
@@ -260,9 +256,7 @@ fn reconnect_keeps_the_tap_and_rx_resumes_without_a_kick() {
     };
     r.g.post_rx(0, 16, 2048);
     let tx = guest_frames(6000, 4, 60, 1514);
-    r.g.send(0, &tx);
-    r.g.wait_tx(0, 4);
-    r.expect_at_peer(&tx, "guest frame");
+    r.send_to_peer(0, &tx);
     let rx = peer_frames(6100, 4, 60, 1514);
     r.inject(&rx, ETH_P_TEST);
     for (p, f) in r.g.recv(0, 4, TIMEOUT).iter().zip(&rx) {
@@ -283,9 +277,7 @@ fn reconnect_keeps_the_tap_and_rx_resumes_without_a_kick() {
         );
     }
     let tx = guest_frames(6300, 4, 60, 1514);
-    r.g.send(0, &tx);
-    r.g.wait_tx(0, 4);
-    r.expect_at_peer(&tx, "guest frame");
+    r.send_to_peer(0, &tx);
 }
 
 #[test]

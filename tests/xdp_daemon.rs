@@ -28,9 +28,7 @@ fn guest_traffic_crosses_the_xdp_uplink_both_ways() {
         return;
     };
     let frames = guest_frames(7000, 32, 60, 1514);
-    r.g.send(0, &frames);
-    r.g.wait_tx(0, frames.len());
-    r.expect_at_peer(&frames, "guest frame");
+    r.send_to_peer(0, &frames);
 
     r.g.post_rx(0, 64, 2048);
     let inbound: Vec<Vec<u8>> = (0..32u32)

@@ -771,9 +771,7 @@ fn daemon_stats_show_page_pool_and_xdp_counters() {
     };
 
     let tx = guest_frames(300, 32, 60, 1514);
-    r.g.send(0, &tx);
-    r.g.wait_tx(0, tx.len());
-    r.expect_at_peer(&tx, "guest frame");
+    r.send_to_peer(0, &tx);
 
     r.g.post_rx(0, 64, 2048);
     let rx: Vec<Vec<u8>> = (0..16u32)
@@ -1135,9 +1133,7 @@ fn daemon_zero_copy_tx_returns_chains_after_completion() {
     };
 
     let frames = guest_frames(700, 48, 60, 1514);
-    r.g.send(0, &frames);
-    r.g.wait_tx(0, frames.len());
-    r.expect_at_peer(&frames, "guest frame");
+    r.send_to_peer(0, &frames);
     let s = r.d.wait_stats("zero-copy completions", STATS_TIMEOUT, |s| {
         s.group_counter(Some(0), "xdp", "tx_zc_completed") == 48
     });

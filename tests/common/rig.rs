@@ -177,6 +177,14 @@ impl Rig {
         }
     }
 
+    /// Send `frames` on `pair`, wait for their chains to come back, and expect the frames
+    /// at the peer's end, in order, byte for byte.
+    pub fn send_to_peer(&mut self, pair: usize, frames: &[Vec<u8>]) {
+        self.g.send(pair, frames);
+        self.g.wait_tx(pair, frames.len());
+        self.expect_at_peer(frames, "guest frame");
+    }
+
     /// Send `frames` from the peer's end towards the guest, as `ethertype`.
     pub fn inject(&self, frames: &[Vec<u8>], ethertype: u16) {
         for f in frames {
