@@ -91,7 +91,7 @@ fn socket_in_a_missing_directory() {
 /// `extra` options) is refused; the first keeps running and then serves a guest.
 fn socket_in_use_case(extra: &[&str]) {
     let cfg = GuestConfig::default();
-    let mut first = Rig::daemon(&cfg, &["--uplink", "loopback"], extra, None);
+    let mut first = Rig::spawn_daemon(&cfg, &["--uplink", "loopback"], extra, None);
     first.wait_socket_file(TIMEOUT);
     let path = first.socket.display().to_string();
     refused(&["--socket", &path, "--uplink", "null"], "in use");
@@ -100,7 +100,7 @@ fn socket_in_use_case(extra: &[&str]) {
     first.assert_running(&format!(
         "({extra:?}) after a second daemon was refused its socket path"
     ));
-    let mut r = Rig::start(first, cfg);
+    let mut r = Rig::attach(first, cfg);
     r.g.loopback_roundtrip(0, &guest_frames(1, 4, 60, 1514));
 }
 

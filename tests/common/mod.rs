@@ -12,8 +12,9 @@
 //!   waits for used entries; an RX and a TX queue make a queue pair.
 //! - [`guest`]: a virtio-net "guest" driver: memory, queue pairs, TX sending and RX
 //!   receiving.
-//! - [`rig`]: a daemon and a guest connected to it, on the loopback uplink or on a TAP
-//!   in a fresh namespace.
+//! - [`rig`]: the daemon and a guest connected to it, on the loopback uplink, or on a
+//!   TAP or an AF_XDP veth in a fresh namespace with AF_PACKET sockets on the peer's
+//!   end; connect / disconnect, frames checked at the peer and injected from it.
 //! - [`daemon`]: the real `vhost-netmem` binary as a child process (optionally inside a
 //!   network namespace), killed by PID on drop, stderr captured for failure messages.
 //! - [`stats`]: the daemon's `--stats-file` JSON.

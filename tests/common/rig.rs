@@ -48,7 +48,7 @@ impl Rig {
     /// The daemon for a guest of `cfg`: the `uplink` options, `--queues` and
     /// `--queue-size` from `cfg`, the guest's `--mac`, then `extra`; inside `ns` when
     /// given. Not connected yet.
-    pub fn daemon(
+    pub fn spawn_daemon(
         cfg: &GuestConfig,
         uplink: &[&str],
         extra: &[&str],
@@ -64,7 +64,7 @@ impl Rig {
     }
 
     /// A guest of `cfg` connected to the running daemon `d`.
-    pub fn start(mut d: Daemon, cfg: GuestConfig) -> Rig {
+    pub fn attach(mut d: Daemon, cfg: GuestConfig) -> Rig {
         let mut g = Guest::new(cfg);
         let c = g.attach(&mut d);
         Rig {
@@ -79,8 +79,8 @@ impl Rig {
     /// A daemon with the loopback uplink (TX reflected to RX on the same pair) started
     /// with `extra` options, and a guest of `cfg` connected to it.
     pub fn loopback(cfg: GuestConfig, extra: &[&str]) -> Rig {
-        let d = Self::daemon(&cfg, &["--uplink", "loopback"], extra, None);
-        Self::start(d, cfg)
+        let d = Self::spawn_daemon(&cfg, &["--uplink", "loopback"], extra, None);
+        Self::attach(d, cfg)
     }
 
     /// A daemon on TAP `tap` inside a fresh namespace (link up), a guest of `cfg`
@@ -91,8 +91,8 @@ impl Rig {
             return None;
         }
         let ns = NetNs::new();
-        let d = Self::daemon(&cfg, &["--tap", tap], &[], Some(&ns));
-        let mut r = Self::start(d, cfg);
+        let d = Self::spawn_daemon(&cfg, &["--tap", tap], &[], Some(&ns));
+        let mut r = Self::attach(d, cfg);
         ns.wait_link(tap, &mut r.d, TIMEOUT);
         ns.link_up(tap);
         r.peer = Some(Peer::open(&ns, tap));
@@ -116,8 +116,8 @@ impl Rig {
         }
         let ns = NetNs::new();
         ns.veth(xdp_end, peer_end, queues);
-        let d = Self::daemon(&cfg, &["--xdp", xdp_end], extra, Some(&ns));
-        let mut r = Self::start(d, cfg);
+        let d = Self::spawn_daemon(&cfg, &["--xdp", xdp_end], extra, Some(&ns));
+        let mut r = Self::attach(d, cfg);
         r.peer = Some(Peer::open(&ns, peer_end));
         r.ns = Some(ns);
         Some(r)
@@ -125,12 +125,12 @@ impl Rig {
 
     /// The rig's network namespace.
     pub fn ns(&self) -> &NetNs {
-        self.ns.as_ref().expect("a rig without a namespace")
+        self.ns.as_ref().expect("a loopback rig has no namespace")
     }
 
     /// The peer's end of the link.
     pub fn peer(&self) -> &Peer {
-        self.peer.as_ref().expect("a rig without a peer link")
+        self.peer.as_ref().expect("a loopback rig has no peer")
     }
 
     /// The guest's vhost-user connection.
