@@ -4,9 +4,12 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::daemon::Daemon;
-use common::guest::{Guest, GuestConfig};
-use common::packet::{guest_frames, GUEST_MAC_STR};
+use common::guest::GuestConfig;
+use common::packet::guest_frames;
+use common::rig::Rig;
 use common::{unique, TIMEOUT};
 
 /// Run the daemon with `args`; expect a non-zero exit and exactly one error line that
@@ -84,32 +87,31 @@ fn socket_in_a_missing_directory() {
     refused(&["--socket", &s, "--uplink", "null"], &dir);
 }
 
-#[test]
-fn socket_in_use_is_refused_and_the_first_daemon_keeps_serving() {
-    let mut first = Daemon::spawn(&["--uplink", "loopback", "--mac", GUEST_MAC_STR], None);
+/// A second daemon given the socket path of a running loopback daemon (started with
+/// `extra` options) is refused; the first keeps running and then serves a guest.
+fn socket_in_use_case(extra: &[&str]) {
+    let cfg = GuestConfig::default();
+    let mut first = Rig::spawn_daemon(&cfg, &["--uplink", "loopback"], extra, None);
     first.wait_socket_file(TIMEOUT);
     let path = first.socket.display().to_string();
     refused(&["--socket", &path, "--uplink", "null"], "in use");
-    first.assert_running("after a second daemon was refused its socket path");
-    let mut g = Guest::new(GuestConfig::default());
-    let _c = g.attach(&mut first);
-    g.loopback_roundtrip(0, &guest_frames(1, 4, 60, 1514));
+    // A --once daemon that took the refused daemon's probe for its frontend exits now.
+    std::thread::sleep(Duration::from_millis(200));
+    first.assert_running(&format!(
+        "({extra:?}) after a second daemon was refused its socket path"
+    ));
+    let mut r = Rig::attach(first, cfg);
+    r.g.loopback_roundtrip(0, &guest_frames(1, 4, 60, 1514));
+}
+
+#[test]
+fn socket_in_use_is_refused_and_the_first_daemon_keeps_serving() {
+    socket_in_use_case(&[]);
 }
 
 #[test]
 fn socket_in_use_probe_does_not_end_a_once_daemon() {
     // With --once the first daemon exits after its first frontend: a second daemon
     // checking whether the path is in use must not count as that frontend.
-    let mut first = Daemon::spawn(
-        &["--uplink", "loopback", "--once", "--mac", GUEST_MAC_STR],
-        None,
-    );
-    first.wait_socket_file(TIMEOUT);
-    let path = first.socket.display().to_string();
-    refused(&["--socket", &path, "--uplink", "null"], "in use");
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    first.assert_running("(--once) after a second daemon was refused its socket path");
-    let mut g = Guest::new(GuestConfig::default());
-    let _c = g.attach(&mut first);
-    g.loopback_roundtrip(0, &guest_frames(5, 4, 60, 1514));
+    socket_in_use_case(&["--once"]);
 }

@@ -8,12 +8,13 @@
 mod common;
 
 use common::daemon::Daemon;
-use common::guest::{bit, start_loopback, Connection, Guest, GuestConfig, BASE_FEATURES};
+use common::guest::{bit, Guest, GuestConfig, BASE_FEATURES};
 use common::memory::HOLE_GPA;
 use common::packet::{
     guest_frames, ipv4_tcp_frame, pattern, VnetHdr, BROADCAST, GUEST_MAC,
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4,
 };
+use common::rig::Rig;
 use common::ring::{Buf, Desc, SplitRing, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT};
 use common::STATS_TIMEOUT;
 use std::time::Duration;
@@ -23,11 +24,11 @@ use virtio_bindings::virtio_net::{
 
 const QUEUE_SIZE: u16 = 64;
 
-fn rig() -> (Daemon, Guest, Connection) {
+fn rig() -> Rig {
     rig_with(&[])
 }
 
-fn rig_with(args: &[&str]) -> (Daemon, Guest, Connection) {
+fn rig_with(args: &[&str]) -> Rig {
     let cfg = GuestConfig {
         pairs: 2,
         queue_size: QUEUE_SIZE,
@@ -38,7 +39,7 @@ fn rig_with(args: &[&str]) -> (Daemon, Guest, Connection) {
             | bit(VIRTIO_NET_F_HOST_TSO6),
         ..GuestConfig::default()
     };
-    start_loopback(cfg, args)
+    Rig::loopback(cfg, args)
 }
 
 /// A valid 12-byte header in region 0 and a frame in region 1.
@@ -54,12 +55,12 @@ fn good_parts(g: &Guest, seed: u32, len: usize) -> (Buf, Buf) {
 }
 
 /// The other pair (1) and, when `same_pair`, pair 0 still carry traffic; the daemon runs.
-fn still_serving(d: &mut Daemon, g: &mut Guest, same_pair: bool) {
-    g.loopback_roundtrip(1, &guest_frames(9000, 4, 60, 1514));
+fn still_serving(r: &mut Rig, same_pair: bool) {
+    r.g.loopback_roundtrip(1, &guest_frames(9000, 4, 60, 1514));
     if same_pair {
-        g.loopback_roundtrip(0, &guest_frames(9100, 4, 60, 1514));
+        r.g.loopback_roundtrip(0, &guest_frames(9100, 4, 60, 1514));
     }
-    d.assert_running("after the hostile chain");
+    r.d.assert_running("after the hostile chain");
 }
 
 /// Exactly one drop on pair 0, counted as `counter`; nothing dropped on pair 1.
@@ -79,16 +80,16 @@ fn expect_one_drop(d: &mut Daemon, counter: &str) {
 
 /// Run a TX case: `build` adds one bad chain to pair 0's TX ring and returns its head.
 fn tx_case(counter: &str, build: impl FnOnce(&mut Guest) -> u16) {
-    let (mut d, mut g, _c) = rig();
+    let mut r = rig();
     // RX buffers ready: a bad chain wrongly sent would be looped back into them.
-    g.post_rx(0, 4, 2048);
-    let head = build(&mut g);
-    g.kick_tx(0);
-    let used = g.wait_tx(0, 1);
+    r.g.post_rx(0, 4, 2048);
+    let head = build(&mut r.g);
+    r.g.kick_tx(0);
+    let used = r.g.wait_tx(0, 1);
     assert_eq!(used[0].id, head, "the bad chain's head comes back");
     assert_eq!(used[0].len, 0, "used length of a dropped TX chain");
-    expect_one_drop(&mut d, counter);
-    let s = d.stats().expect("stats file");
+    expect_one_drop(&mut r.d, counter);
+    let s = r.d.stats().expect("stats file");
     assert_eq!(
         s.queue(0, "tx_packets"),
         0,
@@ -96,10 +97,10 @@ fn tx_case(counter: &str, build: impl FnOnce(&mut Guest) -> u16) {
     );
     // Nothing was looped back into pair 0's RX buffers.
     assert!(
-        !g.pairs[0].rx.ring.has_used(&g.mem),
+        !r.g.pairs[0].rx.ring.has_used(&r.g.mem),
         "the bad chain's packet reached the RX ring"
     );
-    still_serving(&mut d, &mut g, true);
+    still_serving(&mut r, true);
 }
 
 #[test]
@@ -299,26 +300,26 @@ fn tx_packet_larger_than_64k() {
 /// Run an RX case: `build` adds one bad chain to pair 0's RX ring and returns its head;
 /// a frame sent on pair 0 makes the device use it.
 fn rx_case(counter: &str, build: impl FnOnce(&mut Guest) -> u16) {
-    let (mut d, mut g, _c) = rig();
-    let head = build(&mut g);
-    g.kick_rx(0);
+    let mut r = rig();
+    let head = build(&mut r.g);
+    r.g.kick_rx(0);
     let first = guest_frames(9200, 1, 200, 200);
-    g.send(0, &first);
-    g.wait_tx(0, 1);
-    let used = g.wait_rx_used(0, 1);
+    r.g.send(0, &first);
+    r.g.wait_tx(0, 1);
+    let used = r.g.wait_rx_used(0, 1);
     assert_eq!(used[0].id, head, "the bad chain's head comes back");
     assert_eq!(used[0].len, 0, "used length of a refused RX chain");
-    expect_one_drop(&mut d, counter);
-    still_serving(&mut d, &mut g, false);
+    expect_one_drop(&mut r.d, counter);
+    still_serving(&mut r, false);
     // Pair 0 receives again once it has good buffers. The first frame may have been
     // dropped with the bad chain or kept for the next buffer: either way, what arrives
     // is byte-exact and the new frame arrives.
     let second = guest_frames(9300, 1, 300, 300);
-    g.post_rx(0, 2, 2048);
-    g.send(0, &second);
+    r.g.post_rx(0, 2, 2048);
+    r.g.send(0, &second);
     let mut seen_second = false;
     for _ in 0..2 {
-        let got = g.recv_until(
+        let got = r.g.recv_until(
             0,
             1,
             Duration::from_millis(if seen_second { 200 } else { 5000 }),
@@ -333,9 +334,9 @@ fn rx_case(counter: &str, build: impl FnOnce(&mut Guest) -> u16) {
     assert!(
         seen_second,
         "pair 0 did not receive after the bad RX chain{}",
-        g.log().context()
+        r.g.log().context()
     );
-    d.assert_running("after the hostile RX chain");
+    r.d.assert_running("after the hostile RX chain");
 }
 
 #[test]
@@ -390,25 +391,30 @@ fn avail_index_far_ahead_during_a_tx_holdoff_stops_the_ring() {
 }
 
 fn broken_ring_is_left_alone(args: &[&str]) {
-    let (mut d, mut g, _c) = rig_with(args);
-    g.loopback_roundtrip(0, &guest_frames(9400, 2, 60, 100));
-    let used_before = g.pairs[0].tx.ring.used_idx(&g.mem);
-    let (h, f) = good_parts(&g, 10, 100);
-    g.pairs[0].tx.ring.add_chain(&g.mem, &[h, f]);
-    let bogus = g.pairs[0].tx.ring.avail_idx().wrapping_add(QUEUE_SIZE + 2);
-    g.pairs[0].tx.ring.set_avail_idx_raw(&g.mem, bogus);
-    g.pairs[0].tx.kick.write(1).unwrap();
-    let s = d.wait_stats("ring_errors on queue 0", STATS_TIMEOUT, |s| {
-        s.queue(0, "ring_errors") >= 1
-    });
+    let mut r = rig_with(args);
+    r.g.loopback_roundtrip(0, &guest_frames(9400, 2, 60, 100));
+    let used_before = r.g.pairs[0].tx.ring.used_idx(&r.g.mem);
+    let (h, f) = good_parts(&r.g, 10, 100);
+    r.g.pairs[0].tx.ring.add_chain(&r.g.mem, &[h, f]);
+    let bogus = r.g.pairs[0]
+        .tx
+        .ring
+        .avail_idx()
+        .wrapping_add(QUEUE_SIZE + 2);
+    r.g.pairs[0].tx.ring.set_avail_idx_raw(&r.g.mem, bogus);
+    r.g.pairs[0].tx.kick.write(1).unwrap();
+    let s =
+        r.d.wait_stats("ring_errors on queue 0", STATS_TIMEOUT, |s| {
+            s.queue(0, "ring_errors") >= 1
+        });
     assert_eq!(s.queue(0, "tx_packets"), 2, "{s}");
     assert_eq!(
-        g.pairs[0].tx.ring.used_idx(&g.mem),
+        r.g.pairs[0].tx.ring.used_idx(&r.g.mem),
         used_before,
         "the device consumed from a ring whose avail index is impossible"
     );
-    still_serving(&mut d, &mut g, false);
-    assert_eq!(d.stats().unwrap().queue(1, "ring_errors"), 0);
+    still_serving(&mut r, false);
+    assert_eq!(r.d.stats().unwrap().queue(1, "ring_errors"), 0);
     // The broken ring is left alone: no worker spins on it, and the daemon still
     // stops at once on SIGTERM.
     let cpu = |pid: u32| -> u64 {
@@ -421,17 +427,17 @@ fn broken_ring_is_left_alone(args: &[&str]) {
             .collect();
         fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
     };
-    let before = cpu(d.pid());
+    let before = cpu(r.d.pid());
     std::thread::sleep(std::time::Duration::from_secs(1));
-    let ticks = cpu(d.pid()) - before;
+    let ticks = cpu(r.d.pid()) - before;
     assert!(
         ticks < 30,
         "daemon used {ticks} CPU ticks in 1 s with a broken ring"
     );
     // SAFETY: kill(2) on the daemon child we spawned, by its PID.
-    unsafe { libc::kill(i32::try_from(d.pid()).unwrap(), libc::SIGTERM) };
+    unsafe { libc::kill(i32::try_from(r.d.pid()).unwrap(), libc::SIGTERM) };
     assert!(
-        d.wait_exit(std::time::Duration::from_secs(3)).is_some(),
+        r.d.wait_exit(std::time::Duration::from_secs(3)).is_some(),
         "daemon did not stop on SIGTERM"
     );
 }

@@ -6,9 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::guest::{bit, start_loopback, GuestConfig, TxLayout, BASE_FEATURES};
+use common::guest::{bit, GuestConfig, TxLayout, BASE_FEATURES};
 use common::memory::REGIONS;
 use common::packet::{guest_frames, total_len, VnetHdr};
+use common::rig::Rig;
 use common::ring::Buf;
 use common::{STATS_TIMEOUT, TIMEOUT};
 use vhost::vhost_user::VhostUserFrontend;
@@ -16,16 +17,22 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 #[test]
 fn tx_and_rx_round_trip_byte_exact() {
-    let (mut d, mut g, _c) = start_loopback(GuestConfig::default(), &[]);
+    let mut r = Rig::loopback(GuestConfig::default(), &[]);
     let frames = guest_frames(100, 32, 14, 1514);
-    g.loopback_roundtrip(0, &frames);
-    assert!(g.pairs[0].tx.was_called(), "no TX call was ever signalled");
-    assert!(g.pairs[0].rx.was_called(), "no RX call was ever signalled");
+    r.g.loopback_roundtrip(0, &frames);
+    assert!(
+        r.g.pairs[0].tx.was_called(),
+        "no TX call was ever signalled"
+    );
+    assert!(
+        r.g.pairs[0].rx.was_called(),
+        "no RX call was ever signalled"
+    );
     let bytes = total_len(&frames);
-    d.wait_stats("32 packets each way on pair 0", STATS_TIMEOUT, |s| {
+    r.d.wait_stats("32 packets each way on pair 0", STATS_TIMEOUT, |s| {
         s.queue(0, "tx_packets") == 32 && s.queue(0, "rx_packets") == 32
     });
-    let s = d.stats().expect("stats file");
+    let s = r.d.stats().expect("stats file");
     assert_eq!(
         s.queue(0, "tx_bytes"),
         bytes,
@@ -50,36 +57,36 @@ fn event_idx_off_carries_traffic() {
         features: BASE_FEATURES & !bit(VIRTIO_RING_F_EVENT_IDX),
         ..GuestConfig::default()
     };
-    let (mut d, mut g, _c) = start_loopback(cfg, &[]);
-    assert!(!g.has(VIRTIO_RING_F_EVENT_IDX));
-    g.honour_avail_event = true; // kick only unless the device set NO_NOTIFY
+    let mut r = Rig::loopback(cfg, &[]);
+    assert!(!r.g.has(VIRTIO_RING_F_EVENT_IDX));
+    r.g.honour_avail_event = true; // kick only unless the device set NO_NOTIFY
     for round in 0..4u32 {
         let frames = guest_frames(200 + 10 * round, 8, 60, 1514);
-        g.loopback_roundtrip(0, &frames);
+        r.g.loopback_roundtrip(0, &frames);
     }
-    assert!(g.pairs[0].tx.was_called() && g.pairs[0].rx.was_called());
-    d.wait_stats("32 packets each way", STATS_TIMEOUT, |s| {
+    assert!(r.g.pairs[0].tx.was_called() && r.g.pairs[0].rx.was_called());
+    r.d.wait_stats("32 packets each way", STATS_TIMEOUT, |s| {
         s.queue(0, "tx_packets") == 32 && s.queue(0, "rx_packets") == 32
     });
 }
 
 #[test]
 fn event_idx_on_suppresses_notifications_as_asked() {
-    let (mut d, mut g, _c) = start_loopback(GuestConfig::default(), &[]);
-    assert!(g.has(VIRTIO_RING_F_EVENT_IDX));
-    g.honour_avail_event = true; // kick only when avail_event asks for it
-    g.loopback_roundtrip(0, &guest_frames(300, 4, 60, 200));
+    let mut r = Rig::loopback(GuestConfig::default(), &[]);
+    assert!(r.g.has(VIRTIO_RING_F_EVENT_IDX));
+    r.g.honour_avail_event = true; // kick only when avail_event asks for it
+    r.g.loopback_roundtrip(0, &guest_frames(300, 4, 60, 200));
 
     // Idle device: it re-enabled kicks, i.e. avail_event is the next avail index.
-    for vq in [&g.pairs[0].tx, &g.pairs[0].rx] {
+    for vq in [&r.g.pairs[0].tx, &r.g.pairs[0].rx] {
         let want = vq.ring.avail_idx();
         let deadline = std::time::Instant::now() + TIMEOUT;
-        while vq.ring.avail_event(&g.mem) != want {
+        while vq.ring.avail_event(&r.g.mem) != want {
             if std::time::Instant::now() >= deadline {
-                d.fail(&format!(
+                r.d.fail(&format!(
                     "vring {}: idle device left avail_event at {}, avail idx is {want}",
                     vq.index,
-                    vq.ring.avail_event(&g.mem)
+                    vq.ring.avail_event(&r.g.mem)
                 ));
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -87,53 +94,53 @@ fn event_idx_on_suppresses_notifications_as_asked() {
     }
 
     // used_event far ahead on both rings: traffic flows, no call may come.
-    for vq in g.pairs[0].both() {
+    for vq in r.g.pairs[0].both() {
         vq.ring
-            .set_used_event(&g.mem, vq.ring.last_used().wrapping_add(0x4000));
+            .set_used_event(&r.g.mem, vq.ring.last_used().wrapping_add(0x4000));
         vq.take_call();
         vq.calls = 0;
     }
-    let before = d.stats().expect("stats file");
+    let before = r.d.stats().expect("stats file");
     let frames = guest_frames(310, 4, 60, 600);
-    g.post_rx(0, 4, 2048);
-    g.send(0, &frames);
-    g.poll_tx(0, 4);
-    g.poll_rx(0, 4);
-    let got = g.recv(0, 4, TIMEOUT);
+    r.g.post_rx(0, 4, 2048);
+    r.g.send(0, &frames);
+    r.g.poll_tx(0, 4);
+    r.g.poll_rx(0, 4);
+    let got = r.g.recv(0, 4, TIMEOUT);
     for (p, f) in got.iter().zip(&frames) {
         common::packet::assert_bytes(&p.frame, f, "frame received with used_event ahead");
     }
     std::thread::sleep(Duration::from_millis(100));
-    for vq in g.pairs[0].both() {
+    for vq in r.g.pairs[0].both() {
         if vq.was_called() {
-            d.fail(&format!(
+            r.d.fail(&format!(
                 "vring {}: call signalled although used_event ({:#x}) was not crossed",
                 vq.index,
                 vq.ring.last_used().wrapping_add(0x4000)
             ));
         }
     }
-    d.wait_stats("notifications_suppressed moved", STATS_TIMEOUT, |s| {
+    r.d.wait_stats("notifications_suppressed moved", STATS_TIMEOUT, |s| {
         s.queue(0, "notifications_suppressed") > before.queue(0, "notifications_suppressed")
     });
 
     // used_event = what we consumed: the next used entry must signal.
-    for vq in g.pairs[0].both() {
-        vq.ring.set_used_event(&g.mem, vq.ring.last_used());
+    for vq in r.g.pairs[0].both() {
+        vq.ring.set_used_event(&r.g.mem, vq.ring.last_used());
     }
     let frames = guest_frames(320, 1, 100, 100);
-    g.post_rx(0, 1, 2048);
-    g.send(0, &frames);
-    for vq in g.pairs[0].both() {
+    r.g.post_rx(0, 1, 2048);
+    r.g.send(0, &frames);
+    for vq in r.g.pairs[0].both() {
         if !vq.wait_call(TIMEOUT) {
-            d.fail(&format!(
+            r.d.fail(&format!(
                 "vring {}: no call after crossing used_event {}",
                 vq.index,
                 vq.ring.last_used()
             ));
         }
     }
-    let got = g.recv(0, 1, TIMEOUT);
+    let got = r.g.recv(0, 1, TIMEOUT);
     common::packet::assert_bytes(&got[0].frame, &frames[0], "frame after re-arming");
 }
 
@@ -143,25 +150,27 @@ fn two_queue_pairs_carry_traffic_in_both_directions() {
         pairs: 2,
         ..GuestConfig::default()
     };
-    let (mut d, mut g, c) = start_loopback(cfg, &[]);
-    assert!(c.queue_num >= 2, "GET_QUEUE_NUM {} < 2 pairs", c.queue_num);
+    let mut r = Rig::loopback(cfg, &[]);
+    let queue_num = r.conn().queue_num;
+    assert!(queue_num >= 2, "GET_QUEUE_NUM {queue_num} < 2 pairs");
     let f0 = guest_frames(400, 5, 60, 1514);
     let f1 = guest_frames(500, 7, 60, 1514);
     // Interleave the pairs so both workers are busy at once.
-    g.post_rx(0, f0.len(), 2048);
-    g.post_rx(1, f1.len(), 2048);
-    g.send(0, &f0);
-    g.send(1, &f1);
+    r.g.post_rx(0, f0.len(), 2048);
+    r.g.post_rx(1, f1.len(), 2048);
+    r.g.send(0, &f0);
+    r.g.send(1, &f1);
     for (pair, frames) in [(0, &f0), (1, &f1)] {
-        let got = g.recv(pair, frames.len(), TIMEOUT);
+        let got = r.g.recv(pair, frames.len(), TIMEOUT);
         for (p, f) in got.iter().zip(frames.iter()) {
             common::packet::assert_bytes(&p.frame, f, &format!("pair {pair}"));
         }
-        g.wait_tx(pair, frames.len());
+        r.g.wait_tx(pair, frames.len());
     }
-    let s = d.wait_stats("per-queue packet counts", STATS_TIMEOUT, |s| {
-        s.queue(0, "rx_packets") == 5 && s.queue(1, "rx_packets") == 7
-    });
+    let s =
+        r.d.wait_stats("per-queue packet counts", STATS_TIMEOUT, |s| {
+            s.queue(0, "rx_packets") == 5 && s.queue(1, "rx_packets") == 7
+        });
     assert_eq!(s.pairs(), 2);
     assert_eq!(s.queue(0, "tx_packets"), 5, "{s}");
     assert_eq!(s.queue(1, "tx_packets"), 7, "{s}");
@@ -172,41 +181,37 @@ fn two_queue_pairs_carry_traffic_in_both_directions() {
 
 #[test]
 fn disconnect_and_reconnect_with_traffic_before_and_after() {
-    let (mut d, mut g, c) = start_loopback(GuestConfig::default(), &[]);
-    g.loopback_roundtrip(0, &guest_frames(600, 8, 60, 1514));
+    let mut r = Rig::loopback(GuestConfig::default(), &[]);
+    r.g.loopback_roundtrip(0, &guest_frames(600, 8, 60, 1514));
     // RX buffers posted before the disconnect and never kicked again (a guest does not
     // know its backend restarted).
-    g.post_rx(0, 8, 2048);
-    drop(c);
-    std::thread::sleep(Duration::from_millis(100));
-    d.assert_running("after the frontend disconnected (no --once)");
-
-    let _c2 = g.attach(&mut d);
+    r.g.post_rx(0, 8, 2048);
+    r.reconnect();
     let frames = guest_frames(610, 4, 60, 1514);
-    g.send(0, &frames); // only the TX ring is kicked
-    let got = g.recv(0, 4, TIMEOUT);
+    r.g.send(0, &frames); // only the TX ring is kicked
+    let got = r.g.recv(0, 4, TIMEOUT);
     for (p, f) in got.iter().zip(&frames) {
         common::packet::assert_bytes(&p.frame, f, "after reconnect, pre-posted buffers");
     }
-    g.wait_tx(0, 4);
-    g.loopback_roundtrip(0, &guest_frames(620, 8, 60, 1514));
-    d.assert_running("after the second connection's traffic");
+    r.g.wait_tx(0, 4);
+    r.g.loopback_roundtrip(0, &guest_frames(620, 8, 60, 1514));
+    r.d.assert_running("after the second connection's traffic");
 }
 
 #[test]
 fn once_exits_zero_after_the_first_disconnect() {
-    let (mut d, mut g, c) = start_loopback(GuestConfig::default(), &["--once"]);
+    let mut r = Rig::loopback(GuestConfig::default(), &["--once"]);
     let frames = guest_frames(700, 6, 60, 1514);
-    g.loopback_roundtrip(0, &frames);
-    drop(c);
-    let Some(status) = d.wait_exit(TIMEOUT) else {
-        d.fail("--once: daemon still running after the frontend disconnected");
+    r.g.loopback_roundtrip(0, &frames);
+    r.disconnect();
+    let Some(status) = r.d.wait_exit(TIMEOUT) else {
+        r.d.fail("--once: daemon still running after the frontend disconnected");
     };
     if !status.success() {
-        d.fail(&format!("--once: daemon exited with {status}, expected 0"));
+        r.d.fail(&format!("--once: daemon exited with {status}, expected 0"));
     }
     // The stats file is written at exit with the final counters.
-    let s = d.stats().expect("stats file written at exit");
+    let s = r.d.stats().expect("stats file written at exit");
     assert_eq!(s.queue(0, "tx_packets"), 6, "{s}");
     assert_eq!(s.queue(0, "rx_packets"), 6, "{s}");
 }
@@ -220,8 +225,8 @@ fn memory_given_with_add_mem_reg_only() {
         mem_via_add_reg: true,
         ..GuestConfig::default()
     };
-    let (_d, mut g, _c) = start_loopback(cfg, &[]);
-    g.loopback_roundtrip(0, &guest_frames(850, 12, 60, 1514));
+    let mut r = Rig::loopback(cfg, &[]);
+    r.g.loopback_roundtrip(0, &guest_frames(850, 12, 60, 1514));
 }
 
 #[test]
@@ -231,27 +236,27 @@ fn mem_slots_remove_and_add_while_idle() {
         tx_ring_region: 0,
         ..GuestConfig::default()
     };
-    let (mut d, mut g, mut c) = start_loopback(cfg, &[]);
-    assert!(
-        c.max_mem_slots >= 3,
-        "GET_MAX_MEM_SLOTS {} < 3",
-        c.max_mem_slots
-    );
+    let mut r = Rig::loopback(cfg, &[]);
+    let slots = r.conn().max_mem_slots;
+    assert!(slots >= 3, "GET_MAX_MEM_SLOTS {slots} < 3");
     // Buffers in both regions of the memory table.
-    g.loopback_roundtrip(0, &guest_frames(800, 6, 60, 1514));
+    r.g.loopback_roundtrip(0, &guest_frames(800, 6, 60, 1514));
 
     // REM_MEM_REG region 1 (the one at a non-zero mmap_offset) while idle.
-    c.fe.remove_mem_region(&g.mem.region_info(1))
-        .unwrap_or_else(|e| d.fail(&format!("REM_MEM_REG: {e:?}")));
-    g.buf_regions = vec![0];
-    g.loopback_roundtrip(0, &guest_frames(810, 6, 60, 1514));
+    let region = r.g.mem.region_info(1);
+    r.conn()
+        .fe
+        .remove_mem_region(&region)
+        .unwrap_or_else(|e| r.d.fail(&format!("REM_MEM_REG: {e:?}")));
+    r.g.buf_regions = vec![0];
+    r.g.loopback_roundtrip(0, &guest_frames(810, 6, 60, 1514));
 
     // A TX buffer in the removed region is outside guest memory now.
-    let hdr = g.mem.alloc(0, 12, 16);
-    g.mem.write(hdr.0, &VnetHdr::default().to_bytes());
+    let hdr = r.g.mem.alloc(0, 12, 16);
+    r.g.mem.write(hdr.0, &VnetHdr::default().to_bytes());
     let gone = REGIONS[1].gpa + 0x10_0000;
-    let head = g.pairs[0].tx.ring.add_chain(
-        &g.mem,
+    let head = r.g.pairs[0].tx.ring.add_chain(
+        &r.g.mem,
         &[
             Buf::ro(hdr, 12),
             Buf {
@@ -261,29 +266,36 @@ fn mem_slots_remove_and_add_while_idle() {
             },
         ],
     );
-    g.kick_tx(0);
-    let used = g.wait_tx(0, 1);
+    r.g.kick_tx(0);
+    let used = r.g.wait_tx(0, 1);
     assert_eq!((used[0].id, used[0].len), (head, 0));
-    d.wait_stats(
+    r.d.wait_stats(
         "a TX buffer in the removed region counted",
         STATS_TIMEOUT,
         |s| s.queue(0, "tx_drop_bad_memory") == 1,
     );
 
     // ADD_MEM_REG region 2 and put every new buffer there.
-    c.fe.add_mem_region(&g.mem.region_info(2))
-        .unwrap_or_else(|e| d.fail(&format!("ADD_MEM_REG: {e:?}")));
-    g.buf_regions = vec![2];
-    g.loopback_roundtrip(0, &guest_frames(820, 6, 60, 1514));
+    let region = r.g.mem.region_info(2);
+    r.conn()
+        .fe
+        .add_mem_region(&region)
+        .unwrap_or_else(|e| r.d.fail(&format!("ADD_MEM_REG: {e:?}")));
+    r.g.buf_regions = vec![2];
+    r.g.loopback_roundtrip(0, &guest_frames(820, 6, 60, 1514));
 
     // And region 1 back again.
-    c.fe.add_mem_region(&g.mem.region_info(1))
-        .unwrap_or_else(|e| d.fail(&format!("ADD_MEM_REG: {e:?}")));
-    g.buf_regions = vec![1, 2];
-    g.loopback_roundtrip(0, &guest_frames(830, 6, 60, 1514));
-    let s = d.wait_stats("24 packets looped back", STATS_TIMEOUT, |s| {
-        s.queue(0, "rx_packets") == 24
-    });
+    let region = r.g.mem.region_info(1);
+    r.conn()
+        .fe
+        .add_mem_region(&region)
+        .unwrap_or_else(|e| r.d.fail(&format!("ADD_MEM_REG: {e:?}")));
+    r.g.buf_regions = vec![1, 2];
+    r.g.loopback_roundtrip(0, &guest_frames(830, 6, 60, 1514));
+    let s =
+        r.d.wait_stats("24 packets looped back", STATS_TIMEOUT, |s| {
+            s.queue(0, "rx_packets") == 24
+        });
     assert_eq!(s.queue(0, "tx_drop_bad_memory"), 1, "{s}");
 }
 
@@ -302,24 +314,25 @@ fn fds_and_threads(pid: u32) -> (usize, usize) {
 
 #[test]
 fn repeated_reconnects_leak_no_fds_or_threads() {
-    let (mut d, mut g, c) = start_loopback(GuestConfig::default(), &[]);
-    g.loopback_roundtrip(0, &guest_frames(1000, 4, 60, 1514));
-    drop(c);
+    let mut r = Rig::loopback(GuestConfig::default(), &[]);
+    r.g.loopback_roundtrip(0, &guest_frames(1000, 4, 60, 1514));
+    r.disconnect();
     std::thread::sleep(Duration::from_millis(200));
-    let baseline = fds_and_threads(d.pid());
+    let baseline = fds_and_threads(r.d.pid());
     for cycle in 0..15u32 {
-        let _c = g.attach(&mut d);
-        g.loopback_roundtrip(0, &guest_frames(1100 + 10 * cycle, 4, 60, 1514));
+        r.connect();
+        r.g.loopback_roundtrip(0, &guest_frames(1100 + 10 * cycle, 4, 60, 1514));
+        r.disconnect();
     }
     // Idle again: the same fds and threads as after the first connection.
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
-        let now = fds_and_threads(d.pid());
+        let now = fds_and_threads(r.d.pid());
         if now == baseline {
             break;
         }
         if std::time::Instant::now() >= deadline {
-            d.fail(&format!(
+            r.d.fail(&format!(
                 "after 15 more connections the daemon holds (fds, threads) {now:?}, \
                  {baseline:?} after the first"
             ));
@@ -330,30 +343,30 @@ fn repeated_reconnects_leak_no_fds_or_threads() {
 
 #[test]
 fn disconnect_while_traffic_is_in_flight() {
-    let (mut d, mut g, c) = start_loopback(GuestConfig::default(), &[]);
+    let mut r = Rig::loopback(GuestConfig::default(), &[]);
     // 60 chains kicked in two batches, RX room for all of them and the marker (64
     // buffers now, 64 after the reconnect).
     let burst = guest_frames(1200, 60, 60, 1514);
-    g.post_rx(0, 64, 2048);
-    g.send(0, &burst[..30]);
-    g.send(0, &burst[30..]);
-    drop(c); // while the worker is busy
-    d.assert_running("after a disconnect in the middle of traffic");
-    let _c = g.attach(&mut d);
+    r.g.post_rx(0, 64, 2048);
+    r.g.send(0, &burst[..30]);
+    r.g.send(0, &burst[30..]);
+    r.disconnect(); // while the worker is busy
+    r.d.assert_running("after a disconnect in the middle of traffic");
+    r.connect();
     // Whatever was in flight may arrive first (each byte-exact); the marker must arrive.
     let marker = guest_frames(1500, 1, 333, 333);
-    g.post_rx(0, 64, 2048);
-    g.send(0, &marker);
+    r.g.post_rx(0, 64, 2048);
+    r.g.send(0, &marker);
     let deadline = std::time::Instant::now() + TIMEOUT;
     let mut seen_marker = false;
     let mut received = 0;
     while !seen_marker && std::time::Instant::now() < deadline {
-        for p in g.recv_until(0, 64, Duration::from_millis(100)) {
+        for p in r.g.recv_until(0, 64, Duration::from_millis(100)) {
             received += 1;
             if p.frame == marker[0] {
                 seen_marker = true;
             } else if !burst.contains(&p.frame) {
-                d.fail(&format!(
+                r.d.fail(&format!(
                     "a {}-byte frame that was never sent arrived after the reconnect",
                     p.frame.len()
                 ));
@@ -361,52 +374,55 @@ fn disconnect_while_traffic_is_in_flight() {
         }
     }
     if !seen_marker {
-        let tx_used = g.pairs[0].tx.ring.used_idx(&g.mem);
-        let rx_used = g.pairs[0].rx.ring.used_idx(&g.mem);
-        let stats = d.stats().map(|s| s.to_string()).unwrap_or_default();
-        d.fail(&format!(
+        let tx_used = r.g.pairs[0].tx.ring.used_idx(&r.g.mem);
+        let rx_used = r.g.pairs[0].rx.ring.used_idx(&r.g.mem);
+        let stats = r.d.stats().map(|s| s.to_string()).unwrap_or_default();
+        r.d.fail(&format!(
             "the marker frame never arrived after reconnecting in the middle of a burst: \
              {received} frames received, TX used.idx {tx_used} (avail {}), RX used.idx \
              {rx_used} (avail {}); stats {stats}",
-            g.pairs[0].tx.ring.avail_idx(),
-            g.pairs[0].rx.ring.avail_idx()
+            r.g.pairs[0].tx.ring.avail_idx(),
+            r.g.pairs[0].rx.ring.avail_idx()
         ));
     }
-    d.assert_running("after the reconnect");
+    r.d.assert_running("after the reconnect");
 }
 
 #[test]
 fn sigterm_stops_the_daemon_cleanly() {
-    let (mut d, mut g, _c) = start_loopback(GuestConfig::default(), &[]);
+    let mut r = Rig::loopback(GuestConfig::default(), &[]);
     let frames = guest_frames(1600, 5, 60, 1514);
-    g.loopback_roundtrip(0, &frames);
-    let pid = libc::pid_t::try_from(d.pid()).expect("pid fits pid_t");
+    r.g.loopback_roundtrip(0, &frames);
+    let pid = libc::pid_t::try_from(r.d.pid()).expect("pid fits pid_t");
     // SAFETY: kill(2) on the PID of our own child process, which has not been reaped
     // (Daemon reaps it only in wait_exit/drop); the result is checked.
     let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
     assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
-    let Some(status) = d.wait_exit(TIMEOUT) else {
-        d.fail("still running 5 s after SIGTERM (with a frontend connected)");
+    let Some(status) = r.d.wait_exit(TIMEOUT) else {
+        r.d.fail("still running 5 s after SIGTERM (with a frontend connected)");
     };
     if !status.success() {
-        d.fail(&format!("exit status {status} after SIGTERM"));
+        r.d.fail(&format!("exit status {status} after SIGTERM"));
     }
-    let s = d.stats().expect("stats file");
+    let s = r.d.stats().expect("stats file");
     assert_eq!(s.queue(0, "rx_packets"), 5, "final stats at exit: {s}");
-    assert!(!d.socket.exists(), "socket file left behind after SIGTERM");
+    assert!(
+        !r.d.socket.exists(),
+        "socket file left behind after SIGTERM"
+    );
 }
 
 #[test]
 fn set_mem_table_again_while_running() {
     // QEMU sends a whole new table on memory hotplug, with the rings running.
-    let (mut d, mut g, c) = start_loopback(GuestConfig::default(), &[]);
-    g.loopback_roundtrip(0, &guest_frames(1700, 4, 60, 1514));
-    let regions: Vec<_> = [0, 1, 2].iter().map(|&i| g.mem.region_info(i)).collect();
-    vhost::VhostBackend::set_mem_table(&c.fe, &regions)
-        .unwrap_or_else(|e| d.fail(&format!("second SET_MEM_TABLE: {e:?}")));
-    g.buf_regions = vec![2, 1];
-    g.loopback_roundtrip(0, &guest_frames(1710, 8, 60, 1514));
-    d.assert_running("after the memory table was replaced");
+    let mut r = Rig::loopback(GuestConfig::default(), &[]);
+    r.g.loopback_roundtrip(0, &guest_frames(1700, 4, 60, 1514));
+    let regions: Vec<_> = [0, 1, 2].iter().map(|&i| r.g.mem.region_info(i)).collect();
+    vhost::VhostBackend::set_mem_table(&r.conn().fe, &regions)
+        .unwrap_or_else(|e| r.d.fail(&format!("second SET_MEM_TABLE: {e:?}")));
+    r.g.buf_regions = vec![2, 1];
+    r.g.loopback_roundtrip(0, &guest_frames(1710, 8, 60, 1514));
+    r.d.assert_running("after the memory table was replaced");
 }
 
 /// `--tx-holdoff`: after a TX batch the device leaves kicks off (avail_event stays
@@ -415,38 +431,38 @@ fn set_mem_table_again_while_running() {
 #[test]
 fn tx_holdoff_takes_chains_without_kicks_then_asks_for_kicks_again() {
     // Long enough that the second chain is surely published inside the holdoff.
-    let (d, mut g, _c) = start_loopback(GuestConfig::default(), &["--tx-holdoff", "300000"]);
-    assert!(g.has(VIRTIO_RING_F_EVENT_IDX));
-    g.honour_avail_event = true;
-    g.post_rx(0, 2, 2048);
+    let mut r = Rig::loopback(GuestConfig::default(), &["--tx-holdoff", "300000"]);
+    assert!(r.g.has(VIRTIO_RING_F_EVENT_IDX));
+    r.g.honour_avail_event = true;
+    r.g.post_rx(0, 2, 2048);
     let frames = guest_frames(400, 2, 60, 300);
 
-    g.add_tx(0, VnetHdr::default(), &frames[0], TxLayout::Single);
-    if !g.pairs[0].tx.publish(&g.mem, true) {
-        d.fail("idle device did not ask for a kick for the first chain");
+    r.g.add_tx(0, VnetHdr::default(), &frames[0], TxLayout::Single);
+    if !r.g.pairs[0].tx.publish(&r.g.mem, true) {
+        r.d.fail("idle device did not ask for a kick for the first chain");
     }
-    g.poll_tx(0, 1);
+    r.g.poll_tx(0, 1);
 
-    g.add_tx(0, VnetHdr::default(), &frames[1], TxLayout::Split);
-    if g.pairs[0].tx.publish(&g.mem, true) {
-        d.fail("device asked for a kick during the TX holdoff");
+    r.g.add_tx(0, VnetHdr::default(), &frames[1], TxLayout::Split);
+    if r.g.pairs[0].tx.publish(&r.g.mem, true) {
+        r.d.fail("device asked for a kick during the TX holdoff");
     }
     // No kick was sent: the holdoff timer must bring the device back to the ring.
-    g.poll_tx(0, 1);
-    let got = g.recv(0, 2, TIMEOUT);
+    r.g.poll_tx(0, 1);
+    let got = r.g.recv(0, 2, TIMEOUT);
     for (p, f) in got.iter().zip(&frames) {
         common::packet::assert_bytes(&p.frame, f, "frame sent during the holdoff");
     }
 
     // Nothing more comes: a look finds the ring empty and kicks are back on.
-    let vq = &g.pairs[0].tx;
+    let vq = &r.g.pairs[0].tx;
     let want = vq.ring.avail_idx();
     let deadline = std::time::Instant::now() + TIMEOUT;
-    while vq.ring.avail_event(&g.mem) != want {
+    while vq.ring.avail_event(&r.g.mem) != want {
         if std::time::Instant::now() >= deadline {
-            d.fail(&format!(
+            r.d.fail(&format!(
                 "TX ring idle after the holdoff but avail_event is {}, avail idx {want}",
-                vq.ring.avail_event(&g.mem)
+                vq.ring.avail_event(&r.g.mem)
             ));
         }
         std::thread::sleep(Duration::from_millis(5));

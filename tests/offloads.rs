@@ -10,11 +10,8 @@
 
 mod common;
 
-use common::daemon::Daemon;
-use common::guest::{
-    bit, start_on_tap, Connection, Guest, GuestConfig, RxPacket, TxLayout, BASE_FEATURES,
-};
-use common::netns::{NetNs, PacketSocket};
+use common::guest::{bit, GuestConfig, RxPacket, TxLayout, BASE_FEATURES};
+use common::netns::PacketSocket;
 use common::packet::{
     assert_bytes, complete_csum, ipv4_udp_frame, ipv4_udp_frame_partial_csum, pattern, tcp_frame,
     total_len, IpVersion, L4View, VnetHdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, GUEST_MAC, IPV4_HLEN,
@@ -22,6 +19,7 @@ use common::packet::{
     VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN,
     VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV6,
 };
+use common::rig::Rig;
 use common::ring::Used;
 use common::stats::Stats;
 use common::{STATS_TIMEOUT, TIMEOUT};
@@ -49,14 +47,6 @@ const MTU_FRAME: usize = 1514;
 /// Initial TCP sequence number of the GSO packets.
 const SEQ: u32 = 0x1000_0000;
 
-/// Fields drop in order: connection, guest, daemon (killed), then the namespace.
-struct Rig {
-    c: Option<Connection>,
-    g: Guest,
-    d: Daemon,
-    ns: NetNs,
-}
-
 /// A daemon on TAP [`TAP`] in a fresh namespace (link up) and a guest that acked
 /// `features` (one queue pair). `None` when not root.
 fn rig(test: &str, features: u64) -> Option<Rig> {
@@ -64,20 +54,15 @@ fn rig(test: &str, features: u64) -> Option<Rig> {
         features,
         ..GuestConfig::default()
     };
-    let (ns, d, g, c) = start_on_tap(test, cfg, TAP)?;
-    Some(Rig {
-        c: Some(c),
-        g,
-        d,
-        ns,
-    })
+    Rig::on_tap(test, cfg, TAP)
 }
 
+/// The offload tests' own steps on the rig.
 impl Rig {
     /// A socket capturing `ethertype` frames on the TAP with the kernel's
     /// `virtio_net_hdr` in front (the skb's GSO and checksum state).
     fn vnet_capture(&self, ethertype: u16) -> PacketSocket {
-        let cap = self.ns.packet_socket(TAP, ethertype, true);
+        let cap = self.ns().packet_socket(TAP, ethertype, true);
         cap.set_rcvbuf(4 << 20);
         cap
     }
@@ -95,7 +80,7 @@ impl Rig {
         let Some(got) = cap.recv(TIMEOUT) else {
             self.d.fail(&format!(
                 "{what} never reached the TAP in {}",
-                self.ns.name()
+                self.ns().name()
             ));
         };
         assert!(got.len() > 10, "{what}: {}-byte capture", got.len());
@@ -106,7 +91,7 @@ impl Rig {
     /// Inject `frame` on the TAP towards the guest with `hdr` (PACKET_VNET_HDR): the
     /// kernel builds a GSO / CHECKSUM_PARTIAL skb from it, as from a local TCP stack.
     fn inject_gso(&self, hdr: VnetHdr, frame: &[u8], ethertype: u16) {
-        let inj = self.ns.packet_socket(TAP, 0, true);
+        let inj = self.ns().packet_socket(TAP, 0, true);
         inj.send(
             &[&hdr.to_bytes10()[..], frame].concat(),
             ethertype,
@@ -571,11 +556,8 @@ fn tap_offloads_follow_the_features_of_each_connection() {
     let got = r.g.recv(0, 1, TIMEOUT);
     check_whole_gso(&r, &got[0], &frame);
 
-    r.c = None;
-    std::thread::sleep(Duration::from_millis(100));
-    r.d.assert_running("after the frontend disconnected (no --once)");
     r.g.cfg.features = rx_features(false);
-    r.c = Some(r.g.attach(&mut r.d));
+    r.reconnect();
     r.g.post_rx(0, 100, 2048);
     let (hdr, frame, payload) = tcpv6_ecn_gso(18_100);
     r.inject_gso(hdr, &frame, ETH_P_IPV6);

@@ -6,9 +6,11 @@ mod common;
 use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
 
+use common::connection::{SetupOrder, HDR_VERSION};
 use common::daemon::Daemon;
-use common::guest::{bit, start_loopback, Guest, GuestConfig, SetupOrder, HDR_VERSION};
+use common::guest::{bit, Guest, GuestConfig};
 use common::packet::{guest_frames, GUEST_MAC, GUEST_MAC_STR};
+use common::rig::Rig;
 use common::{unique, STATS_TIMEOUT, TIMEOUT};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::VhostUserFrontend;
@@ -23,21 +25,8 @@ fn offers_the_documented_features_and_config_space() {
         pairs: 2,
         ..GuestConfig::default()
     };
-    let mut d = Daemon::spawn(
-        &[
-            "--uplink",
-            "loopback",
-            "--queues",
-            "2",
-            "--mac",
-            GUEST_MAC_STR,
-            "--mtu",
-            "9000",
-        ],
-        None,
-    );
-    let mut g = Guest::new(cfg);
-    let mut c = g.attach(&mut d);
+    let mut r = Rig::loopback(cfg, &["--mtu", "9000"]);
+    let c = r.conn();
     let required = [
         ("VERSION_1", VIRTIO_F_VERSION_1),
         ("MAC", VIRTIO_NET_F_MAC),
@@ -108,10 +97,10 @@ fn offers_the_documented_features_and_config_space() {
 
     // And the negotiated device works on both pairs. With MRG_RXBUF the daemon gathers
     // buffers for the largest packet the MTU allows (9030 bytes) before it receives.
-    g.post_rx(0, 8, 2048);
-    g.post_rx(1, 8, 2048);
-    g.loopback_roundtrip(0, &guest_frames(1, 3, 60, 1514));
-    g.loopback_roundtrip(1, &guest_frames(4, 3, 60, 1514));
+    r.g.post_rx(0, 8, 2048);
+    r.g.post_rx(1, 8, 2048);
+    r.g.loopback_roundtrip(0, &guest_frames(1, 3, 60, 1514));
+    r.g.loopback_roundtrip(1, &guest_frames(4, 3, 60, 1514));
 }
 
 #[test]
@@ -121,20 +110,20 @@ fn qemu72_early_vring_enable_gives_working_rings() {
         order: SetupOrder::Qemu72,
         ..GuestConfig::default()
     };
-    let (mut d, mut g, _c) = start_loopback(cfg, &[]);
+    let mut r = Rig::loopback(cfg, &[]);
     // No SET_VRING_ENABLE after SET_FEATURES and no kick on RX: rings must still run.
-    g.loopback_roundtrip(0, &guest_frames(10, 8, 60, 1514));
-    g.loopback_roundtrip(1, &guest_frames(20, 8, 60, 1514));
-    d.wait_stats("8 packets per pair", STATS_TIMEOUT, |s| {
+    r.g.loopback_roundtrip(0, &guest_frames(10, 8, 60, 1514));
+    r.g.loopback_roundtrip(1, &guest_frames(20, 8, 60, 1514));
+    r.d.wait_stats("8 packets per pair", STATS_TIMEOUT, |s| {
         s.queue(0, "rx_packets") == 8 && s.queue(1, "rx_packets") == 8
     });
-    d.assert_running("after QEMU 7.2's message order");
+    r.d.assert_running("after QEMU 7.2's message order");
     // QEMU 7.2 reconnecting replays the same order: the early enables are per
     // connection.
-    drop(_c);
-    let _c = g.attach(&mut d);
-    g.loopback_roundtrip(0, &guest_frames(25, 4, 60, 1514));
-    g.loopback_roundtrip(1, &guest_frames(30, 4, 60, 1514));
+    r.disconnect();
+    r.connect();
+    r.g.loopback_roundtrip(0, &guest_frames(25, 4, 60, 1514));
+    r.g.loopback_roundtrip(1, &guest_frames(30, 4, 60, 1514));
 }
 
 #[test]
@@ -143,49 +132,54 @@ fn vring_enable_zero_pauses_a_pair_and_one_resumes_it() {
         pairs: 2,
         ..GuestConfig::default()
     };
-    let (d, mut g, mut c) = start_loopback(cfg, &[]);
-    g.loopback_roundtrip(1, &guest_frames(80, 2, 60, 200));
+    let mut r = Rig::loopback(cfg, &[]);
+    r.g.loopback_roundtrip(1, &guest_frames(80, 2, 60, 200));
     // The guest goes down to one pair (ethtool -L combined 1): QEMU disables pair 1.
     for ring in [2, 3] {
-        c.fe.set_vring_enable(ring, false)
-            .unwrap_or_else(|e| d.fail(&format!("SET_VRING_ENABLE({ring}, 0): {e:?}")));
+        r.conn()
+            .fe
+            .set_vring_enable(ring, false)
+            .unwrap_or_else(|e| r.d.fail(&format!("SET_VRING_ENABLE({ring}, 0): {e:?}")));
     }
     let paused = guest_frames(90, 3, 60, 1514);
-    g.post_rx(1, 3, 2048);
-    g.send(1, &paused);
-    g.loopback_roundtrip(0, &guest_frames(95, 4, 60, 1514));
+    r.g.post_rx(1, 3, 2048);
+    r.g.send(1, &paused);
+    r.g.loopback_roundtrip(0, &guest_frames(95, 4, 60, 1514));
     std::thread::sleep(Duration::from_millis(200));
     assert!(
-        !g.pairs[1].tx.ring.has_used(&g.mem),
+        !r.g.pairs[1].tx.ring.has_used(&r.g.mem),
         "a disabled TX ring was processed"
     );
     // Back to two pairs: what was queued meanwhile goes through.
     for ring in [2, 3] {
-        c.fe.set_vring_enable(ring, true)
-            .unwrap_or_else(|e| d.fail(&format!("SET_VRING_ENABLE({ring}, 1): {e:?}")));
+        r.conn()
+            .fe
+            .set_vring_enable(ring, true)
+            .unwrap_or_else(|e| r.d.fail(&format!("SET_VRING_ENABLE({ring}, 1): {e:?}")));
     }
     // No new kick: enabling a ring with pending chains starts it.
-    let got = g.recv(1, 3, TIMEOUT);
+    let got = r.g.recv(1, 3, TIMEOUT);
     for (p, f) in got.iter().zip(&paused) {
         common::packet::assert_bytes(&p.frame, f, "frame queued while the pair was disabled");
     }
-    g.wait_tx(1, 3);
+    r.g.wait_tx(1, 3);
 }
 
 #[test]
 fn set_status_is_kept_and_get_status_reports_it() {
-    let (mut d, mut g, mut c) = start_loopback(GuestConfig::default(), &[]);
+    let mut r = Rig::loopback(GuestConfig::default(), &[]);
     const SET_STATUS: u32 = 39;
     const GET_STATUS: u32 = 40;
     // ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK, as QEMU sends when it starts.
+    let c = r.conn();
     c.send_raw(SET_STATUS, HDR_VERSION, 8, &0x0fu64.to_le_bytes());
     assert_eq!(
         c.request_u64(GET_STATUS),
         0x0f,
         "GET_STATUS after SET_STATUS(0xf)"
     );
-    g.loopback_roundtrip(0, &guest_frames(97, 4, 60, 1514));
-    d.assert_running("after SET_STATUS");
+    r.g.loopback_roundtrip(0, &guest_frames(97, 4, 60, 1514));
+    r.d.assert_running("after SET_STATUS");
 }
 
 fn wait_log(d: &Daemon, from: usize, needle: &str) -> String {
@@ -205,9 +199,9 @@ fn wait_log(d: &Daemon, from: usize, needle: &str) -> String {
 
 #[test]
 fn malformed_message_closes_only_that_connection() {
-    let (mut d, mut g, c) = start_loopback(GuestConfig::default(), &[]);
-    g.loopback_roundtrip(0, &guest_frames(30, 2, 60, 200));
-    drop(c);
+    let mut r = Rig::loopback(GuestConfig::default(), &[]);
+    r.g.loopback_roundtrip(0, &guest_frames(30, 2, 60, 200));
+    r.disconnect();
     // (request, size field, body): a body shorter than the request needs, and a size
     // beyond the protocol's maximum.
     let cases: [(&str, u32, u32, Vec<u8>); 3] = [
@@ -217,57 +211,58 @@ fn malformed_message_closes_only_that_connection() {
     ];
     for (what, request, size, body) in cases {
         let mut g = Guest::new(GuestConfig::default());
-        let mut c = g.attach(&mut d);
-        let mark = d.stderr().len();
+        let mut c = g.attach(&mut r.d);
+        let mark = r.d.stderr().len();
         c.send_raw(request, HDR_VERSION, size, &body);
         if !c.wait_closed(TIMEOUT) {
-            d.fail(&format!("{what}: the daemon kept the connection open"));
+            r.d.fail(&format!("{what}: the daemon kept the connection open"));
         }
-        let new = wait_log(&d, mark, "ERROR");
+        let new = wait_log(&r.d, mark, "ERROR");
         assert!(
             new.lines().any(|l| l.contains("ERROR")),
             "{what}: no error logged: {new}"
         );
-        d.assert_running(&format!("after {what}"));
+        r.d.assert_running(&format!("after {what}"));
         // The next connection is served normally.
         let mut g2 = Guest::new(GuestConfig::default());
-        let _c2 = g2.attach(&mut d);
+        let _c2 = g2.attach(&mut r.d);
         g2.loopback_roundtrip(0, &guest_frames(40, 4, 60, 1514));
     }
 }
 
 #[test]
 fn get_vring_base_stops_rings_and_set_vring_base_restarts_them() {
-    let (mut d, mut g, c) = start_loopback(GuestConfig::default(), &[]);
+    let mut r = Rig::loopback(GuestConfig::default(), &[]);
     let frames = guest_frames(50, 5, 60, 1514);
-    g.loopback_roundtrip(0, &frames);
+    r.g.loopback_roundtrip(0, &frames);
     // QEMU stops the device: GET_VRING_BASE on every ring returns the next avail index.
+    let c = r.conn();
     let rx_base = c.fe.get_vring_base(0).expect("GET_VRING_BASE rx");
     let tx_base = c.fe.get_vring_base(1).expect("GET_VRING_BASE tx");
     assert_eq!(
         rx_base,
-        u32::from(g.pairs[0].rx.ring.last_used()),
+        u32::from(r.g.pairs[0].rx.ring.last_used()),
         "RX ring position"
     );
     assert_eq!(tx_base, 5, "TX ring position after 5 chains");
     // A stopped ring is not processed.
     let more = guest_frames(60, 2, 60, 200);
-    g.send(0, &more);
+    r.g.send(0, &more);
     std::thread::sleep(Duration::from_millis(200));
     assert!(
-        !g.pairs[0].tx.ring.has_used(&g.mem),
+        !r.g.pairs[0].tx.ring.has_used(&r.g.mem),
         "the daemon processed a ring after GET_VRING_BASE stopped it"
     );
-    drop(c);
+    r.disconnect();
     // Restart (a new connection replays the setup from the used index): the two chains
     // posted while stopped are sent now.
-    let _c = g.attach(&mut d);
-    g.post_rx(0, 2, 2048);
-    let got = g.recv(0, 2, TIMEOUT);
+    r.connect();
+    r.g.post_rx(0, 2, 2048);
+    let got = r.g.recv(0, 2, TIMEOUT);
     for (p, f) in got.iter().zip(&more) {
         common::packet::assert_bytes(&p.frame, f, "frame posted while stopped");
     }
-    g.wait_tx(0, 2);
+    r.g.wait_tx(0, 2);
 }
 
 #[test]

@@ -8,14 +8,13 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::daemon::Daemon;
-use common::guest::{bit, start_on_tap, Connection, Guest, GuestConfig, BASE_FEATURES};
-use common::netns::{NetNs, PacketSocket};
+use common::guest::{bit, GuestConfig, BASE_FEATURES};
 use common::packet::{
     assert_bytes, guest_frames, ipv4_tcp_frame, ipv4_udp_frame, pattern, test_frame, total_len,
     VnetHdr, ETH_P_IP, ETH_P_TEST, GUEST_MAC, PEER_MAC, VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
 };
+use common::rig::Rig;
 use common::ring::Buf;
 use common::{STATS_TIMEOUT, TIMEOUT};
 use virtio_bindings::virtio_net::{
@@ -27,53 +26,10 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 /// The TAP's name inside each test's own namespace.
 const TAP: &str = "vnmtap0";
 
-/// Fields drop in order: connection, guest, daemon (killed), then the namespace.
-struct TapRig {
-    c: Option<Connection>,
-    g: Guest,
-    d: Daemon,
-    /// Captures EtherType 0x88b5 frames arriving on the TAP from the daemon.
-    cap: PacketSocket,
-    /// Sends frames out of the TAP towards the daemon (and the guest).
-    inj: PacketSocket,
-    ns: NetNs,
-}
-
-fn tap_rig(test: &str, cfg: GuestConfig) -> Option<TapRig> {
-    let (ns, d, g, c) = start_on_tap(test, cfg, TAP)?;
-    let cap = ns.packet_socket(TAP, ETH_P_TEST, false);
-    let inj = ns.packet_socket(TAP, 0, false);
-    Some(TapRig {
-        c: Some(c),
-        g,
-        d,
-        cap,
-        inj,
-        ns,
-    })
-}
-
-impl TapRig {
-    /// Expect `frames` on the TAP, in order, byte for byte.
-    fn expect_on_tap(&mut self, frames: &[Vec<u8>]) {
-        for (i, f) in frames.iter().enumerate() {
-            let Some(got) = self.cap.recv(TIMEOUT) else {
-                self.d.fail(&format!(
-                    "frame {i} of {} sent by the guest never reached the TAP in {}",
-                    frames.len(),
-                    self.ns.name()
-                ));
-            };
-            assert_bytes(&got, f, &format!("frame {i} on the TAP"));
-        }
-    }
-
-    /// Frames for the guest, injected from the namespace.
-    fn inject(&self, frames: &[Vec<u8>], ethertype: u16) {
-        for f in frames {
-            self.inj.send(f, ethertype, GUEST_MAC);
-        }
-    }
+/// A daemon on [`TAP`] in a fresh namespace and a guest of `cfg` connected to it;
+/// `None` when not root.
+fn tap_rig(test: &str, cfg: GuestConfig) -> Option<Rig> {
+    Rig::on_tap(test, cfg, TAP)
 }
 
 /// `n` raw frames towards the guest.
@@ -92,9 +48,7 @@ fn tx_frames_arrive_on_the_tap() {
         return;
     };
     let frames = guest_frames(1000, 16, 60, 1514);
-    r.g.send(0, &frames);
-    r.g.wait_tx(0, frames.len());
-    r.expect_on_tap(&frames);
+    r.send_to_peer(0, &frames);
     let s = r.d.wait_stats("16 TX packets", STATS_TIMEOUT, |s| {
         s.queue(0, "tx_packets") == 16
     });
@@ -147,9 +101,7 @@ fn rx_without_mrg_rxbuf_and_event_idx() {
         );
     }
     let tx = guest_frames(3100, 8, 60, 1514);
-    r.g.send(0, &tx);
-    r.g.wait_tx(0, tx.len());
-    r.expect_on_tap(&tx);
+    r.send_to_peer(0, &tx);
 }
 
 #[test]
@@ -174,7 +126,7 @@ fn gso_64k_packet_spans_merged_buffers() {
         csum_offset: 16,
         num_buffers: 0,
     };
-    let gso = r.ns.packet_socket(TAP, 0, true);
+    let gso = r.ns().packet_socket(TAP, 0, true);
     let mut buf = vnet.to_bytes10().to_vec();
     buf.extend_from_slice(&frame);
     gso.send(&buf, ETH_P_IP, GUEST_MAC);
@@ -233,7 +185,7 @@ fn two_queue_pairs_on_a_multiqueue_tap() {
         *want.entry(f.clone()).or_default() += 1;
     }
     for i in 0..f0.len() + f1.len() {
-        let Some(got) = r.cap.recv(TIMEOUT) else {
+        let Some(got) = r.peer().cap.recv(TIMEOUT) else {
             r.d.fail(&format!("only {i} of 15 TX frames reached the TAP"));
         };
         match want.get_mut(&got) {
@@ -304,9 +256,7 @@ fn reconnect_keeps_the_tap_and_rx_resumes_without_a_kick() {
     };
     r.g.post_rx(0, 16, 2048);
     let tx = guest_frames(6000, 4, 60, 1514);
-    r.g.send(0, &tx);
-    r.g.wait_tx(0, 4);
-    r.expect_on_tap(&tx);
+    r.send_to_peer(0, &tx);
     let rx = peer_frames(6100, 4, 60, 1514);
     r.inject(&rx, ETH_P_TEST);
     for (p, f) in r.g.recv(0, 4, TIMEOUT).iter().zip(&rx) {
@@ -314,10 +264,7 @@ fn reconnect_keeps_the_tap_and_rx_resumes_without_a_kick() {
     }
 
     // The frontend goes away; 12 RX buffers stay posted in guest memory.
-    r.c = None;
-    std::thread::sleep(Duration::from_millis(100));
-    r.d.assert_running("after the frontend disconnected (no --once)");
-    r.c = Some(r.g.attach(&mut r.d));
+    r.reconnect();
 
     // No RX kick after the reconnect: the restored ring must run on its own.
     let rx = peer_frames(6200, 4, 60, 1514);
@@ -330,9 +277,7 @@ fn reconnect_keeps_the_tap_and_rx_resumes_without_a_kick() {
         );
     }
     let tx = guest_frames(6300, 4, 60, 1514);
-    r.g.send(0, &tx);
-    r.g.wait_tx(0, 4);
-    r.expect_on_tap(&tx);
+    r.send_to_peer(0, &tx);
 }
 
 #[test]
@@ -345,7 +290,7 @@ fn tso_packet_from_the_guest_reaches_the_tap_whole() {
         return;
     };
     // Capture IPv4 on the TAP with the kernel's view of the offload (virtio_net_hdr).
-    let cap = r.ns.packet_socket(TAP, ETH_P_IP, true);
+    let cap = r.ns().packet_socket(TAP, ETH_P_IP, true);
     let frame = ipv4_tcp_frame(PEER_MAC, GUEST_MAC, &pattern(7000, 60_000));
     let hdr = VnetHdr {
         flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
@@ -443,7 +388,7 @@ fn gso_packet_into_big_buffers_without_mrg_rxbuf() {
         csum_offset: 16,
         num_buffers: 0,
     };
-    let gso = r.ns.packet_socket(TAP, 0, true);
+    let gso = r.ns().packet_socket(TAP, 0, true);
     gso.send(
         &[&vnet.to_bytes10()[..], &frame].concat(),
         ETH_P_IP,

@@ -754,42 +754,27 @@ const PAGE_POOL_COUNTERS: [&str; 11] = [
 /// top-level names.
 #[test]
 fn daemon_stats_show_page_pool_and_xdp_counters() {
-    use common::daemon::Daemon;
-    use common::guest::{Guest, GuestConfig};
-    use common::netns::NetNs;
+    use common::guest::GuestConfig;
     use common::packet::{
-        assert_bytes, guest_frames, test_frame as eth_frame, ETH_P_TEST, GUEST_MAC, GUEST_MAC_STR,
-        PEER_MAC,
+        assert_bytes, guest_frames, test_frame as eth_frame, ETH_P_TEST, GUEST_MAC, PEER_MAC,
     };
-    use common::{privileged, STATS_TIMEOUT, TIMEOUT};
+    use common::rig::Rig;
+    use common::{STATS_TIMEOUT, TIMEOUT};
 
-    if !privileged("daemon_stats_show_page_pool_and_xdp_counters") {
+    let Some(mut r) = Rig::on_veth(
+        "daemon_stats_show_page_pool_and_xdp_counters",
+        GuestConfig::default(),
+        ("vnmx0", "vnmx1"),
+        None,
+        &[],
+    ) else {
         return;
-    }
-    let ns = NetNs::new();
-    let (xdp_end, peer_end) = ("vnmx0", "vnmx1");
-    ns.ip(&[
-        "link", "add", xdp_end, "type", "veth", "peer", "name", peer_end,
-    ]);
-    ns.link_up(xdp_end);
-    ns.link_up(peer_end);
-    let cap = ns.packet_socket(peer_end, ETH_P_TEST, false);
-    let inj = ns.packet_socket(peer_end, 0, false);
-    let mut d = Daemon::spawn(&["--xdp", xdp_end, "--mac", GUEST_MAC_STR], Some(&ns));
-    let mut g = Guest::new(GuestConfig::default());
-    let _c = g.attach(&mut d);
+    };
 
     let tx = guest_frames(300, 32, 60, 1514);
-    g.send(0, &tx);
-    g.wait_tx(0, tx.len());
-    for (i, f) in tx.iter().enumerate() {
-        let Some(got) = cap.recv(TIMEOUT) else {
-            d.fail(&format!("guest frame {i} never reached {peer_end}"));
-        };
-        assert_bytes(&got, f, &format!("guest frame {i} on {peer_end}"));
-    }
+    r.send_to_peer(0, &tx);
 
-    g.post_rx(0, 64, 2048);
+    r.g.post_rx(0, 64, 2048);
     let rx: Vec<Vec<u8>> = (0..16u32)
         .map(|i| {
             eth_frame(
@@ -800,17 +785,16 @@ fn daemon_stats_show_page_pool_and_xdp_counters() {
             )
         })
         .collect();
-    for f in &rx {
-        inj.send(f, ETH_P_TEST, GUEST_MAC);
-    }
-    for (i, (p, f)) in g.recv(0, rx.len(), TIMEOUT).iter().zip(&rx).enumerate() {
+    r.inject(&rx, ETH_P_TEST);
+    for (i, (p, f)) in r.g.recv(0, rx.len(), TIMEOUT).iter().zip(&rx).enumerate() {
         assert_bytes(&p.frame, f, &format!("peer frame {i} in guest buffers"));
     }
 
-    let s = d.wait_stats("xdp tx completions and rx packets", STATS_TIMEOUT, |s| {
-        s.group_counter(Some(0), "xdp", "tx_completed") == 32
-            && s.group_counter(Some(0), "xdp", "rx_packets") == 16
-    });
+    let s =
+        r.d.wait_stats("xdp tx completions and rx packets", STATS_TIMEOUT, |s| {
+            s.group_counter(Some(0), "xdp", "tx_completed") == 32
+                && s.group_counter(Some(0), "xdp", "rx_packets") == 16
+        });
     println!("{s}");
     // The queue counters keep their names, top-level in the entry and the total.
     assert_eq!(s.queue(0, "tx_packets"), 32, "{s}");
@@ -1133,57 +1117,25 @@ fn zero_copy_tx_needs_two_queues_per_pair() {
 /// the guest once its packet completed.
 #[test]
 fn daemon_zero_copy_tx_returns_chains_after_completion() {
-    use common::daemon::Daemon;
-    use common::guest::{Guest, GuestConfig};
-    use common::netns::NetNs;
-    use common::packet::{assert_bytes, guest_frames, ETH_P_TEST, GUEST_MAC_STR};
-    use common::{privileged, STATS_TIMEOUT, TIMEOUT};
+    use common::guest::GuestConfig;
+    use common::packet::guest_frames;
+    use common::rig::Rig;
+    use common::STATS_TIMEOUT;
 
-    if !privileged("daemon_zero_copy_tx_returns_chains_after_completion") {
+    let xdp_end = "vnmz0";
+    let Some(mut r) = Rig::on_veth(
+        "daemon_zero_copy_tx_returns_chains_after_completion",
+        GuestConfig::default(),
+        (xdp_end, "vnmz1"),
+        Some(2),
+        &["--xdp-zerocopy-tx"],
+    ) else {
         return;
-    }
-    let ns = NetNs::new();
-    let (xdp_end, peer_end) = ("vnmz0", "vnmz1");
-    ns.ip(&[
-        "link",
-        "add",
-        xdp_end,
-        "numtxqueues",
-        "2",
-        "numrxqueues",
-        "2",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        peer_end,
-    ]);
-    ns.link_up(xdp_end);
-    ns.link_up(peer_end);
-    let cap = ns.packet_socket(peer_end, ETH_P_TEST, false);
-    let mut d = Daemon::spawn(
-        &[
-            "--xdp",
-            xdp_end,
-            "--xdp-zerocopy-tx",
-            "--mac",
-            GUEST_MAC_STR,
-        ],
-        Some(&ns),
-    );
-    let mut g = Guest::new(GuestConfig::default());
-    let _c = g.attach(&mut d);
+    };
 
     let frames = guest_frames(700, 48, 60, 1514);
-    g.send(0, &frames);
-    g.wait_tx(0, frames.len());
-    for (i, f) in frames.iter().enumerate() {
-        let Some(got) = cap.recv(TIMEOUT) else {
-            d.fail(&format!("guest frame {i} never reached {peer_end}"));
-        };
-        assert_bytes(&got, f, &format!("guest frame {i} on {peer_end}"));
-    }
-    let s = d.wait_stats("zero-copy completions", STATS_TIMEOUT, |s| {
+    r.send_to_peer(0, &frames);
+    let s = r.d.wait_stats("zero-copy completions", STATS_TIMEOUT, |s| {
         s.group_counter(Some(0), "xdp", "tx_zc_completed") == 48
     });
     println!("{s}");
@@ -1195,30 +1147,26 @@ fn daemon_zero_copy_tx_returns_chains_after_completion() {
 
     // With the link down the packets cannot complete: their chains must stay with
     // the device (the guest would otherwise reuse buffers the kernel still reads).
-    ns.ip(&["link", "set", xdp_end, "down"]);
-    let used_before = g.pairs[0].tx.ring.used_idx(&g.mem);
+    r.ns().ip(&["link", "set", xdp_end, "down"]);
+    let used_before = r.g.pairs[0].tx.ring.used_idx(&r.g.mem);
     let held = guest_frames(800, 8, 60, 1000);
-    g.send(0, &held);
-    d.wait_stats("8 more zero-copy packets in flight", STATS_TIMEOUT, |s| {
+    r.g.send(0, &held);
+    r.d.wait_stats("8 more zero-copy packets in flight", STATS_TIMEOUT, |s| {
         s.group_counter(Some(0), "xdp", "tx_zc_packets") == 56
     });
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(
-        g.pairs[0].tx.ring.used_idx(&g.mem),
+        r.g.pairs[0].tx.ring.used_idx(&r.g.mem),
         used_before,
         "chains returned before their packets completed"
     );
-    ns.link_up(xdp_end);
-    g.wait_tx(0, held.len());
-    for (i, f) in held.iter().enumerate() {
-        let Some(got) = cap.recv(TIMEOUT) else {
-            d.fail(&format!("held frame {i} never reached {peer_end}"));
-        };
-        assert_bytes(&got, f, &format!("held frame {i} on {peer_end}"));
-    }
-    let s = d.wait_stats("all zero-copy packets completed", STATS_TIMEOUT, |s| {
-        s.group_counter(Some(0), "xdp", "tx_zc_completed") == 56
-    });
+    r.ns().link_up(xdp_end);
+    r.g.wait_tx(0, held.len());
+    r.expect_at_peer(&held, "held frame");
+    let s =
+        r.d.wait_stats("all zero-copy packets completed", STATS_TIMEOUT, |s| {
+            s.group_counter(Some(0), "xdp", "tx_zc_completed") == 56
+        });
     assert_eq!(
         s.group_counter(Some(0), "xdp", "tx_zc_out_of_order"),
         0,

@@ -1,39 +1,29 @@
-//! A virtio-net "guest" driven over vhost-user: the VMM's part (the setup messages,
-//! through `vhost::vhost_user::Frontend`) and the driver's part (queue pairs in guest
-//! memory, TX chains, RX buffers, kicks and calls).
+//! A virtio-net "guest" driver: queue pairs in guest memory, TX chains, RX buffers,
+//! kicks and calls. Its VMM's part, the vhost-user setup, is in [`super::connection`].
 
 use std::collections::VecDeque;
-use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::message::{
-    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures,
-};
-use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::VhostBackend;
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
-    VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::connection::{wanted_protocol, Connection, SetupOrder};
 use super::daemon::{Daemon, DaemonLog};
 use super::memory::TestMemory;
 use super::packet::{VnetHdr, VNET_HDR_LEN};
-use super::ring::{Buf, SplitRing, Used};
+use super::queue::{QueuePair, Vq};
+use super::ring::{Buf, Used};
 use super::TIMEOUT;
 
 /// `1 << n` for a feature number.
 pub const fn bit(n: u32) -> u64 {
     1 << n
 }
-
-/// vhost-user's PROTOCOL_FEATURES virtio feature bit.
-pub const VHOST_USER_F_PROTOCOL_FEATURES: u32 = 30;
 
 /// The features a plain test guest acks (MQ is added for more than one pair).
 pub const BASE_FEATURES: u64 = bit(VIRTIO_F_VERSION_1)
@@ -43,45 +33,6 @@ pub const BASE_FEATURES: u64 = bit(VIRTIO_F_VERSION_1)
     | bit(VIRTIO_NET_F_MRG_RXBUF)
     | bit(VIRTIO_RING_F_EVENT_IDX)
     | bit(VIRTIO_RING_F_INDIRECT_DESC);
-
-/// The vhost-user protocol features the daemon must offer.
-pub fn wanted_protocol() -> VhostUserProtocolFeatures {
-    VhostUserProtocolFeatures::MQ
-        | VhostUserProtocolFeatures::REPLY_ACK
-        | VhostUserProtocolFeatures::CONFIG
-        | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
-        | VhostUserProtocolFeatures::STATUS
-}
-
-/// vhost-user request codes used in raw messages.
-pub mod req {
-    /// GET_FEATURES.
-    pub const GET_FEATURES: u32 = 1;
-    /// SET_FEATURES.
-    pub const SET_FEATURES: u32 = 2;
-    /// SET_VRING_NUM.
-    pub const SET_VRING_NUM: u32 = 8;
-    /// GET_QUEUE_NUM.
-    pub const GET_QUEUE_NUM: u32 = 17;
-    /// SET_VRING_ENABLE.
-    pub const SET_VRING_ENABLE: u32 = 18;
-}
-
-/// Header flags: protocol version 1.
-pub const HDR_VERSION: u32 = 0x1;
-/// Header flags: this is a reply.
-pub const HDR_REPLY: u32 = 0x4;
-
-/// In which order the setup messages are sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SetupOrder {
-    /// Features, memory, rings, then SET_VRING_ENABLE(1) per ring (QEMU >= 8, DPDK).
-    Standard,
-    /// QEMU 7.2: SET_VRING_ENABLE(1) for every ring right after SET_PROTOCOL_FEATURES,
-    /// before SET_FEATURES, without NEED_REPLY, never repeated. The `Frontend` refuses
-    /// to send it then, so these are raw messages.
-    Qemu72,
-}
 
 /// What the guest negotiates.
 #[derive(Clone, Debug)]
@@ -118,193 +69,6 @@ impl Default for GuestConfig {
             mem_via_add_reg: false,
             tx_ring_region: 1,
         }
-    }
-}
-
-/// One virtqueue of the guest with its eventfds.
-pub struct Vq {
-    /// vhost-user ring index.
-    pub index: usize,
-    /// The split ring.
-    pub ring: SplitRing,
-    /// Kick eventfd (guest -> device).
-    pub kick: EventFd,
-    /// Call eventfd (device -> guest).
-    pub call: EventFd,
-    /// Call signals consumed so far.
-    pub calls: u64,
-}
-
-impl Vq {
-    fn new(mem: &TestMemory, index: usize, size: u16, region: usize) -> Vq {
-        Vq {
-            index,
-            ring: SplitRing::new(mem, region, size),
-            kick: EventFd::new(EFD_NONBLOCK).expect("kick eventfd"),
-            call: EventFd::new(EFD_NONBLOCK).expect("call eventfd"),
-            calls: 0,
-        }
-    }
-
-    /// Consume a pending call signal without waiting; returns whether there was one.
-    pub fn take_call(&mut self) -> bool {
-        match self.call.read() {
-            Ok(n) => {
-                self.calls += n;
-                true
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
-            Err(e) => panic!("read call eventfd: {e}"),
-        }
-    }
-
-    /// Whether the device signalled the call eventfd since the counter was last reset
-    /// (consumes a pending signal).
-    pub fn was_called(&mut self) -> bool {
-        self.take_call();
-        self.calls > 0
-    }
-
-    /// Wait up to `timeout` for a call signal and consume it.
-    pub fn wait_call(&mut self, timeout: Duration) -> bool {
-        if self.take_call() {
-            return true;
-        }
-        let mut pfd = libc::pollfd {
-            fd: self.call.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: `pfd` is one live pollfd and the count passed is 1; result checked.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        rc > 0 && self.take_call()
-    }
-
-    /// Make posted chains visible; kick when the device asked for it (or always,
-    /// unless `honour_avail_event`).
-    pub fn publish(&mut self, mem: &TestMemory, honour_avail_event: bool) -> bool {
-        let need = self.ring.publish(mem);
-        if need || !honour_avail_event {
-            self.kick.write(1).expect("kick");
-        }
-        need
-    }
-
-    /// Take used entries until there are at least `min` or `timeout` passed. As a
-    /// driver (`driver`): re-arm used_event with EVENT_IDX before sleeping and sleep
-    /// on the call eventfd (consuming calls); otherwise poll without touching either.
-    fn gather_used(
-        &mut self,
-        mem: &TestMemory,
-        min: usize,
-        timeout: Duration,
-        log: &DaemonLog,
-        driver: bool,
-    ) -> Vec<Used> {
-        let deadline = Instant::now() + timeout;
-        let mut got = Vec::new();
-        loop {
-            let index = self.index;
-            got.extend(
-                self.ring
-                    .take_used(mem, &|| format!(" (vring {index}){}", log.context())),
-            );
-            if got.len() >= min {
-                return got;
-            }
-            if driver && self.ring.event_idx() {
-                // Ask for a call at the next used entry, then re-check (the race every
-                // driver closes this way).
-                self.ring.set_used_event(mem, self.ring.last_used());
-                if self.ring.has_used(mem) {
-                    continue;
-                }
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return got;
-            }
-            if driver {
-                self.wait_call((deadline - now).min(Duration::from_millis(200)));
-            } else {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-    }
-
-    /// Collect used entries until there are at least `min` or `timeout` passed
-    /// (consuming calls on the way, and re-arming used_event with EVENT_IDX, as a
-    /// driver does before it sleeps). May return fewer than `min`.
-    pub fn collect_used(
-        &mut self,
-        mem: &TestMemory,
-        min: usize,
-        timeout: Duration,
-        log: &DaemonLog,
-    ) -> Vec<Used> {
-        self.gather_used(mem, min, timeout, log, true)
-    }
-
-    /// [`Self::collect_used`], failing unless `min` entries arrive within `timeout`.
-    pub fn wait_used(
-        &mut self,
-        mem: &TestMemory,
-        min: usize,
-        timeout: Duration,
-        log: &DaemonLog,
-    ) -> Vec<Used> {
-        let got = self.collect_used(mem, min, timeout, log);
-        if got.len() < min {
-            panic!(
-                "vring {}: waited {timeout:?} for {min} used entries, got {} \
-                 (used.idx {} in memory, {} chains still posted, {} calls seen){}",
-                self.index,
-                got.len(),
-                self.ring.used_idx(mem),
-                self.ring.in_flight(),
-                self.calls,
-                log.context()
-            );
-        }
-        got
-    }
-
-    /// Poll the used ring (no used_event re-arming, no call consumed) until `min`
-    /// entries arrived; fails after `timeout`.
-    pub fn poll_used(
-        &mut self,
-        mem: &TestMemory,
-        min: usize,
-        timeout: Duration,
-        log: &DaemonLog,
-    ) -> Vec<Used> {
-        let got = self.gather_used(mem, min, timeout, log, false);
-        if got.len() < min {
-            panic!(
-                "vring {}: polled {timeout:?} for {min} used entries, got {}{}",
-                self.index,
-                got.len(),
-                log.context()
-            );
-        }
-        got
-    }
-}
-
-/// An RX and a TX queue.
-pub struct QueuePair {
-    /// Receive queue (ring 2p).
-    pub rx: Vq,
-    /// Transmit queue (ring 2p+1).
-    pub tx: Vq,
-}
-
-impl QueuePair {
-    /// Both queues, TX first.
-    pub fn both(&mut self) -> [&mut Vq; 2] {
-        let QueuePair { rx, tx } = self;
-        [tx, rx]
     }
 }
 
@@ -356,99 +120,6 @@ pub enum RxLayout {
     Single,
     /// A 12-byte header descriptor and a data descriptor in another region.
     Split,
-}
-
-/// The vhost-user connection of a guest.
-pub struct Connection {
-    /// The `vhost` crate's frontend.
-    pub fe: Frontend,
-    /// The same socket, for raw messages.
-    raw: UnixStream,
-    /// Features the daemon offered.
-    pub offered: u64,
-    /// Protocol features the daemon offered.
-    pub protocol_offered: VhostUserProtocolFeatures,
-    /// Protocol features acked.
-    pub protocol: VhostUserProtocolFeatures,
-    /// GET_QUEUE_NUM's answer (0 when MQ was not negotiated).
-    pub queue_num: u64,
-    /// GET_MAX_MEM_SLOTS's answer (0 without CONFIGURE_MEM_SLOTS).
-    pub max_mem_slots: u64,
-}
-
-impl Connection {
-    /// Write one raw message: header (`request`, `flags`, `size`) then `body`.
-    pub fn send_raw(&mut self, request: u32, flags: u32, size: u32, body: &[u8]) {
-        let mut msg = Vec::with_capacity(12 + body.len());
-        msg.extend_from_slice(&request.to_le_bytes());
-        msg.extend_from_slice(&flags.to_le_bytes());
-        msg.extend_from_slice(&size.to_le_bytes());
-        msg.extend_from_slice(body);
-        self.raw
-            .write_all(&msg)
-            .expect("write a raw vhost-user message");
-    }
-
-    /// Read one raw reply: (request, flags, body).
-    pub fn recv_raw(&mut self) -> (u32, u32, Vec<u8>) {
-        let mut hdr = [0u8; 12];
-        self.raw
-            .read_exact(&mut hdr)
-            .expect("read a vhost-user reply header");
-        let u = |i: usize| u32::from_le_bytes(hdr[i..i + 4].try_into().expect("4 bytes"));
-        let mut body = vec![0u8; usize::try_from(u(8)).expect("fits")];
-        self.raw
-            .read_exact(&mut body)
-            .expect("read a vhost-user reply body");
-        (u(0), u(4), body)
-    }
-
-    /// A request answered with a u64, sent raw (leaves the `Frontend`'s state alone).
-    pub fn request_u64(&mut self, request: u32) -> u64 {
-        self.send_raw(request, HDR_VERSION, 0, &[]);
-        let (code, flags, body) = self.recv_raw();
-        assert_eq!(code, request, "reply to the wrong request");
-        assert!(flags & HDR_REPLY != 0, "reply without the reply flag");
-        assert_eq!(body.len(), 8, "u64 reply of {} bytes", body.len());
-        u64::from_le_bytes(body[..8].try_into().expect("8 bytes"))
-    }
-
-    /// SET_VRING_ENABLE as a raw message without NEED_REPLY.
-    pub fn raw_vring_enable(&mut self, index: u32, enable: bool) {
-        let mut body = Vec::new();
-        body.extend_from_slice(&index.to_le_bytes());
-        body.extend_from_slice(&u32::from(enable).to_le_bytes());
-        self.send_raw(req::SET_VRING_ENABLE, HDR_VERSION, 8, &body);
-    }
-
-    /// Whether the daemon closed the connection within `timeout`.
-    pub fn wait_closed(&mut self, timeout: Duration) -> bool {
-        self.raw
-            .set_read_timeout(Some(timeout))
-            .expect("socket timeout");
-        let mut b = [0u8; 256];
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.raw.read(&mut b) {
-                Ok(0) => return true,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-                Err(_) => return false,
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-        }
-    }
-
-    /// The virtio-net config space (12 bytes: mac, status, max pairs, mtu).
-    pub fn net_config(&mut self) -> Vec<u8> {
-        let (_, payload) = self
-            .fe
-            .get_config(0, 12, VhostUserConfigFlags::WRITABLE, &[0u8; 12])
-            .expect("GET_CONFIG");
-        payload
-    }
 }
 
 /// The guest: memory, queue pairs, negotiated state.
@@ -518,11 +189,13 @@ impl Guest {
         self.acked & bit(n) != 0
     }
 
-    fn vrings(&self) -> usize {
+    /// Rings: two per queue pair.
+    pub(super) fn vrings(&self) -> usize {
         2 * self.pairs.len()
     }
 
-    fn vq(&self, ring: usize) -> &Vq {
+    /// The queue of vhost-user ring `ring`.
+    pub(super) fn vq(&self, ring: usize) -> &Vq {
         let p = &self.pairs[ring / 2];
         if ring % 2 == 0 {
             &p.rx
@@ -541,127 +214,7 @@ impl Guest {
 
     /// Run the setup on an already connected socket.
     pub fn attach_stream(&mut self, stream: UnixStream) -> Connection {
-        stream
-            .set_read_timeout(Some(TIMEOUT))
-            .expect("socket read timeout");
-        stream
-            .set_write_timeout(Some(TIMEOUT))
-            .expect("socket write timeout");
-        let raw = stream.try_clone().expect("clone the socket");
-        let nrings = u64::try_from(self.vrings()).expect("fits");
-        let mut conn = Connection {
-            fe: Frontend::from_stream(stream, nrings),
-            raw,
-            offered: 0,
-            protocol_offered: VhostUserProtocolFeatures::empty(),
-            protocol: VhostUserProtocolFeatures::empty(),
-            queue_num: 0,
-            max_mem_slots: 0,
-        };
-        let ctx = self.log.clone();
-        let fail = |what: &str, e: &dyn std::fmt::Debug| -> ! {
-            panic!("vhost-user setup: {what} failed: {e:?}{}", ctx.context())
-        };
-        conn.fe
-            .set_owner()
-            .unwrap_or_else(|e| fail("SET_OWNER", &e));
-        conn.offered = conn
-            .fe
-            .get_features()
-            .unwrap_or_else(|e| fail("GET_FEATURES", &e));
-        let mut want = self.cfg.features | bit(VHOST_USER_F_PROTOCOL_FEATURES);
-        if self.pairs.len() > 1 {
-            want |= bit(VIRTIO_NET_F_MQ);
-        }
-        let missing = want & !conn.offered;
-        assert_eq!(
-            missing, 0,
-            "daemon does not offer features {missing:#x} (offered {:#x})",
-            conn.offered
-        );
-        conn.protocol_offered = conn
-            .fe
-            .get_protocol_features()
-            .unwrap_or_else(|e| fail("GET_PROTOCOL_FEATURES", &e));
-        conn.protocol = conn.protocol_offered & self.cfg.protocol;
-        conn.fe
-            .set_protocol_features(conn.protocol)
-            .unwrap_or_else(|e| fail("SET_PROTOCOL_FEATURES", &e));
-        if self.cfg.order == SetupOrder::Qemu72 {
-            for i in 0..self.vrings() {
-                conn.raw_vring_enable(u32::try_from(i).expect("fits"), true);
-            }
-        }
-        if conn.protocol.contains(VhostUserProtocolFeatures::MQ) {
-            conn.queue_num = conn.request_u64(req::GET_QUEUE_NUM);
-        }
-        if conn
-            .protocol
-            .contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
-        {
-            conn.max_mem_slots = conn
-                .fe
-                .get_max_mem_slots()
-                .unwrap_or_else(|e| fail("GET_MAX_MEM_SLOTS", &e));
-        }
-        if conn.protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
-            // Every later message waits for the daemon's ack: when a call returns, the
-            // daemon has applied it.
-            conn.fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-        }
-        conn.fe
-            .set_features(want)
-            .unwrap_or_else(|e| fail("SET_FEATURES", &e));
-        self.acked = want;
-        let regions: Vec<_> = self
-            .cfg
-            .mem_regions
-            .iter()
-            .map(|&i| self.mem.region_info(i))
-            .collect();
-        if self.cfg.mem_via_add_reg {
-            for r in &regions {
-                conn.fe
-                    .add_mem_region(r)
-                    .unwrap_or_else(|e| fail("ADD_MEM_REG", &e));
-            }
-        } else {
-            conn.fe
-                .set_mem_table(&regions)
-                .unwrap_or_else(|e| fail("SET_MEM_TABLE", &e));
-        }
-        let event_idx = self.has(VIRTIO_RING_F_EVENT_IDX);
-        for i in 0..self.vrings() {
-            let vq = self.vq(i);
-            let base = vq.ring.used_idx(&self.mem);
-            conn.fe
-                .set_vring_num(i, vq.ring.size())
-                .unwrap_or_else(|e| fail("SET_VRING_NUM", &e));
-            conn.fe
-                .set_vring_base(i, base)
-                .unwrap_or_else(|e| fail("SET_VRING_BASE", &e));
-            conn.fe
-                .set_vring_addr(i, &vq.ring.config_data(&self.mem))
-                .unwrap_or_else(|e| fail("SET_VRING_ADDR", &e));
-            conn.fe
-                .set_vring_kick(i, &vq.kick)
-                .unwrap_or_else(|e| fail("SET_VRING_KICK", &e));
-            conn.fe
-                .set_vring_call(i, &vq.call)
-                .unwrap_or_else(|e| fail("SET_VRING_CALL", &e));
-        }
-        for p in &mut self.pairs {
-            p.rx.ring.set_event_idx(event_idx);
-            p.tx.ring.set_event_idx(event_idx);
-        }
-        if self.cfg.order == SetupOrder::Standard {
-            for i in 0..self.vrings() {
-                conn.fe
-                    .set_vring_enable(i, true)
-                    .unwrap_or_else(|e| fail("SET_VRING_ENABLE", &e));
-            }
-        }
-        conn
+        Connection::setup(self, stream)
     }
 
     fn next_region(&mut self) -> usize {
@@ -895,56 +448,4 @@ impl Guest {
         }
         self.wait_tx(pair, frames.len());
     }
-}
-
-/// A daemon with the loopback uplink and a guest attached to it (`cfg.pairs` pairs).
-pub fn start_loopback(cfg: GuestConfig, extra_args: &[&str]) -> (Daemon, Guest, Connection) {
-    let pairs = cfg.pairs.to_string();
-    let size = cfg.queue_size.to_string();
-    let mut args = vec![
-        "--uplink",
-        "loopback",
-        "--queues",
-        &pairs,
-        "--queue-size",
-        &size,
-        "--mac",
-        super::packet::GUEST_MAC_STR,
-    ];
-    args.extend_from_slice(extra_args);
-    let mut daemon = Daemon::spawn(&args, None);
-    let mut guest = Guest::new(cfg);
-    let conn = guest.attach(&mut daemon);
-    (daemon, guest, conn)
-}
-
-/// A daemon on TAP `tap` inside a fresh namespace (link up) and a guest attached to it
-/// (`cfg.pairs` pairs); None when the test cannot run here (not root). Keep the values
-/// so that they drop in the order connection, guest, daemon, namespace.
-pub fn start_on_tap(
-    test: &str,
-    cfg: GuestConfig,
-    tap: &str,
-) -> Option<(super::netns::NetNs, Daemon, Guest, Connection)> {
-    if !super::privileged(test) {
-        return None;
-    }
-    let ns = super::netns::NetNs::new();
-    let pairs = cfg.pairs.to_string();
-    let mut daemon = Daemon::spawn(
-        &[
-            "--tap",
-            tap,
-            "--queues",
-            &pairs,
-            "--mac",
-            super::packet::GUEST_MAC_STR,
-        ],
-        Some(&ns),
-    );
-    let mut guest = Guest::new(cfg);
-    let conn = guest.attach(&mut daemon);
-    ns.wait_link(tap, &mut daemon, TIMEOUT);
-    ns.link_up(tap);
-    Some((ns, daemon, guest, conn))
 }

@@ -5,9 +5,16 @@
 //!   file offsets (as QEMU sends them), with a bump allocator per region.
 //! - [`ring`]: the driver side of a split virtqueue: descriptor table, avail and used
 //!   rings in guest memory, direct / indirect / raw (hostile) chains, EVENT_IDX.
-//! - [`guest`]: a virtio-net "guest": queue pairs, eventfds, the vhost-user setup
-//!   through `vhost::vhost_user::Frontend` (plus raw messages where the `Frontend` API
-//!   refuses an order QEMU really sends), TX sending and RX receiving.
+//! - [`connection`]: the VMM's vhost-user connection: the setup messages through
+//!   `vhost::vhost_user::Frontend`, raw messages where the `Frontend` API refuses an
+//!   order QEMU really sends (or for malformed ones), the request codes they use.
+//! - [`queue`]: one virtqueue of the guest driver: its ring, kick and call eventfds,
+//!   waits for used entries; an RX and a TX queue make a queue pair.
+//! - [`guest`]: a virtio-net "guest" driver: memory, queue pairs, TX sending and RX
+//!   receiving.
+//! - [`rig`]: the daemon and a guest connected to it, on the loopback uplink, or on a
+//!   TAP or an AF_XDP veth in a fresh namespace with AF_PACKET sockets on the peer's
+//!   end; connect / disconnect, frames checked at the peer and injected from it.
 //! - [`daemon`]: the real `vhost-netmem` binary as a child process (optionally inside a
 //!   network namespace), killed by PID on drop, stderr captured for failure messages.
 //! - [`stats`]: the daemon's `--stats-file` JSON.
@@ -23,11 +30,14 @@
 // Each test crate compiles this module and uses a different subset of it.
 #![allow(dead_code)]
 
+pub mod connection;
 pub mod daemon;
 pub mod guest;
 pub mod memory;
 pub mod netns;
 pub mod packet;
+pub mod queue;
+pub mod rig;
 pub mod ring;
 pub mod stats;
 

@@ -93,6 +93,20 @@ impl NetNs {
         self.ip(&["link", "set", "dev", ifname, "up"]);
     }
 
+    /// Create a veth pair `a`–`b` in the namespace (`queues` TX and RX queues on each end
+    /// when given, the kernel's default otherwise) and bring both ends up.
+    pub fn veth(&self, a: &str, b: &str, queues: Option<u32>) {
+        let queues = queues.map(|n| n.to_string());
+        let mut args = vec!["link", "add", a];
+        if let Some(n) = &queues {
+            args.extend_from_slice(&["numtxqueues", n, "numrxqueues", n]);
+        }
+        args.extend_from_slice(&["type", "veth", "peer", "name", b]);
+        self.ip(&args);
+        self.link_up(a);
+        self.link_up(b);
+    }
+
     /// Run `f` on a thread that joined this namespace; the thread ends afterwards, so
     /// nothing else changes namespace.
     pub fn run_inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {

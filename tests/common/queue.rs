@@ -1,0 +1,200 @@
+//! One virtqueue of the guest driver: its split ring in guest memory, its kick and call
+//! eventfds, and the waits for used entries (as a driver that sleeps on calls, or as a
+//! plain poll); an RX and a TX queue make a queue pair.
+
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::daemon::DaemonLog;
+use super::memory::TestMemory;
+use super::ring::{SplitRing, Used};
+
+/// One virtqueue of the guest with its eventfds.
+pub struct Vq {
+    /// vhost-user ring index.
+    pub index: usize,
+    /// The split ring.
+    pub ring: SplitRing,
+    /// Kick eventfd (guest -> device).
+    pub kick: EventFd,
+    /// Call eventfd (device -> guest).
+    pub call: EventFd,
+    /// Call signals consumed so far.
+    pub calls: u64,
+}
+
+impl Vq {
+    /// Ring `index` of `size` entries in `region`, with fresh eventfds.
+    pub fn new(mem: &TestMemory, index: usize, size: u16, region: usize) -> Vq {
+        Vq {
+            index,
+            ring: SplitRing::new(mem, region, size),
+            kick: EventFd::new(EFD_NONBLOCK).expect("kick eventfd"),
+            call: EventFd::new(EFD_NONBLOCK).expect("call eventfd"),
+            calls: 0,
+        }
+    }
+
+    /// Consume a pending call signal without waiting; returns whether there was one.
+    pub fn take_call(&mut self) -> bool {
+        match self.call.read() {
+            Ok(n) => {
+                self.calls += n;
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            Err(e) => panic!("read call eventfd: {e}"),
+        }
+    }
+
+    /// Whether the device signalled the call eventfd since the counter was last reset
+    /// (consumes a pending signal).
+    pub fn was_called(&mut self) -> bool {
+        self.take_call();
+        self.calls > 0
+    }
+
+    /// Wait up to `timeout` for a call signal and consume it.
+    pub fn wait_call(&mut self, timeout: Duration) -> bool {
+        if self.take_call() {
+            return true;
+        }
+        let mut pfd = libc::pollfd {
+            fd: self.call.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: `pfd` is one live pollfd and the count passed is 1; result checked.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        rc > 0 && self.take_call()
+    }
+
+    /// Make posted chains visible; kick when the device asked for it (or always,
+    /// unless `honour_avail_event`).
+    pub fn publish(&mut self, mem: &TestMemory, honour_avail_event: bool) -> bool {
+        let need = self.ring.publish(mem);
+        if need || !honour_avail_event {
+            self.kick.write(1).expect("kick");
+        }
+        need
+    }
+
+    /// Take used entries until there are at least `min` or `timeout` passed. As a
+    /// driver (`driver`): re-arm used_event with EVENT_IDX before sleeping and sleep
+    /// on the call eventfd (consuming calls); otherwise poll without touching either.
+    fn gather_used(
+        &mut self,
+        mem: &TestMemory,
+        min: usize,
+        timeout: Duration,
+        log: &DaemonLog,
+        driver: bool,
+    ) -> Vec<Used> {
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::new();
+        loop {
+            let index = self.index;
+            got.extend(
+                self.ring
+                    .take_used(mem, &|| format!(" (vring {index}){}", log.context())),
+            );
+            if got.len() >= min {
+                return got;
+            }
+            if driver && self.ring.event_idx() {
+                // Ask for a call at the next used entry, then re-check (the race every
+                // driver closes this way).
+                self.ring.set_used_event(mem, self.ring.last_used());
+                if self.ring.has_used(mem) {
+                    continue;
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return got;
+            }
+            if driver {
+                self.wait_call((deadline - now).min(Duration::from_millis(200)));
+            } else {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+
+    /// Collect used entries until there are at least `min` or `timeout` passed
+    /// (consuming calls on the way, and re-arming used_event with EVENT_IDX, as a
+    /// driver does before it sleeps). May return fewer than `min`.
+    pub fn collect_used(
+        &mut self,
+        mem: &TestMemory,
+        min: usize,
+        timeout: Duration,
+        log: &DaemonLog,
+    ) -> Vec<Used> {
+        self.gather_used(mem, min, timeout, log, true)
+    }
+
+    /// [`Self::collect_used`], failing unless `min` entries arrive within `timeout`.
+    pub fn wait_used(
+        &mut self,
+        mem: &TestMemory,
+        min: usize,
+        timeout: Duration,
+        log: &DaemonLog,
+    ) -> Vec<Used> {
+        let got = self.collect_used(mem, min, timeout, log);
+        if got.len() < min {
+            panic!(
+                "vring {}: waited {timeout:?} for {min} used entries, got {} \
+                 (used.idx {} in memory, {} chains still posted, {} calls seen){}",
+                self.index,
+                got.len(),
+                self.ring.used_idx(mem),
+                self.ring.in_flight(),
+                self.calls,
+                log.context()
+            );
+        }
+        got
+    }
+
+    /// Poll the used ring (no used_event re-arming, no call consumed) until `min`
+    /// entries arrived; fails after `timeout`.
+    pub fn poll_used(
+        &mut self,
+        mem: &TestMemory,
+        min: usize,
+        timeout: Duration,
+        log: &DaemonLog,
+    ) -> Vec<Used> {
+        let got = self.gather_used(mem, min, timeout, log, false);
+        if got.len() < min {
+            panic!(
+                "vring {}: polled {timeout:?} for {min} used entries, got {}{}",
+                self.index,
+                got.len(),
+                log.context()
+            );
+        }
+        got
+    }
+}
+
+/// An RX and a TX queue.
+pub struct QueuePair {
+    /// Receive queue (ring 2p).
+    pub rx: Vq,
+    /// Transmit queue (ring 2p+1).
+    pub tx: Vq,
+}
+
+impl QueuePair {
+    /// Both queues, TX first.
+    pub fn both(&mut self) -> [&mut Vq; 2] {
+        let QueuePair { rx, tx } = self;
+        [tx, rx]
+    }
+}
