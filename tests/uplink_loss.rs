@@ -7,8 +7,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::guest::{start_on_tap, GuestConfig};
+use common::guest::GuestConfig;
 use common::packet::{assert_bytes, guest_frames, test_frame, ETH_P_TEST, GUEST_MAC, PEER_MAC};
+use common::rig::Rig;
 use common::{STATS_TIMEOUT, TIMEOUT};
 
 const TAP: &str = "vnmgone0";
@@ -36,100 +37,99 @@ fn count(haystack: &str, needle: &str) -> usize {
 #[test]
 fn a_deleted_tap_is_noticed_not_polled_and_reopened_when_it_comes_back() {
     let test = "a_deleted_tap_is_noticed_not_polled_and_reopened_when_it_comes_back";
-    let Some((ns, mut d, mut g, _c)) = start_on_tap(test, GuestConfig::default(), TAP) else {
+    let Some(mut r) = Rig::on_tap(test, GuestConfig::default(), TAP) else {
         return;
     };
     // Traffic flows, and RX is armed (buffers posted), so the TAP's fd is polled.
-    let cap = ns.packet_socket(TAP, ETH_P_TEST, false);
-    let frames = guest_frames(100, 4, 60, 1514);
-    g.send(0, &frames);
-    g.wait_tx(0, frames.len());
-    for (i, f) in frames.iter().enumerate() {
-        let got = cap
-            .recv(TIMEOUT)
-            .unwrap_or_else(|| d.fail("frame never reached the TAP"));
-        assert_bytes(&got, f, &format!("frame {i} before the TAP was deleted"));
-    }
-    drop(cap);
-    g.post_rx(0, 32, 2048);
-    d.wait_stats("4 TX packets", STATS_TIMEOUT, |s| {
+    r.send_to_peer(0, &guest_frames(100, 4, 60, 1514));
+    r.g.post_rx(0, 32, 2048);
+    r.d.wait_stats("4 TX packets", STATS_TIMEOUT, |s| {
         s.queue(0, "tx_packets") == 4
     });
 
-    ns.ip(&["link", "del", TAP]);
-    d.wait_stats("the lost uplink counted", STATS_TIMEOUT, |s| {
+    r.ns().ip(&["link", "del", TAP]);
+    r.d.wait_stats("the lost uplink counted", STATS_TIMEOUT, |s| {
         s.queue(0, "uplink_lost") == 1
     });
     // Not polled any more: a detached tun fd reports EPOLLERR for ever, which spun a
     // worker at 60-100 % of a core before. Allow a quarter of one over a second.
-    let before = cpu_ticks(d.pid());
+    let before = cpu_ticks(r.d.pid());
     std::thread::sleep(Duration::from_secs(1));
     // SAFETY: sysconf has no preconditions.
     let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
-    let used = cpu_ticks(d.pid()) - before;
+    let used = cpu_ticks(r.d.pid()) - before;
     assert!(
         used * 4 < hz,
         "daemon used {used} of {hz} ticks in a second with its TAP gone: spinning?\n{}",
-        d.stderr()
+        r.d.stderr()
     );
     // Guest TX is returned and counted while the TAP is gone.
     let lost = guest_frames(200, 8, 60, 600);
-    g.send(0, &lost);
-    g.wait_tx(0, lost.len());
-    let s = d.wait_stats("TX dropped while down", STATS_TIMEOUT, |s| {
+    r.g.send(0, &lost);
+    r.g.wait_tx(0, lost.len());
+    let s = r.d.wait_stats("TX dropped while down", STATS_TIMEOUT, |s| {
         s.queue(0, "tx_drop_uplink_down") == 8
     });
     assert_eq!(s.queue(0, "tx_packets"), 4, "{s}");
     assert_eq!(s.queue(0, "tx_drop_uplink"), 0, "{s}");
-    d.assert_running("with its TAP gone");
-    let log = d.stderr();
+    r.d.assert_running("with its TAP gone");
+    let log = r.d.stderr();
     assert_eq!(count(&log, "is gone"), 1, "the loss is logged once:\n{log}");
 
     // Something that is not a TAP takes the name: the backend says it cannot reopen,
     // once, and keeps waiting.
-    ns.ip(&["link", "add", TAP, "type", "veth", "peer", "name", "vnmgonepeer"]);
+    r.ns().ip(&[
+        "link",
+        "add",
+        TAP,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vnmgonepeer",
+    ]);
     let deadline = Instant::now() + STATS_TIMEOUT;
-    while count(&d.stderr(), "cannot reopen the uplink") == 0 {
+    while count(&r.d.stderr(), "cannot reopen the uplink") == 0 {
         assert!(
             Instant::now() < deadline,
             "no reopen error logged:\n{}",
-            d.stderr()
+            r.d.stderr()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(
-        count(&d.stderr(), "cannot reopen the uplink"),
+        count(&r.d.stderr(), "cannot reopen the uplink"),
         1,
         "the same reopen error is logged once:\n{}",
-        d.stderr()
+        r.d.stderr()
     );
-    ns.ip(&["link", "del", TAP]);
+    r.ns().ip(&["link", "del", TAP]);
 
     // The TAP comes back under its name: reopened, traffic both ways again.
-    ns.ip(&["tuntap", "add", "dev", TAP, "mode", "tap"]);
-    ns.link_up(TAP);
-    d.wait_stats("the uplink reopened", STATS_TIMEOUT, |s| {
+    r.ns().ip(&["tuntap", "add", "dev", TAP, "mode", "tap"]);
+    r.ns().link_up(TAP);
+    r.d.wait_stats("the uplink reopened", STATS_TIMEOUT, |s| {
         s.queue(0, "uplink_reopened") == 1
     });
-    let cap = ns.packet_socket(TAP, ETH_P_TEST, false);
+    let cap = r.ns().packet_socket(TAP, ETH_P_TEST, false);
     let again = guest_frames(300, 4, 60, 1514);
-    g.send(0, &again);
-    g.wait_tx(0, again.len());
+    r.g.send(0, &again);
+    r.g.wait_tx(0, again.len());
     for (i, f) in again.iter().enumerate() {
-        let got = cap
-            .recv(TIMEOUT)
-            .unwrap_or_else(|| d.fail(&format!("frame {i} never reached the reopened TAP")));
+        let got = cap.recv(TIMEOUT).unwrap_or_else(|| {
+            r.d.fail(&format!("frame {i} never reached the reopened TAP"))
+        });
         assert_bytes(&got, f, &format!("frame {i} after the TAP came back"));
     }
-    let inj = ns.packet_socket(TAP, 0, false);
+    let inj = r.ns().packet_socket(TAP, 0, false);
     let inbound: Vec<Vec<u8>> = (0..4)
         .map(|i| test_frame(GUEST_MAC, PEER_MAC, 400 + i, 100 + 300 * i as usize))
         .collect();
     for f in &inbound {
         inj.send(f, ETH_P_TEST, GUEST_MAC);
     }
-    let got = g.recv(0, inbound.len(), TIMEOUT);
+    let got = r.g.recv(0, inbound.len(), TIMEOUT);
     for (i, (p, f)) in got.iter().zip(&inbound).enumerate() {
         assert_bytes(
             &p.frame,
@@ -137,7 +137,7 @@ fn a_deleted_tap_is_noticed_not_polled_and_reopened_when_it_comes_back() {
             &format!("frame {i} into the guest after the TAP came back"),
         );
     }
-    let s = d.wait_stats("8 TX and 4 RX packets", STATS_TIMEOUT, |s| {
+    let s = r.d.wait_stats("8 TX and 4 RX packets", STATS_TIMEOUT, |s| {
         s.queue(0, "tx_packets") == 8 && s.queue(0, "rx_packets") == 4
     });
     assert_eq!(s.queue(0, "uplink_lost"), 1, "{s}");
