@@ -64,6 +64,7 @@ use super::{QueueSlots, SendStatus, Uplink, UplinkError, UplinkQueue};
 use crate::log_limit::LogLimiter;
 use crate::metrics::{Counter, CounterGroup, NamedGroup};
 use crate::netmem::{FragList, GuestPageMap, NetmemRef, PagePoolError, PagePoolStatsReader};
+use crate::virtio::features::bit;
 use crate::virtio::header::{VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE};
 use crate::virtio::{Features, VirtioNetHdr, VNET_HDR_LEN};
 
@@ -92,10 +93,6 @@ const RINGS: RingSizes = RingSizes {
     rx: RX_FRAMES,
     tx: TX_FRAMES,
 };
-
-const fn bit(b: u32) -> u64 {
-    1 << b
-}
 
 /// Virtio-net features to withhold from a guest served by the AF_XDP uplink; the
 /// control plane clears them from what it offers.
