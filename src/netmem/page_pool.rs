@@ -640,16 +640,6 @@ impl PagePool {
         self.shared.ring.len()
     }
 
-    /// A copy of the counters.
-    pub fn stats(&self) -> PagePoolStats {
-        self.counters.read()
-    }
-
-    /// A handle that reads this pool's counters from another thread.
-    pub fn stats_reader(&self) -> PagePoolStatsReader {
-        PagePoolStatsReader(Arc::clone(&self.counters))
-    }
-
     /// Tear the pool down (Linux: `page_pool_destroy`): give the cache, the ring and
     /// the frag being carved back to the provider; destroy the provider if nothing is in
     /// flight, otherwise park the pool (reported with a warning) so that its memory
@@ -683,13 +673,13 @@ impl PagePool {
         }
         // Parked under the provider lock, so that a concurrent last return (which
         // unparks under the same lock) cannot run before the pool is on the list.
-        park(&shared);
+        let parked = park(&shared);
         log::warn!(
             "page pool {} destroyed with {} netmems in flight; its memory is kept until they are returned",
             shared.id,
             shared.inflight()
         );
-        PagePoolDestroy::Parked(PagePoolParked(Arc::clone(&shared)))
+        PagePoolDestroy::Parked(parked)
     }
 }
 

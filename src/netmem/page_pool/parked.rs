@@ -15,9 +15,10 @@ use super::PoolShared;
 static PARKED: Mutex<Vec<Arc<PoolShared>>> = Mutex::new(Vec::new());
 
 /// Keep a destroyed pool with netmems in flight (and so its memory) until [`unpark`].
-pub(super) fn park(shared: &Arc<PoolShared>) {
+pub(super) fn park(shared: &Arc<PoolShared>) -> PagePoolParked {
     let mut parked = PARKED.lock().unwrap_or_else(|e| e.into_inner());
     parked.push(Arc::clone(shared));
+    PagePoolParked(Arc::clone(shared))
 }
 
 /// Drop the registry's hold on pool `id` once its memory is released.
@@ -43,7 +44,7 @@ pub fn parked_pools() -> Vec<PagePoolParked> {
 
 /// A destroyed pool waiting for its netmems to come back.
 #[derive(Clone, Debug)]
-pub struct PagePoolParked(pub(super) Arc<PoolShared>);
+pub struct PagePoolParked(Arc<PoolShared>);
 
 impl PagePoolParked {
     /// The pool's id.

@@ -5,13 +5,15 @@
 //! owner writes (the alloc side and direct recycling, single-writer [`Counter`]s) and
 //! those any returning thread bumps (ring recycling, atomics). A
 //! [`PagePoolStatsReader`] shares only the counters, so a stats writer keeps neither
-//! the pool nor its memory alive.
+//! the pool nor its memory alive. [`PagePool::stats`] and [`PagePool::stats_reader`]
+//! are defined here too.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::PagePool;
 use crate::metrics::{Counter, CounterGroup};
 
 /// Page pool counters, with the kernel's names (ethtool `rx_pp_*`).
@@ -114,7 +116,7 @@ pub(super) struct PoolCounters {
 }
 
 impl PoolCounters {
-    pub(super) fn read(&self) -> PagePoolStats {
+    fn read(&self) -> PagePoolStats {
         let s = &self.alloc;
         let r = &self.recycle;
         PagePoolStats {
@@ -137,7 +139,7 @@ impl PoolCounters {
 /// `page_pool_get_stats`), for a stats writer. It shares only the counters: the pool
 /// may be destroyed meanwhile, and the reader then sees its final values.
 #[derive(Clone, Debug)]
-pub struct PagePoolStatsReader(pub(super) Arc<PoolCounters>);
+pub struct PagePoolStatsReader(Arc<PoolCounters>);
 
 impl PagePoolStatsReader {
     /// A copy of the counters. Each is read whole, but not all at the same instant.
@@ -149,5 +151,17 @@ impl PagePoolStatsReader {
 impl CounterGroup for PagePoolStatsReader {
     fn fields(&self) -> Vec<(&'static str, u64)> {
         self.read().fields().to_vec()
+    }
+}
+
+impl PagePool {
+    /// A copy of the counters.
+    pub fn stats(&self) -> PagePoolStats {
+        self.counters.read()
+    }
+
+    /// A handle that reads this pool's counters from another thread.
+    pub fn stats_reader(&self) -> PagePoolStatsReader {
+        PagePoolStatsReader(Arc::clone(&self.counters))
     }
 }
