@@ -293,6 +293,15 @@ pub enum PagePoolDestroy {
 }
 
 /// A handle for returning netmems to a pool from any thread.
+///
+/// Not used by the data path: the daemon's only pools are the AF_XDP queues' UMEM
+/// pools, and each frame goes back through the `_direct` path on the worker that owns
+/// the pool. It is the pool's other return path (DESIGN.md section 1: the recycle ring
+/// takes returns from other threads; Linux: `page_pool_put_netmem` outside NAPI
+/// context), for netmems whose last reference drops off the owner's thread, such as
+/// frags handed to another thread or those a parked pool still waits for. The pool's
+/// tests (cross-thread, ring overflow, property and stress tests) and the
+/// `page_pool/ring` benches use it.
 #[derive(Clone, Debug)]
 pub struct PagePoolRecycler {
     shared: Arc<PoolShared>,
@@ -470,6 +479,13 @@ impl PagePool {
     /// `size` is rounded up to [`PP_FRAG_ALIGN`]; `None` when it exceeds the chunk size
     /// or the pool is out of memory. Put each frag with [`Self::put_netmem_direct`] or
     /// [`PagePoolRecycler::recycle`]; the netmem is recycled after the last.
+    ///
+    /// Not used by the data path: the AF_XDP UMEM pools hand out whole frames (one
+    /// packet per frame, aligned chunk mode). It is the pool's half of the frag model
+    /// (DESIGN.md section 1: fragment allocation with a `pp_ref_count` bias), for a
+    /// provider whose chunks hold several packets (a hugepage or memfd arena). The
+    /// pool's tests (offsets, bias, property and stress tests) and the `page_pool/frag`
+    /// bench use it.
     pub fn alloc_frag_direct(&mut self, size: u32) -> Option<(NetmemRef, u32)> {
         let size = size.max(1).checked_next_multiple_of(PP_FRAG_ALIGN)?;
         if size > self.chunk_size {
