@@ -1,16 +1,18 @@
 //! The netmem memory model (after Linux's `include/net/netmem.h` and `page_pool`).
 //!
-//! - [`NetmemRef`]: tagged handle to a page of guest memory or a net_iov.
-//! - [`NetmemDesc`]: page-like descriptor with `pp_ref_count`.
-//! - [`GuestPageMap`]: guest memory regions with their descriptors, following every
-//!   memory update through [`SharedPageMap`].
-//! - [`NetIovArea`], [`NetIov`]: device regions (UMEM, hugepage or memfd arenas) cut
-//!   into fixed-size chunks.
-//! - [`Frag`], [`FragList`]: a packet as a list of contiguous pieces.
-//! - [`PagePool`]: per-queue recycling allocator of net_iovs (alloc cache, recycle
-//!   ring, frags), with its [`PagePoolStats`].
-//! - [`MemoryProvider`]: where a pool's memory comes from; [`AreaProvider`] over host
-//!   pages, hugetlb memfds or a caller's area.
+//! - `netmem_ref`: [`NetmemRef`], tagged handle to a page of guest memory or a net_iov.
+//! - `desc`: [`NetmemDesc`], page-like descriptor with `pp_ref_count`.
+//! - `page_map`: [`GuestPageMap`], guest memory regions with their descriptors,
+//!   following every memory update through [`SharedPageMap`].
+//! - `net_iov`: [`NetIovArea`], [`NetIov`]: device regions (UMEM, hugepage or memfd
+//!   arenas) cut into fixed-size chunks.
+//! - `frag`: [`Frag`], [`FragList`]: a packet as a list of contiguous pieces.
+//! - `page_pool`: [`PagePool`], the per-queue recycling allocator of net_iovs (alloc
+//!   cache, recycle ring, frags); in `page_pool/`, its [`PagePoolStats`] (`stats.rs`),
+//!   destroyed pools still waiting for netmems ([`parked_pools`], `parked.rs`) and its
+//!   tests.
+//! - `provider`: [`MemoryProvider`], where a pool's memory comes from; [`AreaProvider`]
+//!   over host pages, hugetlb memfds or a caller's area.
 
 mod desc;
 mod frag;

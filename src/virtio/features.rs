@@ -12,7 +12,8 @@ pub use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_IN
 /// vhost-user: the backend speaks the protocol-features extension.
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u32 = 30;
 
-const fn bit(b: u32) -> u64 {
+/// The mask of feature number `b` (`b` < 64), for building feature sets in constants.
+pub const fn bit(b: u32) -> u64 {
     1 << b
 }
 

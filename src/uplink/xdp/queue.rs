@@ -1,0 +1,457 @@
+//! One queue pair's AF_XDP queue, [`XdpQueue`]: RX and copy TX over the queue's own
+//! UMEM (zero-copy TX from guest memory is `zerocopy`'s), and the UMEM's frame budgets.
+//!
+//! Frames of one UMEM have two budgets: at most [`RX_FRAMES`] are with the kernel for
+//! receiving (fill ring, RX ring), at most the rest for transmitting (TX ring,
+//! completion ring). Neither direction can starve the other, and the completion ring
+//! (sized to the TX budget) can never overflow.
+//!
+//! TX copies the frags into a frame taken from the pool (the 12-byte virtio header is
+//! not sent; see [`XdpQueue`] for what happens to checksum and GSO requests), and the
+//! completion ring gives it back to the pool; RX turns the frame into a net_iov frag,
+//! copies it behind a zeroed virtio header into the guest's buffers, and recycles it
+//! to the pool, whence the fill ring is refilled. `need_wakeup` is honoured both ways:
+//! `sendto` (TX) and `poll` (fill ring) are only issued when the kernel sets the flag;
+//! in copy mode the kernel always sets it for TX, since nothing transmits in copy mode
+//! without a syscall.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use xdpilone::xdp::XdpDesc;
+use xdpilone::RingTx;
+
+use super::csum;
+use super::socket::{RingSizes, Xsk};
+use super::stats::XdpQueueStats;
+use super::umem::Umem;
+use super::zerocopy::ZeroCopyTx;
+use crate::log_limit::LogLimiter;
+use crate::netmem::{FragList, GuestPageMap, NetmemRef};
+use crate::uplink::{SendStatus, UplinkError, UplinkQueue};
+use crate::virtio::header::{VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE};
+use crate::virtio::{VirtioNetHdr, VNET_HDR_LEN};
+
+/// Size of one UMEM frame (a page: one frame per packet, aligned chunk mode).
+pub const UMEM_FRAME_SIZE: u32 = 4096;
+/// Frames in the UMEM of one queue pair.
+pub const UMEM_FRAMES: u32 = 4096;
+/// Frames one queue may give the kernel for receiving (fill ring + RX ring).
+pub const RX_FRAMES: u32 = 2048;
+/// Frames one queue may have in flight for transmitting (TX ring + completion ring).
+pub const TX_FRAMES: u32 = UMEM_FRAMES - RX_FRAMES;
+/// Refill the fill ring once this many frames are missing from it.
+const REFILL_BATCH: u32 = 64;
+/// Copy-mode `sendto` transmits at most 32 frames per call (the kernel's
+/// `TX_BATCH_SIZE`); a flush kicks at most this often, and only while the ring drains.
+const MAX_KICKS: u32 = TX_FRAMES / KICK_BATCH + 2;
+/// Frames queued on the TX ring before a send kicks the kernel without waiting for
+/// the flush (copy mode's batch), taking their completions back right after: the
+/// frames return to the page pool's cache a batch at a time instead of overflowing
+/// it into the recycle ring at the end of a long burst.
+const KICK_BATCH: u32 = 32;
+
+/// Ring sizes of each queue's socket: the fill and RX rings hold the RX budget, the TX
+/// and completion rings the TX budget.
+pub(super) const RINGS: RingSizes = RingSizes {
+    fill: RX_FRAMES,
+    completion: TX_FRAMES,
+    rx: RX_FRAMES,
+    tx: TX_FRAMES,
+};
+
+/// One queue pair's AF_XDP socket, owned by the pair's worker.
+///
+/// TX: the frags are copied into a UMEM frame from the queue's page pool and the frame
+/// goes on the TX ring; the completion ring gives it back to the pool. The virtio-net
+/// header is not sent. A header asking for a checksum
+/// (`VIRTIO_NET_HDR_F_NEEDS_CSUM`) has the checksum completed in software in the UMEM
+/// frame (counted in `tx_csum_sw`); a header asking for GSO has the packet counted as
+/// dropped (`tx_drop_gso`, [`SendStatus::Dropped`]): nothing can segment it, and the
+/// GSO features are in [`XDP_UNSUPPORTED_FEATURES`](super::XDP_UNSUPPORTED_FEATURES)
+/// so a guest should never send one. A full TX ring, a used-up TX frame budget or an
+/// empty pool is [`SendStatus::WouldBlock`], after one wakeup and completion reap.
+///
+/// RX: one frame from the RX ring becomes a net_iov frag, written behind a zeroed
+/// 12-byte virtio header (`num_buffers` is the caller's) into the guest buffers; the
+/// frame is recycled to the pool, which refills the fill ring.
+///
+/// Zero-copy TX (`XdpOptions::zerocopy_tx`): the guest memory snapshot the worker
+/// attaches is registered as a second UMEM (see `zerocopy` and `guest_umem`), and a
+/// packet without a checksum to complete whose frags all lie in it goes out from guest
+/// memory: [`SendStatus::InFlight`], its pages held and its chain kept by the caller
+/// until the completion ring returns it ([`UplinkQueue::reap_in_flight`]). Other
+/// packets take the copy path (counted in `tx_zc_copied`); since the two paths use
+/// different interface queues, a flow mixing them may be reordered.
+pub struct XdpQueue {
+    queue: u32,
+    // Rings before the UMEM: they (and the socket) go first on drop, and the UMEM
+    // then takes every frame back from the kernel.
+    xsk: Xsk,
+    /// Frames with the kernel for RX (fill ring + RX ring), at most RX_FRAMES.
+    rx_held: u32,
+    /// Frames with the kernel for TX (TX ring + completion ring), at most TX_FRAMES.
+    tx_in_flight: u32,
+    stats: Arc<XdpQueueStats>,
+    log_limit: LogLimiter,
+    /// Zero-copy TX from guest memory, when enabled.
+    zc: Option<ZeroCopyTx>,
+    umem: Umem,
+}
+
+/// Wake the kernel to transmit what is on `tx`, if it asks for it. Copy mode sends a
+/// batch per call, so keep kicking while the ring drains.
+pub(super) fn kick_ring(
+    tx: &mut RingTx,
+    queue: u32,
+    stats: &XdpQueueStats,
+    log_limit: &mut LogLimiter,
+) {
+    let fd = tx.as_raw_fd();
+    let mut pending = tx.pending();
+    let mut kicks = 0;
+    while pending > 0 && kicks < MAX_KICKS && tx.needs_wakeup() {
+        kicks += 1;
+        stats.tx_kicks.inc();
+        match sendto_kick(fd) {
+            Ok(()) => {}
+            // Batch limit reached, completion ring busy, or interrupted: the progress
+            // check below decides whether to go on.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::EINTR)
+                ) => {}
+            Err(e) => {
+                stats.tx_kick_errors.inc();
+                crate::log_limited!(log_limit, warn, "xdp queue {queue}: tx wakeup failed: {e}");
+                break;
+            }
+        }
+        let now = tx.pending();
+        if now >= pending {
+            // No progress: zero-copy transmits asynchronously, or the device is
+            // stalled; the next flush tries again.
+            break;
+        }
+        pending = now;
+    }
+}
+
+fn sendto_kick(fd: RawFd) -> io::Result<()> {
+    // SAFETY: a zero-length, address-less sendto on an AF_XDP socket that the ring
+    // handle keeps open; the kernel reads no user memory (null buffer, length 0).
+    let ret = unsafe {
+        libc::sendto(
+            fd,
+            std::ptr::null(),
+            0,
+            libc::MSG_DONTWAIT,
+            std::ptr::null(),
+            0,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl XdpQueue {
+    pub(super) fn new(
+        queue: u32,
+        xsk: Xsk,
+        umem: Umem,
+        stats: Arc<XdpQueueStats>,
+        zc: Option<ZeroCopyTx>,
+    ) -> Self {
+        let mut q = XdpQueue {
+            queue,
+            xsk,
+            rx_held: 0,
+            tx_in_flight: 0,
+            stats,
+            log_limit: LogLimiter::new(1),
+            zc,
+            umem,
+        };
+        q.refill();
+        q
+    }
+
+    /// Give the kernel free frames to receive into, up to the RX budget.
+    fn refill(&mut self) {
+        let want = RX_FRAMES.saturating_sub(self.rx_held);
+        if want == 0 {
+            return;
+        }
+        let mut fill = self.xsk.fq_cq.fill(want);
+        let mut put = 0;
+        while put < fill.capacity() {
+            let Some(frame) = self.umem.alloc_direct() else {
+                break;
+            };
+            let Some(addr) = self.umem.give_to_kernel(frame) else {
+                // Not a frame of this UMEM or already the kernel's: a pool bug. The
+                // frame stays out of circulation rather than be handed out twice.
+                self.stats.invalid_descs.inc();
+                break;
+            };
+            if !fill.insert_once(addr) {
+                if let Some((frame, _)) = self.umem.take_from_kernel(addr) {
+                    self.umem.recycle_direct(frame);
+                }
+                break;
+            }
+            put += 1;
+        }
+        fill.commit();
+        drop(fill);
+        self.rx_held += put;
+        self.wake_fill();
+    }
+
+    /// Poll the socket if the fill ring asks for it (zero-copy drivers set the flag
+    /// when they ran out of fill entries and stopped).
+    fn wake_fill(&mut self) {
+        if self.rx_held > 0 && self.xsk.fq_cq.needs_wakeup() {
+            self.stats.fill_wakeups.inc();
+            self.xsk.fq_cq.wake();
+        }
+    }
+
+    /// Take TX frames back from the completion ring.
+    fn reap_completions(&mut self) {
+        let mut done = self.xsk.fq_cq.complete(TX_FRAMES);
+        while let Some(addr) = done.read() {
+            if let Some((frame, _)) = self.umem.take_from_kernel(addr) {
+                self.umem.recycle_direct(frame);
+                self.tx_in_flight = self.tx_in_flight.saturating_sub(1);
+                self.stats.tx_completed.inc();
+            } else {
+                self.stats.invalid_descs.inc();
+            }
+        }
+        done.release();
+    }
+
+    /// Wake the kernel to transmit what is on the TX ring, if it asks for it.
+    fn kick_tx(&mut self) {
+        kick_ring(
+            &mut self.xsk.tx,
+            self.queue,
+            &self.stats,
+            &mut self.log_limit,
+        );
+    }
+
+    /// Whether one TX ring slot is free (the reservation is rolled back on drop).
+    fn tx_slot_free(&mut self) -> bool {
+        self.xsk.tx.transmit(1).capacity() > 0
+    }
+
+    fn drop_tx(&mut self, why: &str) -> SendStatus {
+        crate::log_limited!(
+            self.log_limit,
+            warn,
+            "xdp queue {}: tx packet dropped: {why}",
+            self.queue
+        );
+        SendStatus::Dropped
+    }
+
+    /// Copy `len` bytes at `offset` of a busy RX frame, behind a zeroed virtio
+    /// header, into `bufs`: the frame becomes a net_iov frag, copied list to list.
+    /// Returns the bytes written, or None when the descriptor runs past its frame.
+    fn copy_frame_out(
+        &self,
+        frame: NetmemRef,
+        offset: u32,
+        len: u32,
+        bufs: &FragList<'_>,
+    ) -> Option<usize> {
+        let mut pkt = FragList::new();
+        self.umem.push_frag(frame, offset, len, &mut pkt).ok()?;
+        let hdr = bufs.copy_from(&[0u8; VNET_HDR_LEN]);
+        Some(hdr + bufs.copy_from_list(VNET_HDR_LEN, &pkt))
+    }
+}
+
+impl UplinkQueue for XdpQueue {
+    fn fd(&self) -> Option<RawFd> {
+        Some(self.xsk.rx.as_raw_fd())
+    }
+
+    fn tx_fd(&self) -> Option<RawFd> {
+        Some(self.xsk.tx.as_raw_fd())
+    }
+
+    fn send(&mut self, hdr: &VirtioNetHdr, pkt: &FragList<'_>) -> Result<SendStatus, UplinkError> {
+        if hdr.gso_type != VIRTIO_NET_HDR_GSO_NONE {
+            self.stats.tx_drop_gso.inc();
+            return Ok(self.drop_tx("gso requested, not available on af_xdp"));
+        }
+        let len = pkt.len();
+        let Some(desc_len) = u32::try_from(len)
+            .ok()
+            .filter(|&l| l > 0 && l <= self.umem.frame_size())
+        else {
+            self.stats.tx_drop_length.inc();
+            return Ok(self.drop_tx("empty or larger than a umem frame"));
+        };
+        let csum = (hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0)
+            .then(|| (usize::from(hdr.csum_start), usize::from(hdr.csum_offset)));
+        if let Some(zc) = self.zc.as_mut() {
+            if zc.send(pkt, csum.is_some(), &self.stats) {
+                return Ok(SendStatus::InFlight);
+            }
+        }
+
+        if !self.tx_slot_free() || self.tx_in_flight >= TX_FRAMES {
+            self.kick_tx();
+            self.reap_completions();
+            if !self.tx_slot_free() || self.tx_in_flight >= TX_FRAMES {
+                self.stats.tx_would_block.inc();
+                return Ok(SendStatus::WouldBlock);
+            }
+        }
+        let frame = match self.umem.alloc_direct() {
+            Some(frame) => frame,
+            None => {
+                // Only when completions were not reaped yet: the budgets leave TX
+                // its TX_FRAMES frames.
+                self.reap_completions();
+                match self.umem.alloc_direct() {
+                    Some(frame) => frame,
+                    None => {
+                        self.stats.tx_would_block.inc();
+                        return Ok(SendStatus::WouldBlock);
+                    }
+                }
+            }
+        };
+        // SAFETY: `frame` was just taken from the pool: it is busy (on no ring, in no
+        // frag list), so nothing else reads or writes it while `data` lives.
+        let Some(data) = (unsafe { self.umem.frame_mut(frame, len) }) else {
+            self.umem.recycle_direct(frame);
+            self.stats.tx_drop_length.inc();
+            return Ok(self.drop_tx("does not fit a umem frame"));
+        };
+        pkt.copy_to(data);
+        if let Some((start, offset)) = csum {
+            if !csum::complete_partial(data, start, offset) {
+                self.umem.recycle_direct(frame);
+                self.stats.tx_drop_csum.inc();
+                return Ok(self.drop_tx("checksum position outside the packet"));
+            }
+            self.stats.tx_csum_sw.inc();
+        }
+        let Some(addr) = self.umem.give_to_kernel(frame) else {
+            // Not a frame of this UMEM or already the kernel's: a pool bug. The frame
+            // stays out of circulation rather than be handed out twice.
+            self.stats.invalid_descs.inc();
+            return Ok(self.drop_tx("page pool handed out a frame the kernel owns"));
+        };
+        let mut tx = self.xsk.tx.transmit(1);
+        let queued = tx.insert_once(XdpDesc {
+            addr,
+            len: desc_len,
+            options: 0,
+        });
+        tx.commit();
+        drop(tx);
+        if !queued {
+            // Cannot happen: the slot was checked above and only we produce.
+            if let Some((frame, _)) = self.umem.take_from_kernel(addr) {
+                self.umem.recycle_direct(frame);
+            }
+            self.stats.tx_would_block.inc();
+            return Ok(SendStatus::WouldBlock);
+        }
+        self.tx_in_flight += 1;
+        self.stats.tx_packets.inc();
+        if self.xsk.tx.pending() >= KICK_BATCH {
+            self.kick_tx();
+            self.reap_completions();
+        }
+        Ok(SendStatus::Sent)
+    }
+
+    fn flush(&mut self) -> Result<(), UplinkError> {
+        self.kick_tx();
+        self.reap_completions();
+        if let Some(zc) = self.zc.as_mut() {
+            zc.flush(self.queue, &self.stats, &mut self.log_limit);
+        }
+        Ok(())
+    }
+
+    fn reap_in_flight(&mut self) -> usize {
+        self.zc.as_mut().map_or(0, |zc| {
+            zc.reap(self.queue, &self.stats, &mut self.log_limit)
+        })
+    }
+
+    fn in_flight(&self) -> usize {
+        self.zc.as_ref().map_or(0, ZeroCopyTx::in_flight)
+    }
+
+    /// Closes the guest UMEM's socket: descriptors not sent yet are never sent, since
+    /// the guest gets their buffers back; the next memory attach registers again.
+    fn forget_in_flight(&mut self) {
+        if let Some(zc) = self.zc.as_mut() {
+            zc.forget(self.queue);
+        }
+    }
+
+    fn attach_memory(&mut self, map: &Arc<GuestPageMap>) {
+        if let Some(zc) = self.zc.as_mut() {
+            zc.attach(map, self.queue, &self.stats, &mut self.log_limit);
+        }
+    }
+
+    fn detach_memory(&mut self) {
+        if let Some(zc) = self.zc.as_mut() {
+            zc.detach(self.queue, &self.stats, &mut self.log_limit);
+        }
+    }
+
+    fn recv(&mut self, bufs: &FragList<'_>) -> Result<Option<usize>, UplinkError> {
+        if RX_FRAMES.saturating_sub(self.rx_held) >= REFILL_BATCH {
+            self.refill();
+        }
+        loop {
+            let mut rx = self.xsk.rx.receive(1);
+            let desc = rx.read();
+            rx.release();
+            drop(rx);
+            let Some(desc) = desc else {
+                self.refill();
+                self.wake_fill();
+                return Ok(None);
+            };
+            self.rx_held = self.rx_held.saturating_sub(1);
+            let Some((frame, offset)) = self.umem.take_from_kernel(desc.addr) else {
+                // Outside the UMEM, or a frame the kernel did not own: skipped.
+                self.stats.invalid_descs.inc();
+                continue;
+            };
+            let written = self.copy_frame_out(frame, offset, desc.len, bufs);
+            self.umem.recycle_direct(frame);
+            let Some(written) = written else {
+                // Runs past the end of its frame.
+                self.stats.invalid_descs.inc();
+                continue;
+            };
+            let want = VNET_HDR_LEN + usize::try_from(desc.len).unwrap_or(usize::MAX);
+            if written < want {
+                self.stats.rx_truncated.inc();
+            }
+            self.stats.rx_packets.inc();
+            // The full length, as a TAP read reports it: the worker drops (and counts)
+            // a packet that did not fit instead of handing the guest a cut one.
+            return Ok(Some(want));
+        }
+    }
+}
