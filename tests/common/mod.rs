@@ -37,7 +37,7 @@ use std::time::Duration;
 /// Default deadline for anything the daemon should do "now".
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Deadline for a counter in the stats file (rewritten every second).
+/// Deadline for a counter in the stats file (rewritten every 0.5 s).
 pub const STATS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A name unique to this test process and call: `{prefix}-{pid}-{n}`.
