@@ -68,6 +68,9 @@ pub enum DaemonError {
     /// Signal handling could not be set up.
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),
+    /// The guest memory fault handler could not be installed.
+    #[error("cannot install the guest memory fault handler: {0}")]
+    FaultHandler(io::Error),
 }
 
 /// Build the configured uplink.
@@ -199,6 +202,7 @@ fn spawn_stats_writer(metrics: Arc<DeviceMetrics>, path: PathBuf, done: Arc<Atom
 pub fn run(config: NetConfig) -> Result<(), DaemonError> {
     let config = Arc::new(config);
     let stop = stop_signal().map_err(DaemonError::Signals)?;
+    crate::netmem::fault::install().map_err(DaemonError::FaultHandler)?;
     if let Some(path) = &config.stats_file {
         // Fail now rather than warn twice a second forever.
         DeviceMetrics::new(usize::from(config.queue_pairs))
@@ -286,7 +290,7 @@ fn serve(
             Arc::clone(uplink),
             Arc::clone(metrics),
         )));
-        let end = serve_connection(stream, Arc::clone(&backend), stop);
+        let end = serve_connection(stream, Arc::clone(&backend), metrics.control(), stop);
         backend.lock().unwrap_or_else(|e| e.into_inner()).shutdown();
         match end {
             ConnectionEnd::Stopped => {
@@ -301,6 +305,9 @@ fn serve(
             ConnectionEnd::ProtocolError(e) => {
                 log::error!("closing connection after a protocol error: {e}")
             }
+            ConnectionEnd::MemoryFault => log::error!(
+                "closing connection: its guest memory faulted (the frontend shrank a memory region's file under the mapping)"
+            ),
         }
         if config.once {
             return Ok(());

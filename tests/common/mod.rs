@@ -13,6 +13,8 @@
 //! - [`stats`]: the daemon's `--stats-file` JSON.
 //! - [`netns`]: network namespaces created and deleted by the tests, AF_PACKET sockets
 //!   opened inside them.
+//! - [`raw`]: a raw vhost-user frontend (messages byte by byte, in any pieces, with any
+//!   fds) for frontends that misbehave on purpose; the daemon's fd count and RSS.
 //! - [`packet`]: Ethernet / IPv4 / IPv6 / TCP / UDP frame builders, checksum helpers
 //!   (pseudo-header sums, NEEDS_CSUM completion, a parser that verifies) and payload
 //!   patterns.
@@ -28,6 +30,7 @@ pub mod guest;
 pub mod memory;
 pub mod netns;
 pub mod packet;
+pub mod raw;
 pub mod ring;
 pub mod stats;
 
