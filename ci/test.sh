@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite of vhost-netmem (the README's test command; CI runs it through
 # .ci/run). Needs root: TAP devices, network namespaces, AF_XDP and QEMU guests are
-# part of the suite, and privileged tests must run, not skip.
+# part of the suite, and privileged tests must run, not skip. As root it runs as is
+# (no sudo needed); from a user account: sudo bash ci/test.sh.
 #
 #   bash ci/test.sh            # everything
 #   VNM_SKIP_GUEST=1 ...       # skip the QEMU guest suite (local iteration only)
@@ -9,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" != 0 ]; then
-    echo "ci/test.sh: must run as root (TAP, namespaces, AF_XDP, QEMU guests)" >&2
+    echo "ci/test.sh: must run as root (TAP, namespaces, AF_XDP, QEMU guests): run it as root, or sudo bash ci/test.sh" >&2
     exit 1
 fi
 

@@ -33,6 +33,41 @@ pub enum ConfigError {
     /// Zero-copy TX is an AF_XDP option.
     #[error("--xdp-zerocopy-tx needs --xdp")]
     ZeroCopyTxWithoutXdp,
+    /// The MTU does not fit an AF_XDP UMEM frame.
+    #[error(
+        "invalid --mtu {0} with --xdp: at most {max} (a frame must fit a {frame}-byte UMEM frame less the {headroom}-byte XDP headroom)",
+        max = XDP_MAX_MTU,
+        frame = crate::uplink::xdp::UMEM_FRAME_SIZE,
+        headroom = XDP_HEADROOM
+    )]
+    XdpMtu(u32),
+    /// Bad guest memory ceiling.
+    #[error("invalid --max-guest-memory {0:?}: a size like 64G, 512M or 1T, at least 1M")]
+    MaxGuestMemory(String),
+}
+
+/// Headroom the kernel keeps in front of each AF_XDP frame (XDP_PACKET_HEADROOM).
+pub const XDP_HEADROOM: u32 = 256;
+
+/// Largest MTU the AF_XDP uplink carries: an Ethernet frame (14-byte header) must fit
+/// one UMEM frame less the XDP headroom (no multi-buffer AF_XDP).
+pub const XDP_MAX_MTU: u32 = crate::uplink::xdp::UMEM_FRAME_SIZE - XDP_HEADROOM - 14;
+
+/// Default `--max-guest-memory`.
+pub const MAX_GUEST_MEMORY_DEFAULT: &str = "1T";
+
+/// Parse a size: a number with an optional binary suffix K, M, G or T.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let t = s.trim();
+    let (num, shift) = match t.char_indices().last()? {
+        (i, 'k' | 'K') => (&t[..i], 10),
+        (i, 'm' | 'M') => (&t[..i], 20),
+        (i, 'g' | 'G') => (&t[..i], 30),
+        (i, 't' | 'T') => (&t[..i], 40),
+        _ => (t, 0),
+    };
+    let n: u64 = num.parse().ok()?;
+    n.checked_mul(1u64.checked_shl(shift)?)
 }
 
 /// Largest number of queue pairs.
@@ -128,9 +163,15 @@ pub struct Cli {
     #[arg(long, default_value_t = TX_HOLDOFF_DEFAULT_US, value_name = "USECS")]
     pub tx_holdoff: u32,
 
-    /// Write per-queue counters as JSON to this file every second and at exit.
+    /// Write per-queue counters as JSON to this file every 0.5 s and at exit. The
+    /// directory must exist and be writable: the file is written once at start-up.
     #[arg(long, value_name = "PATH")]
     pub stats_file: Option<PathBuf>,
+
+    /// Largest total guest memory a frontend may hand over (all regions together), a
+    /// size with a K, M, G or T suffix. Larger memory tables are refused.
+    #[arg(long, default_value = MAX_GUEST_MEMORY_DEFAULT, value_name = "SIZE")]
+    pub max_guest_memory: String,
 }
 
 /// Which uplink to build.
@@ -171,6 +212,8 @@ pub struct NetConfig {
     pub tx_holdoff: Option<std::time::Duration>,
     /// AF_XDP zero-copy TX from guest memory.
     pub xdp_zerocopy_tx: bool,
+    /// Ceiling on the total guest memory of a connection, in bytes.
+    pub max_guest_memory: u64,
 }
 
 /// Parse `aa:bb:cc:dd:ee:ff` (unicast only).
@@ -237,6 +280,12 @@ impl NetConfig {
             .ok()
             .filter(|m| *m >= 68)
             .ok_or(ConfigError::Mtu(cli.mtu))?;
+        if matches!(uplink, UplinkConfig::Xdp(_)) && u32::from(mtu) > XDP_MAX_MTU {
+            return Err(ConfigError::XdpMtu(cli.mtu));
+        }
+        let max_guest_memory = parse_size(&cli.max_guest_memory)
+            .filter(|n| *n >= 1 << 20)
+            .ok_or_else(|| ConfigError::MaxGuestMemory(cli.max_guest_memory.clone()))?;
         let mac = match cli.mac {
             Some(m) => parse_mac(&m)?,
             None => derived_mac(cli.socket.as_os_str().as_encoded_bytes()),
@@ -257,6 +306,7 @@ impl NetConfig {
             tx_holdoff: (cli.tx_holdoff > 0)
                 .then(|| std::time::Duration::from_micros(u64::from(cli.tx_holdoff))),
             xdp_zerocopy_tx: cli.xdp_zerocopy_tx,
+            max_guest_memory,
         })
     }
 }
@@ -321,6 +371,36 @@ mod tests {
                 .contains("needs --xdp")
         );
         assert!(parse(&[]).is_err());
+    }
+
+    #[test]
+    fn xdp_mtu_must_fit_a_umem_frame() {
+        let ok = XDP_MAX_MTU.to_string();
+        assert!(parse(&["--socket", "/s", "--xdp", "veth0", "--mtu", &ok]).is_ok());
+        let big = (XDP_MAX_MTU + 1).to_string();
+        let e = parse(&["--socket", "/s", "--xdp", "veth0", "--mtu", &big]).unwrap_err();
+        assert!(e.contains("--mtu") && e.contains("--xdp"), "{e}");
+        assert!(parse(&["--socket", "/s", "--tap", "t0", "--mtu", "9000"]).is_ok());
+    }
+
+    #[test]
+    fn guest_memory_ceiling_parses() {
+        assert_eq!(
+            parse(&["--socket", "/s"]).unwrap().max_guest_memory,
+            1 << 40
+        );
+        let c = parse(&["--socket", "/s", "--max-guest-memory", "512M"]).unwrap();
+        assert_eq!(c.max_guest_memory, 512 << 20);
+        for bad in ["0", "12X", "", "99999999999T", "1K"] {
+            assert!(
+                parse(&["--socket", "/s", "--max-guest-memory", bad])
+                    .unwrap_err()
+                    .contains("--max-guest-memory"),
+                "{bad}"
+            );
+        }
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("2g"), Some(2 << 30));
     }
 
     #[test]

@@ -43,9 +43,34 @@ pub enum DaemonError {
         /// Cause.
         source: io::Error,
     },
+    /// The socket path names a directory.
+    #[error("--socket {0} is a directory; give the path of a socket file to create in it")]
+    SocketIsDirectory(PathBuf),
+    /// The socket path names a file that is not a socket (never removed).
+    #[error("--socket {0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    /// The socket path could not be examined.
+    #[error("cannot examine --socket {path}: {source}")]
+    SocketPath {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// The stats file cannot be written.
+    #[error("cannot write --stats-file {path}: {source}")]
+    StatsFile {
+        /// Stats file path.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
     /// Signal handling could not be set up.
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),
+    /// The guest memory fault handler could not be installed.
+    #[error("cannot install the guest memory fault handler: {0}")]
+    FaultHandler(io::Error),
 }
 
 /// Build the configured uplink.
@@ -82,12 +107,26 @@ fn stop_signal() -> io::Result<UnixStream> {
 }
 
 fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(DaemonError::SocketInUse(path.to_path_buf()));
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(DaemonError::SocketInUse(path.to_path_buf()));
+            }
+            // A stale socket file from an earlier run.
+            let _ = std::fs::remove_file(path);
         }
-        // A stale socket file from an earlier run.
-        let _ = std::fs::remove_file(path);
+        Ok(meta) if meta.is_dir() => {
+            return Err(DaemonError::SocketIsDirectory(path.to_path_buf()))
+        }
+        Ok(_) => return Err(DaemonError::NotASocket(path.to_path_buf())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(DaemonError::SocketPath {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
     }
     UnixListener::bind(path).map_err(|source| DaemonError::Listen {
         path: path.to_path_buf(),
@@ -163,6 +202,16 @@ fn spawn_stats_writer(metrics: Arc<DeviceMetrics>, path: PathBuf, done: Arc<Atom
 pub fn run(config: NetConfig) -> Result<(), DaemonError> {
     let config = Arc::new(config);
     let stop = stop_signal().map_err(DaemonError::Signals)?;
+    crate::netmem::fault::install().map_err(DaemonError::FaultHandler)?;
+    if let Some(path) = &config.stats_file {
+        // Fail now rather than warn twice a second forever.
+        DeviceMetrics::new(usize::from(config.queue_pairs))
+            .write_file(path)
+            .map_err(|source| DaemonError::StatsFile {
+                path: path.clone(),
+                source,
+            })?;
+    }
     let uplink = open_uplink(&config)?;
     let metrics = Arc::new(
         DeviceMetrics::new(usize::from(config.queue_pairs))
@@ -241,7 +290,7 @@ fn serve(
             Arc::clone(uplink),
             Arc::clone(metrics),
         )));
-        let end = serve_connection(stream, Arc::clone(&backend), stop);
+        let end = serve_connection(stream, Arc::clone(&backend), metrics.control(), stop);
         backend.lock().unwrap_or_else(|e| e.into_inner()).shutdown();
         match end {
             ConnectionEnd::Stopped => {
@@ -256,6 +305,9 @@ fn serve(
             ConnectionEnd::ProtocolError(e) => {
                 log::error!("closing connection after a protocol error: {e}")
             }
+            ConnectionEnd::MemoryFault => log::error!(
+                "closing connection: its guest memory faulted (the frontend shrank a memory region's file under the mapping)"
+            ),
         }
         if config.once {
             return Ok(());

@@ -12,12 +12,18 @@
 //!
 //! ```json
 //! {"total": {"tx_packets": 3, ..., "page_pool": {"alloc_fast": 9, ...}, "xdp": {...}},
-//!  "queues": [{"tx_packets": 3, ..., "page_pool": {...}, "xdp": {...}}]}
+//!  "queues": [{"tx_packets": 3, ..., "page_pool": {...}, "xdp": {...}}],
+//!  "control": {"connections": 1, "requests": 40, "memory_faults": 0,
+//!              "refused": {"set_vring_num": {"invalid_param": 2}}}}
 //! ```
+//!
+//! `control` holds the control plane's counters ([`ControlMetrics`]): every request
+//! the backend refused (or could not follow), by request and by reason.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
@@ -231,11 +237,74 @@ pub struct StatsEntry {
     pub groups: GroupMap,
 }
 
-/// Counters of every queue pair of the device.
+/// Counters of the control plane (written by the one thread that serves the
+/// frontend connection).
+#[derive(Debug, Default)]
+pub struct ControlMetrics {
+    /// Frontend connections served (probes that sent nothing not included).
+    pub connections: Counter,
+    /// Requests received.
+    pub requests: Counter,
+    /// Faults in guest memory absorbed (a frontend shrank a region's file); each ended
+    /// its connection.
+    pub memory_faults: Counter,
+    /// Refusals by request name and reason; both are names from fixed lists, so a
+    /// frontend cannot grow this map without bound.
+    refused: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+impl ControlMetrics {
+    /// Count one refusal of `request` for `reason`.
+    pub fn refused(&self, request: &'static str, reason: &'static str) {
+        let mut m = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry((request, reason)).or_insert(0);
+        *n = n.wrapping_add(1);
+    }
+
+    /// Refusals of `request` for `reason` so far.
+    pub fn refusals(&self, request: &str, reason: &str) -> u64 {
+        let m = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        m.iter()
+            .filter(|((r, why), _)| *r == request && *why == reason)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    /// A point-in-time copy.
+    pub fn snapshot(&self) -> ControlSnapshot {
+        let m = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        let mut refused: BTreeMap<&'static str, BTreeMap<&'static str, u64>> = BTreeMap::new();
+        for (&(request, reason), &n) in m.iter() {
+            refused.entry(request).or_default().insert(reason, n);
+        }
+        ControlSnapshot {
+            connections: self.connections.get(),
+            requests: self.requests.get(),
+            memory_faults: self.memory_faults.get(),
+            refused,
+        }
+    }
+}
+
+/// The `control` object of the stats file.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct ControlSnapshot {
+    /// Frontend connections served.
+    pub connections: u64,
+    /// Requests received.
+    pub requests: u64,
+    /// Guest memory faults absorbed.
+    pub memory_faults: u64,
+    /// Refusals: request name -> reason -> count.
+    pub refused: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
+}
+
+/// Counters of every queue pair of the device, and of its control plane.
 #[derive(Default)]
 pub struct DeviceMetrics {
     queues: Vec<Arc<QueueMetrics>>,
     groups: Vec<Vec<NamedGroup>>,
+    control: Arc<ControlMetrics>,
 }
 
 impl std::fmt::Debug for DeviceMetrics {
@@ -248,6 +317,7 @@ impl std::fmt::Debug for DeviceMetrics {
         f.debug_struct("DeviceMetrics")
             .field("queues", &self.queues)
             .field("groups", &groups)
+            .field("control", &self.control)
             .finish()
     }
 }
@@ -259,6 +329,8 @@ pub struct StatsDocument {
     pub total: StatsEntry,
     /// One entry per queue pair.
     pub queues: Vec<StatsEntry>,
+    /// The control plane's counters.
+    pub control: ControlSnapshot,
 }
 
 impl DeviceMetrics {
@@ -269,7 +341,13 @@ impl DeviceMetrics {
                 .map(|_| Arc::new(QueueMetrics::default()))
                 .collect(),
             groups: (0..pairs).map(|_| Vec::new()).collect(),
+            control: Arc::default(),
         }
+    }
+
+    /// The control plane's counters.
+    pub fn control(&self) -> &Arc<ControlMetrics> {
+        &self.control
     }
 
     /// Show the uplink's counter groups of each pair (`groups(pair)`, for instance
@@ -307,7 +385,11 @@ impl DeviceMetrics {
             total.queue = total.queue.sum(&q.queue);
             total.groups.add(&q.groups);
         }
-        StatsDocument { total, queues }
+        StatsDocument {
+            total,
+            queues,
+            control: self.control.snapshot(),
+        }
     }
 
     /// Write the document to `path` atomically (write a temp file, rename).
@@ -336,6 +418,20 @@ mod tests {
         assert_eq!(d.total.queue.tx_packets, 4);
         assert_eq!(d.total.queue.drops(), 3);
         assert_eq!(d.queues[1].queue.drops(), 1);
+    }
+
+    #[test]
+    fn refusals_are_counted_by_request_and_reason() {
+        let m = DeviceMetrics::new(1);
+        m.control().refused("set_vring_num", "invalid_param");
+        m.control().refused("set_vring_num", "invalid_param");
+        m.control().refused("set_mem_table", "invalid_param");
+        m.control().requests.add(3);
+        let v = serde_json::to_value(m.document()).unwrap();
+        assert_eq!(v["control"]["refused"]["set_vring_num"]["invalid_param"], 2);
+        assert_eq!(v["control"]["refused"]["set_mem_table"]["invalid_param"], 1);
+        assert_eq!(v["control"]["requests"], 3);
+        assert_eq!(m.control().refusals("set_vring_num", "invalid_param"), 2);
     }
 
     #[derive(Default)]

@@ -115,3 +115,80 @@ fn socket_in_use_probe_does_not_end_a_once_daemon() {
     // checking whether the path is in use must not count as that frontend.
     socket_in_use_case(&["--once"]);
 }
+
+/// Issue 10, case 7: an existing regular file at the socket path is refused and kept.
+#[test]
+fn socket_path_that_is_a_regular_file_is_refused_and_kept() {
+    let s = socket();
+    std::fs::write(&s, b"precious").unwrap();
+    refused(&["--socket", &s, "--uplink", "null"], "not a socket");
+    let kept = std::fs::read(&s);
+    let _ = std::fs::remove_file(&s);
+    assert_eq!(kept.expect("the file at --socket was deleted"), b"precious");
+}
+
+/// Issue 10, case 7: a directory at the socket path gets its own message.
+#[test]
+fn socket_path_that_is_a_directory_is_refused() {
+    let s = socket();
+    std::fs::create_dir(&s).unwrap();
+    let mut d = Daemon::spawn_raw(&["--socket", &s, "--uplink", "null"]);
+    let st = d.wait_exit(TIMEOUT);
+    let err = d.stderr();
+    let _ = std::fs::remove_dir(&s);
+    assert!(st.is_some_and(|st| !st.success()), "not refused: {err}");
+    assert!(
+        err.contains("is a directory") && !err.contains("in use"),
+        "unclear message: {err}"
+    );
+}
+
+/// A stale socket file (nobody listening) is still replaced.
+#[test]
+fn stale_socket_file_is_replaced() {
+    let s = socket();
+    drop(std::os::unix::net::UnixListener::bind(&s).unwrap());
+    assert!(std::path::Path::new(&s).exists());
+    let mut d = Daemon::spawn_raw(&["--socket", &s, "--uplink", "loopback"]);
+    d.socket = s.clone().into();
+    let _conn = d.connect(TIMEOUT);
+    d.assert_running("after replacing a stale socket file");
+}
+
+/// Issue 10, case 7: a stats file in a missing directory fails at start-up.
+#[test]
+fn stats_file_in_a_missing_directory_is_refused_at_start() {
+    let s = socket();
+    let dir = unique("/tmp/vnmt-no-stats-dir");
+    let stats = format!("{dir}/stats.json");
+    refused(
+        &["--socket", &s, "--uplink", "null", "--stats-file", &stats],
+        "--stats-file",
+    );
+    assert!(!std::path::Path::new(&s).exists(), "socket created anyway");
+}
+
+/// Issue 10, case 7: an MTU the AF_XDP frames cannot carry is refused before any
+/// interface is touched.
+#[test]
+fn xdp_with_an_mtu_beyond_a_umem_frame_is_refused() {
+    let s = socket();
+    refused(
+        &["--socket", &s, "--xdp", "vnm-no-such0", "--mtu", "9000"],
+        "--mtu",
+    );
+}
+
+/// Issue 10, case 7: `--help` gives the stats file's real period.
+#[test]
+fn help_gives_the_stats_period() {
+    let out = std::process::Command::new(common::daemon::BIN)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout).replace('\n', " ");
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(help.contains("every 0.5 s"), "{help}");
+    assert!(!help.contains("every second"), "{help}");
+    assert!(help.contains("--max-guest-memory"), "{help}");
+}

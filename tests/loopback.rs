@@ -468,3 +468,37 @@ fn tx_holdoff_takes_chains_without_kicks_then_asks_for_kicks_again() {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// Issue 10, case 6: packets the loopback uplink still holds when a frontend goes away
+/// are not delivered to the next frontend.
+#[test]
+fn packets_left_in_the_loopback_are_not_delivered_to_the_next_frontend() {
+    let mut r = Rig::loopback(GuestConfig::default(), &[]);
+    // TX without any RX buffer posted: the frames stay in the loopback queue.
+    r.g.send(0, &guest_frames(800, 4, 60, 1514));
+    r.g.wait_tx(0, 4);
+    r.d.wait_stats("4 packets sent on pair 0", STATS_TIMEOUT, |s| {
+        s.queue(0, "tx_packets") == 4
+    });
+    r.disconnect();
+    std::thread::sleep(Duration::from_millis(100));
+    r.d.assert_running("after the first frontend disconnected");
+
+    // A new guest (fresh memory and rings) on the same daemon.
+    let mut g2 = common::guest::Guest::new(GuestConfig::default());
+    let _c2 = g2.attach(&mut r.d);
+    g2.post_rx(0, 8, 2048);
+    let stale = g2.recv_until(0, 1, Duration::from_millis(500));
+    assert!(
+        stale.is_empty(),
+        "the second frontend received {} packet(s) the first one sent{}",
+        stale.len(),
+        r.d.log().context()
+    );
+    let frames = guest_frames(810, 4, 60, 1514);
+    g2.send(0, &frames);
+    let got = g2.recv(0, 4, TIMEOUT);
+    for (p, f) in got.iter().zip(&frames) {
+        common::packet::assert_bytes(&p.frame, f, "the second frontend's own frames");
+    }
+}

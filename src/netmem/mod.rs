@@ -3,7 +3,10 @@
 //! - `netmem_ref`: [`NetmemRef`], tagged handle to a page of guest memory or a net_iov.
 //! - `desc`: [`NetmemDesc`], page-like descriptor with `pp_ref_count`.
 //! - `page_map`: [`GuestPageMap`], guest memory regions with their descriptors,
-//!   following every memory update through [`SharedPageMap`].
+//!   following every memory update through [`SharedPageMap`]; every region checked
+//!   against its file.
+//! - [`fault`]: the SIGBUS handler that turns a frontend shrinking a region's file
+//!   into a fault counted and reported to the control plane, not a dead process.
 //! - `net_iov`: [`NetIovArea`], [`NetIov`]: device regions (UMEM, hugepage or memfd
 //!   arenas) cut into fixed-size chunks.
 //! - `frag`: [`Frag`], [`FragList`]: a packet as a list of contiguous pieces.
@@ -15,6 +18,7 @@
 //!   over host pages, hugetlb memfds or a caller's area.
 
 mod desc;
+pub mod fault;
 mod frag;
 mod net_iov;
 mod netmem_ref;
@@ -27,8 +31,8 @@ pub use frag::{Frag, FragList, MAX_INLINE_FRAGS};
 pub use net_iov::{default_hugepage_size, AreaBacking, NetIov, NetIovArea, NetIovError};
 pub use netmem_ref::{NetmemKind, NetmemRef};
 pub use page_map::{
-    GuestPageMap, GuestRegion, PageMapError, RegionPages, RegionSpec, SharedPageMap, MAX_REGIONS,
-    PAGE_SIZE,
+    check_region, GuestPageMap, GuestRegion, PageMapError, RegionPages, RegionSpec, SharedPageMap,
+    MAX_REGIONS, PAGE_SIZE,
 };
 pub use page_pool::{
     parked_pools, PagePool, PagePoolDestroy, PagePoolError, PagePoolParams, PagePoolParked,

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
+use super::fault::FaultGuard;
 use super::{Frag, FragList, NetmemDesc, NetmemRef};
 
 /// Page size the descriptors describe.
@@ -66,6 +67,74 @@ pub enum PageMapError {
     /// Too many regions.
     #[error("too many guest memory regions (limit {0})")]
     TooManyRegions(usize),
+    /// The region's fd could not be examined.
+    #[error("cannot stat the file of guest region {gpa:#x}: {source}")]
+    Fstat {
+        /// Guest-physical start.
+        gpa: u64,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The region's fd is not a regular file (memfd, tmpfs or hugetlbfs file).
+    #[error("guest region {gpa:#x}: its fd is not a regular file (memfd, tmpfs or hugetlbfs)")]
+    NotAFile {
+        /// Guest-physical start.
+        gpa: u64,
+    },
+    /// A region of size 0.
+    #[error("guest region {gpa:#x} has size 0")]
+    Empty {
+        /// Guest-physical start.
+        gpa: u64,
+    },
+    /// The region's offset in its file is not page-aligned.
+    #[error("guest region {gpa:#x}: mmap_offset {offset:#x} is not a multiple of {PAGE_SIZE:#x}")]
+    Misaligned {
+        /// Guest-physical start.
+        gpa: u64,
+        /// `mmap_offset`.
+        offset: u64,
+    },
+    /// The region extends past the end of its file (accesses there would fault).
+    #[error(
+        "guest region {gpa:#x}: mmap_offset {offset:#x} + size {size:#x} is beyond its file ({file_size:#x} bytes)"
+    )]
+    BeyondFile {
+        /// Guest-physical start.
+        gpa: u64,
+        /// `mmap_offset`.
+        offset: u64,
+        /// Claimed size.
+        size: u64,
+        /// Size of the file (fstat).
+        file_size: u64,
+    },
+    /// The frontend's address range of the region wraps.
+    #[error("guest region {gpa:#x}: frontend address {user_addr:#x} + size {size:#x} wraps")]
+    UserAddrWraps {
+        /// Guest-physical start.
+        gpa: u64,
+        /// Frontend virtual address.
+        user_addr: u64,
+        /// Size.
+        size: u64,
+    },
+    /// The memory table exceeds the configured ceiling.
+    #[error("guest memory of {total:#x} bytes exceeds the ceiling of {limit:#x} bytes (--max-guest-memory)")]
+    TooMuchMemory {
+        /// Total size asked for.
+        total: u64,
+        /// The ceiling.
+        limit: u64,
+    },
+    /// The page descriptor array could not be allocated.
+    #[error("cannot allocate {pages} page descriptors for guest region {gpa:#x}")]
+    DescAlloc {
+        /// Guest-physical start.
+        gpa: u64,
+        /// Pages of the region.
+        pages: u64,
+    },
 }
 
 /// Descriptors of one guest memory region.
@@ -85,17 +154,33 @@ pub struct RegionPages {
 }
 
 impl RegionPages {
-    pub(crate) fn new(slot: u16, gpa: u64, size: u64, user_addr: u64) -> Self {
-        let n = usize::try_from(size.div_ceil(PAGE_SIZE)).unwrap_or(usize::MAX);
-        RegionPages {
+    /// Descriptors for a region of `size` bytes; an error (never an abort) when the
+    /// array cannot be allocated.
+    pub(crate) fn try_new(
+        slot: u16,
+        gpa: u64,
+        size: u64,
+        user_addr: u64,
+    ) -> Result<Self, PageMapError> {
+        let pages = size.div_ceil(PAGE_SIZE);
+        let descs = usize::try_from(pages)
+            .ok()
+            .and_then(zeroed_descs)
+            .ok_or(PageMapError::DescAlloc { gpa, pages })?;
+        Ok(RegionPages {
             slot,
             gpa,
             size,
             user_addr,
-            descs: zeroed_descs(n),
+            descs,
             pinned: AtomicUsize::new(0),
             users: AtomicUsize::new(1),
-        }
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn new(slot: u16, gpa: u64, size: u64, user_addr: u64) -> Self {
+        Self::try_new(slot, gpa, size, user_addr).expect("descriptor array")
     }
 
     /// Slot number carried by this region's `NetmemRef`s.
@@ -147,21 +232,23 @@ impl RegionPages {
 }
 
 /// A zero-filled descriptor array; large arrays come from fresh anonymous mappings, so
-/// pages of it that are never touched are never resident.
-fn zeroed_descs(n: usize) -> Box<[NetmemDesc]> {
+/// pages of it that are never touched are never resident (lazily committed: 8 bytes
+/// per 4 KiB page, 0.2 % of the region, at most, and only where pages are used). None
+/// when it cannot be allocated: the caller refuses the region instead of aborting.
+fn zeroed_descs(n: usize) -> Option<Box<[NetmemDesc]>> {
     if n == 0 {
-        return Box::new([]);
+        return Some(Box::new([]));
     }
-    let layout = Layout::array::<NetmemDesc>(n).expect("descriptor array layout");
+    let layout = Layout::array::<NetmemDesc>(n).ok()?;
     // SAFETY: `layout` has a non-zero size (n > 0, NetmemDesc is 8 bytes).
     let ptr = unsafe { alloc::alloc_zeroed(layout) }.cast::<NetmemDesc>();
     if ptr.is_null() {
-        alloc::handle_alloc_error(layout);
+        return None;
     }
     // SAFETY: `ptr` is a fresh, non-null allocation of exactly `n` NetmemDescs with the
     // global allocator's layout for `[NetmemDesc; n]`, which is what Box<[T]> frees
     // with; all-zero bytes are a valid NetmemDesc (two AtomicU32 zeros).
-    unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, n)) }
+    Some(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, n)) })
 }
 
 /// Host address of the first byte of a region's mapping.
@@ -182,6 +269,9 @@ pub struct GuestRegion {
     region: Arc<GuestRegionMmap>,
     pages: Arc<RegionPages>,
     host: HostBase,
+    /// The mapping's range in the SIGBUS handler's table (see [`super::fault`]);
+    /// declared after `region`, so it is unregistered only after the mapping is gone.
+    _fault: Option<Arc<FaultGuard>>,
 }
 
 impl GuestRegion {
@@ -410,18 +500,96 @@ pub const MAX_REGIONS: usize = 32;
 const REMOVE_WAIT: Duration = Duration::from_secs(2);
 
 /// The current `GuestPageMap`, replaced atomically on every memory update.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SharedPageMap {
     current: ArcSwap<GuestPageMap>,
     generation: AtomicU64,
     next_slot: Mutex<u16>,
     retired: Mutex<Vec<Arc<RegionPages>>>,
+    /// Ceiling on the total size of the regions (`--max-guest-memory`).
+    limit: u64,
+}
+
+impl Default for SharedPageMap {
+    fn default() -> Self {
+        Self::with_limit(u64::MAX)
+    }
+}
+
+/// Check a frontend's region against the file that backs it (as libvhost-user does):
+/// a regular file, a page-aligned offset, a non-empty range that ends inside the file
+/// (a mapping past the end of the file faults on access), addresses that do not wrap.
+/// Returns the region's size.
+pub fn check_region(spec: &RegionSpec) -> Result<u64, PageMapError> {
+    let gpa = spec.gpa;
+    if spec.size == 0 {
+        return Err(PageMapError::Empty { gpa });
+    }
+    if spec.offset % PAGE_SIZE != 0 {
+        return Err(PageMapError::Misaligned {
+            gpa,
+            offset: spec.offset,
+        });
+    }
+    if gpa.checked_add(spec.size).is_none() {
+        return Err(PageMapError::Wraps {
+            gpa,
+            len: spec.size,
+        });
+    }
+    if spec.user_addr.checked_add(spec.size).is_none() {
+        return Err(PageMapError::UserAddrWraps {
+            gpa,
+            user_addr: spec.user_addr,
+            size: spec.size,
+        });
+    }
+    let meta = spec
+        .file
+        .metadata()
+        .map_err(|source| PageMapError::Fstat { gpa, source })?;
+    if !meta.file_type().is_file() {
+        return Err(PageMapError::NotAFile { gpa });
+    }
+    let beyond = || PageMapError::BeyondFile {
+        gpa,
+        offset: spec.offset,
+        size: spec.size,
+        file_size: meta.len(),
+    };
+    let end = spec.offset.checked_add(spec.size).ok_or_else(beyond)?;
+    if end > meta.len() {
+        return Err(beyond());
+    }
+    Ok(spec.size)
 }
 
 impl SharedPageMap {
-    /// An empty map (no guest memory yet).
+    /// An empty map (no guest memory yet) without a ceiling on its size.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty map whose regions may total at most `limit` bytes.
+    pub fn with_limit(limit: u64) -> Self {
+        SharedPageMap {
+            current: ArcSwap::default(),
+            generation: AtomicU64::new(0),
+            next_slot: Mutex::new(0),
+            retired: Mutex::new(Vec::new()),
+            limit,
+        }
+    }
+
+    /// Refuse a table of `total` bytes beyond the ceiling.
+    fn check_total(&self, total: Option<u64>) -> Result<(), PageMapError> {
+        match total {
+            Some(t) if t <= self.limit => Ok(()),
+            t => Err(PageMapError::TooMuchMemory {
+                total: t.unwrap_or(u64::MAX),
+                limit: self.limit,
+            }),
+        }
     }
 
     /// The current snapshot; hold it for one batch, not across sleeps.
@@ -430,6 +598,7 @@ impl SharedPageMap {
     }
 
     fn map_region(&self, spec: RegionSpec) -> Result<GuestRegion, PageMapError> {
+        check_region(&spec)?;
         let size = usize::try_from(spec.size).map_err(|_| PageMapError::OutOfRange {
             gpa: spec.gpa,
             len: spec.size,
@@ -454,10 +623,19 @@ impl SharedPageMap {
             gpa: spec.gpa,
             len: spec.size,
         })?;
+        let pages = RegionPages::try_new(slot, spec.gpa, spec.size, spec.user_addr)?;
+        let fault = super::fault::register(host.as_ptr(), size).map(Arc::new);
+        if fault.is_none() {
+            log::warn!(
+                "guest region {:#x}: no room in the fault handler's table; a frontend shrinking its file would kill the process",
+                spec.gpa
+            );
+        }
         Ok(GuestRegion {
             region: Arc::new(region),
-            pages: Arc::new(RegionPages::new(slot, spec.gpa, spec.size, spec.user_addr)),
+            pages: Arc::new(pages),
             host: HostBase(host),
+            _fault: fault,
         })
     }
 
@@ -487,6 +665,16 @@ impl SharedPageMap {
 
     /// Replace the whole table (SET_MEM_TABLE).
     pub fn set_table(&self, specs: Vec<RegionSpec>) -> Result<(), PageMapError> {
+        if specs.len() > MAX_REGIONS {
+            return Err(PageMapError::TooManyRegions(MAX_REGIONS));
+        }
+        // Every region is checked before any is mapped.
+        let mut total = Some(0u64);
+        for spec in &specs {
+            let size = check_region(spec)?;
+            total = total.and_then(|t| t.checked_add(size));
+        }
+        self.check_total(total)?;
         let old = self.load();
         let regions = specs
             .into_iter()
@@ -512,6 +700,15 @@ impl SharedPageMap {
         }) {
             same.pages.users.fetch_add(1, Ordering::AcqRel);
             return Ok(());
+        }
+        let size = check_region(&spec)?;
+        let total = old
+            .regions
+            .iter()
+            .try_fold(size, |t, r| t.checked_add(r.pages.size));
+        self.check_total(total)?;
+        if old.regions.len() >= MAX_REGIONS {
+            return Err(PageMapError::TooManyRegions(MAX_REGIONS));
         }
         let mut regions = old.regions.clone();
         regions.push(self.map_region(spec)?);
@@ -745,6 +942,88 @@ mod tests {
             user_addr: 0,
         });
         assert!(matches!(overlap, Err(PageMapError::Layout(_))));
+    }
+
+    fn spec(file: File, size: u64, offset: u64) -> RegionSpec {
+        RegionSpec {
+            gpa: 0,
+            size,
+            file,
+            offset,
+            user_addr: 0x7f00_0000_0000,
+        }
+    }
+
+    /// Issue 10, case 1: a 16 TiB region over a small memfd is refused, not an abort.
+    #[test]
+    fn a_region_beyond_its_file_is_refused() {
+        let map = SharedPageMap::new();
+        let huge = map.set_table(vec![spec(memfd(0x10_0000), 1 << 44, 0)]);
+        assert!(
+            matches!(huge, Err(PageMapError::BeyondFile { .. })),
+            "{huge:?}"
+        );
+        // Issue 10, case 2: 4 MiB over 64 KiB, and an offset at the end of the file.
+        let r = map.set_table(vec![spec(memfd(0x1_0000), 0x40_0000, 0)]);
+        assert!(matches!(r, Err(PageMapError::BeyondFile { .. })), "{r:?}");
+        let r = map.add_region(spec(memfd(0x1_0000), 0x1000, 0x1_0000));
+        assert!(matches!(r, Err(PageMapError::BeyondFile { .. })), "{r:?}");
+        let r = map.set_table(vec![spec(memfd(0x1_0000), 0x1000, u64::MAX - 0xfff)]);
+        assert!(matches!(r, Err(PageMapError::BeyondFile { .. })), "{r:?}");
+        let r = map.set_table(vec![spec(memfd(0x1_0000), 0, 0)]);
+        assert!(matches!(r, Err(PageMapError::Empty { .. })), "{r:?}");
+        let r = map.set_table(vec![spec(memfd(0x2_0000), 0x1000, 0x800)]);
+        assert!(matches!(r, Err(PageMapError::Misaligned { .. })), "{r:?}");
+        let mut wraps = spec(memfd(0x1_0000), 0x1000, 0);
+        wraps.user_addr = u64::MAX - 0x10;
+        let r = map.set_table(vec![wraps]);
+        assert!(
+            matches!(r, Err(PageMapError::UserAddrWraps { .. })),
+            "{r:?}"
+        );
+        // A socket is not guest memory.
+        let (sock, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let sock = File::from(std::os::fd::OwnedFd::from(sock));
+        let r = map.set_table(vec![spec(sock, 0x1000, 0)]);
+        assert!(matches!(r, Err(PageMapError::NotAFile { .. })), "{r:?}");
+        assert!(map.load().regions().is_empty());
+        // The exact size of the file is fine.
+        map.set_table(vec![spec(memfd(0x1_0000), 0x1_0000, 0)])
+            .unwrap();
+    }
+
+    /// A sparse file as large as claimed still meets the guest memory ceiling.
+    #[test]
+    fn the_guest_memory_ceiling_holds_for_tables_and_added_regions() {
+        let map = SharedPageMap::with_limit(0x20_0000);
+        let r = map.set_table(vec![spec(memfd(1 << 44), 1 << 44, 0)]);
+        assert!(
+            matches!(r, Err(PageMapError::TooMuchMemory { .. })),
+            "{r:?}"
+        );
+        let f = memfd(0x30_0000);
+        map.set_table(vec![spec(f.try_clone().unwrap(), 0x10_0000, 0)])
+            .unwrap();
+        map.add_region(RegionSpec {
+            gpa: 0x10_0000,
+            size: 0x10_0000,
+            file: f.try_clone().unwrap(),
+            offset: 0x10_0000,
+            user_addr: 0x7f00_1000_0000,
+        })
+        .unwrap();
+        let r = map.add_region(RegionSpec {
+            gpa: 0x20_0000,
+            size: 0x1000,
+            file: f,
+            offset: 0x20_0000,
+            user_addr: 0x7f00_2000_0000,
+        });
+        assert!(
+            matches!(r, Err(PageMapError::TooMuchMemory { .. })),
+            "{r:?}"
+        );
+        assert_eq!(map.load().regions().len(), 2);
     }
 
     fn rss_kib() -> u64 {

@@ -1,7 +1,9 @@
 //! Test and benchmark uplinks: `null` discards every transmitted packet and never
 //! receives; `loopback` reflects each transmitted packet back to the same queue
 //! pair's RX side (bounded: beyond [`LOOPBACK_DEPTH`] packets, sends are refused and
-//! counted as uplink drops). Both measure the vhost-user ring path alone.
+//! counted as uplink drops). Both measure the vhost-user ring path alone. Packets a
+//! loopback queue still holds when its frontend disconnects are discarded: the next
+//! frontend starts with an empty queue.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
@@ -69,6 +71,10 @@ impl Uplink for TestUplink {
 
     fn apply_features(&self, _features: Features) -> Result<(), UplinkError> {
         Ok(())
+    }
+
+    fn detach_memory(&self) {
+        self.queues.for_each_idle(|q| q.detach_memory());
     }
 }
 
@@ -142,5 +148,14 @@ impl UplinkQueue for LoopbackQueue {
         let n = pkt.len();
         self.free.push(pkt);
         Ok(Some(n))
+    }
+
+    /// The frontend went away: what it sent is not the next frontend's to receive.
+    fn detach_memory(&mut self) {
+        if !self.packets.is_empty() {
+            let _ = self.ready.read();
+        }
+        self.free.extend(self.packets.drain(..));
+        self.free.truncate(LOOPBACK_DEPTH);
     }
 }

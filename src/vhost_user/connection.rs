@@ -1,26 +1,38 @@
 //! The request loop of one vhost-user connection.
 //!
-//! Before each message the loop peeks at its header on a clone of the socket:
-//! - SET_STATUS / GET_STATUS (protocol feature STATUS) are read and answered here;
-//!   the protocol layer has no handler for them;
+//! Each message is first read whole from the frontend's socket ([`super::framing`]:
+//! any split into pieces, a bounded wait when the frontend stalls mid-message), then:
+//! - SET_STATUS / GET_STATUS (protocol feature STATUS) are answered here; the protocol
+//!   layer has no handler for them;
 //! - a SET_VRING_ENABLE that arrives before SET_FEATURES (QEMU 7.2 sends one per ring
 //!   right after SET_PROTOCOL_FEATURES, and never repeats it) is recorded here; the
-//!   protocol layer then consumes it and refuses it with `InactiveFeature`, which this
-//!   loop treats as expected instead of ending the connection.
+//!   protocol layer then refuses it with `InactiveFeature`, which this loop treats as
+//!   expected instead of as a refusal;
+//! - everything else goes to `BackendReqHandler::handle_request`, over an internal
+//!   socket pair: the whole message in one `sendmsg`, the replies relayed back to the
+//!   frontend, and whatever the protocol layer left unread discarded, so one bad
+//!   message never desynchronises the next.
 //!
-//! Everything else goes through `BackendReqHandler::handle_request`.
+//! A refused request is counted (`control.refused` in the stats file, by request and
+//! reason), logged rate-limited, answered with a failure ack when the frontend asked
+//! for one and got no reply, and the connection goes on. The connection ends (counted
+//! too) when the frontend closes it, sends something that is not a well-formed
+//! message (framing errors, a body of the wrong size, wrong fds), on socket errors, or
+//! when its guest memory faulted (see [`crate::netmem::fault`]).
 
-use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
 use vhost::vhost_user::message::VhostUserVirtioFeatures;
 use vhost::vhost_user::{BackendReqHandler, Error as VhostError};
 
+use super::framing::{self, FramingError, Message, Next, HDR_LEN, STALL_TIMEOUT};
 use super::NetBackend;
+use crate::metrics::ControlMetrics;
+use crate::netmem::fault;
 
-const HDR_LEN: usize = 12;
 const REQ_SET_VRING_ENABLE: u32 = 18;
 const REQ_SET_STATUS: u32 = 39;
 const REQ_GET_STATUS: u32 = 40;
@@ -33,224 +45,331 @@ const FLAG_NEED_REPLY: u32 = 0x8;
 pub enum ConnectionEnd {
     /// The frontend closed the socket.
     Disconnected,
-    /// The peer closed the socket before sending any request (e.g. another process
+    /// The peer closed the socket before sending any byte (e.g. another process
     /// probing whether the socket is in use).
     Probe,
     /// A signal asked us to stop.
     Stopped,
     /// The frontend sent something we cannot follow; the connection was closed.
     ProtocolError(String),
+    /// The frontend's guest memory faulted (its file shrank under the mapping).
+    MemoryFault,
 }
 
-struct Peeked {
-    request: u32,
-    flags: u32,
-    size: u32,
-    body: [u8; 8],
-}
-
-/// Wait until the socket or the stop fd is readable; Ok(false) when asked to stop.
-fn wait_readable(sock: &UnixStream, stop: &impl AsFd) -> io::Result<bool> {
-    let mut fds = [
-        libc::pollfd {
-            fd: sock.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: stop.as_fd().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
+/// The vhost-user name of request `code` (lowercase, for logs and counters).
+pub fn request_name(code: u32) -> &'static str {
+    const NAMES: [&str; 44] = [
+        "none",
+        "get_features",
+        "set_features",
+        "set_owner",
+        "reset_owner",
+        "set_mem_table",
+        "set_log_base",
+        "set_log_fd",
+        "set_vring_num",
+        "set_vring_addr",
+        "set_vring_base",
+        "get_vring_base",
+        "set_vring_kick",
+        "set_vring_call",
+        "set_vring_err",
+        "get_protocol_features",
+        "set_protocol_features",
+        "get_queue_num",
+        "set_vring_enable",
+        "send_rarp",
+        "net_set_mtu",
+        "set_backend_req_fd",
+        "iotlb_msg",
+        "set_vring_endian",
+        "get_config",
+        "set_config",
+        "create_crypto_session",
+        "close_crypto_session",
+        "postcopy_advise",
+        "postcopy_listen",
+        "postcopy_end",
+        "get_inflight_fd",
+        "set_inflight_fd",
+        "gpu_set_socket",
+        "reset_device",
+        "vring_kick",
+        "get_max_mem_slots",
+        "add_mem_reg",
+        "rem_mem_reg",
+        "set_status",
+        "get_status",
+        "get_shared_object",
+        "set_device_state_fd",
+        "check_device_state",
     ];
-    loop {
-        // SAFETY: `fds` is a live array of two initialised pollfds and the count
-        // passed is its length.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if fds[1].revents != 0 {
-            return Ok(false);
-        }
-        return Ok(true);
+    usize::try_from(code)
+        .ok()
+        .and_then(|i| NAMES.get(i).copied())
+        .unwrap_or("unknown")
+}
+
+/// The reason name of a protocol-layer error (for counters).
+fn reason(e: &VhostError) -> &'static str {
+    match e {
+        VhostError::InvalidParam => "invalid_param",
+        VhostError::InvalidOperation(_) => "invalid_operation",
+        VhostError::InactiveFeature(_) => "inactive_feature",
+        VhostError::InactiveOperation(_) => "inactive_operation",
+        VhostError::InvalidMessage => "invalid_message",
+        VhostError::IncorrectFds => "incorrect_fds",
+        VhostError::OversizedMsg => "oversized_message",
+        VhostError::ReqHandlerError(_) => "handler_error",
+        VhostError::BackendInternalError => "backend_internal_error",
+        VhostError::FeatureMismatch => "feature_mismatch",
+        _ => "other",
     }
 }
 
-/// Peek `buf.len()` bytes without consuming them; returns how many were available.
-fn peek(sock: &UnixStream, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: recv writes at most `buf.len()` bytes into the live buffer; MSG_PEEK
-    // leaves the data (and any attached fds) queued for the protocol layer.
-    let n = unsafe {
-        libc::recv(
-            sock.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_PEEK | libc::MSG_WAITALL,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(usize::try_from(n).unwrap_or(0))
+/// Whether a protocol-layer error ends the connection: the internal socket pair itself
+/// failed, or the message is malformed (wrong body size for its request, wrong fds:
+/// a frontend that sends those is not following the protocol, as libvhost-user
+/// judges too), rather than a well-formed request that was refused.
+fn is_fatal(e: &VhostError) -> bool {
+    matches!(
+        e,
+        VhostError::InvalidMessage
+            | VhostError::IncorrectFds
+            | VhostError::OversizedMsg
+            | VhostError::SocketError(_)
+            | VhostError::SocketBroken(_)
+            | VhostError::SocketConnect(_)
+            | VhostError::SocketRetry(_)
+            | VhostError::Disconnected
+            | VhostError::PartialMessage
+    )
 }
 
-fn peek_header(sock: &UnixStream) -> io::Result<Option<Peeked>> {
-    let mut b = [0u8; HDR_LEN + 8];
-    if peek(sock, &mut b[..HDR_LEN])? < HDR_LEN {
-        return Ok(None);
-    }
-    let word = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-    let (request, flags, size) = (word(0), word(4), word(8));
-    if size >= 8 && peek(sock, &mut b)? < b.len() {
-        return Ok(None);
-    }
-    let mut body = [0u8; 8];
-    body.copy_from_slice(&b[HDR_LEN..]);
-    Ok(Some(Peeked {
-        request,
-        flags,
-        size,
-        body,
-    }))
-}
-
-fn reply_u64(sock: &mut UnixStream, request: u32, value: u64) -> io::Result<()> {
+fn reply_u64(sock: &UnixStream, request: u32, value: u64) -> io::Result<()> {
     let mut msg = [0u8; HDR_LEN + 8];
     msg[0..4].copy_from_slice(&request.to_le_bytes());
     msg[4..8].copy_from_slice(&(FLAG_VERSION_1 | FLAG_REPLY).to_le_bytes());
     msg[8..12].copy_from_slice(&8u32.to_le_bytes());
     msg[12..20].copy_from_slice(&value.to_le_bytes());
-    sock.write_all(&msg)
+    framing::send_all(sock, &msg, &[])
+}
+
+fn u32_at(body: &[u8], i: usize) -> Option<u32> {
+    let b = body.get(i..i.checked_add(4)?)?;
+    let mut w = [0u8; 4];
+    w.copy_from_slice(b);
+    Some(u32::from_le_bytes(w))
+}
+
+/// One connection: the frontend's socket and the protocol layer behind its socket pair.
+struct Conn<'a> {
+    frontend: UnixStream,
+    handler: BackendReqHandler<Mutex<NetBackend>>,
+    /// Our end of the pair: requests go in, replies come out.
+    inner: UnixStream,
+    /// A clone of the protocol layer's end, to discard what it left unread.
+    handler_end: UnixStream,
+    backend: Arc<Mutex<NetBackend>>,
+    control: &'a ControlMetrics,
+}
+
+impl Conn<'_> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, NetBackend> {
+        self.backend.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn refused(&self, request: u32, why: &'static str, detail: &dyn std::fmt::Display) {
+        let name = request_name(request);
+        self.control.refused(name, why);
+        crate::log_limited!(
+            super::control_log(),
+            warn,
+            "request {name} ({request}) refused: {detail}"
+        );
+    }
+
+    /// Give `msg` to the protocol layer and relay its replies; Err ends the connection.
+    fn dispatch(&mut self, msg: &Message) -> Result<Result<(), VhostError>, String> {
+        let fds: Vec<RawFd> = msg.fds.iter().map(AsRawFd::as_raw_fd).collect();
+        framing::send_all(&self.inner, &msg.bytes, &fds)
+            .map_err(|e| format!("internal socket: {e}"))?;
+        let res = self.handler.handle_request();
+        // Whatever the protocol layer did not read (it stopped at a bad header) goes.
+        let (left, left_fds) =
+            framing::drain(&self.handler_end).map_err(|e| format!("internal socket: {e}"))?;
+        drop(left_fds);
+        if !left.is_empty() {
+            log::debug!("discarded {} unread bytes of a refused request", left.len());
+        }
+        let (reply, reply_fds) =
+            framing::drain(&self.inner).map_err(|e| format!("internal socket: {e}"))?;
+        if !reply.is_empty() {
+            let raw: Vec<RawFd> = reply_fds.iter().map(AsRawFd::as_raw_fd).collect();
+            framing::send_all(&self.frontend, &reply, &raw).map_err(|e| format!("socket: {e}"))?;
+        } else if res.is_err()
+            && msg.flags() & FLAG_NEED_REPLY != 0
+            && self.lock().reply_ack_acked()
+        {
+            // The frontend waits for an ack the protocol layer did not send: a failure.
+            reply_u64(&self.frontend, msg.request(), 1).map_err(|e| format!("socket: {e}"))?;
+        }
+        Ok(res)
+    }
+
+    fn status(&mut self, msg: &Message) -> Result<(), String> {
+        let request = msg.request();
+        let expected = if request == REQ_SET_STATUS { 8 } else { 0 };
+        if msg.body().len() != expected {
+            self.refused(request, "invalid_message", &"wrong body size");
+            if msg.flags() & FLAG_NEED_REPLY != 0 {
+                return reply_u64(&self.frontend, request, 1).map_err(|e| format!("socket: {e}"));
+            }
+            return Ok(());
+        }
+        let res = if request == REQ_SET_STATUS {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(msg.body());
+            let status = u64::from_le_bytes(v);
+            self.lock()
+                .set_status(u8::try_from(status).unwrap_or(u8::MAX));
+            if msg.flags() & FLAG_NEED_REPLY != 0 {
+                reply_u64(&self.frontend, request, 0)
+            } else {
+                Ok(())
+            }
+        } else {
+            let status = u64::from(self.lock().status());
+            reply_u64(&self.frontend, request, status)
+        };
+        res.map_err(|e| format!("socket: {e}"))
+    }
+
+    fn early_enable(&mut self, msg: &Message) -> Result<(), String> {
+        let body = msg.body();
+        let (Some(index), Some(num)) = (u32_at(body, 0), u32_at(body, 4)) else {
+            return Err("short SET_VRING_ENABLE".into());
+        };
+        log::debug!("early SET_VRING_ENABLE({index}, {num}) before SET_FEATURES: recorded");
+        let recorded = self.lock().record_enable(index, num == 1);
+        if let Err(e) = &recorded {
+            self.refused(REQ_SET_VRING_ENABLE, reason(e), e);
+        }
+        match self.dispatch(msg)? {
+            Err(VhostError::InactiveFeature(f))
+                if f == VhostUserVirtioFeatures::PROTOCOL_FEATURES => {}
+            Err(e) if is_fatal(&e) => {
+                self.control
+                    .refused(request_name(REQ_SET_VRING_ENABLE), reason(&e));
+                return Err(e.to_string());
+            }
+            Err(e) => {
+                self.refused(REQ_SET_VRING_ENABLE, reason(&e), &e);
+                return Ok(());
+            }
+            Ok(()) => return Ok(()),
+        }
+        if msg.flags() & FLAG_NEED_REPLY != 0 {
+            reply_u64(
+                &self.frontend,
+                REQ_SET_VRING_ENABLE,
+                u64::from(recorded.is_err()),
+            )
+            .map_err(|e| format!("socket: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, msg: &Message) -> Result<(), String> {
+        let request = msg.request();
+        match request {
+            REQ_SET_STATUS | REQ_GET_STATUS => return self.status(msg),
+            REQ_SET_VRING_ENABLE
+                if msg.body().len() == 8 && !self.lock().protocol_features_acked() =>
+            {
+                return self.early_enable(msg)
+            }
+            _ => {}
+        }
+        match self.dispatch(msg)? {
+            Ok(()) => Ok(()),
+            Err(e) if is_fatal(&e) => {
+                self.control.refused(request_name(request), reason(&e));
+                Err(format!(
+                    "request {} ({request}): {e}",
+                    request_name(request)
+                ))
+            }
+            Err(e) => {
+                self.refused(request, reason(&e), &e);
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Serve one connection until it ends. `stop` becomes readable on SIGINT/SIGTERM.
 pub fn serve_connection(
     stream: UnixStream,
     backend: Arc<Mutex<NetBackend>>,
+    control: &ControlMetrics,
     stop: &impl AsFd,
 ) -> ConnectionEnd {
-    let mut handler = BackendReqHandler::from_stream(stream, Arc::clone(&backend));
-    let mut sock = match handler.try_clone_connection() {
-        Ok(s) => s,
-        Err(e) => return ConnectionEnd::ProtocolError(format!("cannot clone socket: {e}")),
+    let setup = || -> io::Result<_> {
+        let (inner, handler_side) = UnixStream::pair()?;
+        inner.set_nonblocking(true)?;
+        stream.set_write_timeout(Some(STALL_TIMEOUT))?;
+        let handler = BackendReqHandler::from_stream(handler_side, Arc::clone(&backend));
+        let handler_end = handler.try_clone_connection()?;
+        Ok((inner, handler, handler_end))
     };
-    let lock = || backend.lock().unwrap_or_else(|e| e.into_inner());
+    let (inner, handler, handler_end) = match setup() {
+        Ok(s) => s,
+        Err(e) => {
+            return ConnectionEnd::ProtocolError(format!("cannot set up the connection: {e}"))
+        }
+    };
+    let mut conn = Conn {
+        frontend: stream,
+        handler,
+        inner,
+        handler_end,
+        backend,
+        control,
+    };
+    // A fault of an earlier connection's memory is not this one's.
+    let _ = fault::take_pending();
     let mut requests = 0u64;
     loop {
-        match wait_readable(&sock, stop) {
-            Ok(true) => {}
-            Ok(false) => return ConnectionEnd::Stopped,
-            Err(e) => return ConnectionEnd::ProtocolError(format!("poll: {e}")),
-        }
-        let peeked = match peek_header(&sock) {
-            Ok(Some(p)) => p,
-            Ok(None) if requests == 0 => return ConnectionEnd::Probe,
-            Ok(None) => return ConnectionEnd::Disconnected,
-            Err(e) => return ConnectionEnd::ProtocolError(format!("socket: {e}")),
+        let mut others = vec![stop.as_fd()];
+        others.extend(fault::notifier());
+        let msg = match framing::read_message(&conn.frontend, &others) {
+            Ok(Next::Message(m)) => m,
+            Ok(Next::Closed) if requests == 0 => return ConnectionEnd::Probe,
+            Ok(Next::Closed) => return ConnectionEnd::Disconnected,
+            Ok(Next::Other(0)) => return ConnectionEnd::Stopped,
+            Ok(Next::Other(_)) => {
+                if fault::take_pending() {
+                    control.memory_faults.inc();
+                    return ConnectionEnd::MemoryFault;
+                }
+                continue;
+            }
+            Err(e) => {
+                if let FramingError::Oversized { request, .. } = &e {
+                    control.refused(request_name(*request), "oversized_message");
+                }
+                return ConnectionEnd::ProtocolError(e.to_string());
+            }
         };
         if requests == 0 {
             log::info!("frontend connected");
+            control.connections.inc();
         }
-        requests += 1;
-        let need_reply = peeked.flags & FLAG_NEED_REPLY != 0;
-        match peeked.request {
-            REQ_SET_STATUS | REQ_GET_STATUS => {
-                let expected = if peeked.request == REQ_SET_STATUS {
-                    8
-                } else {
-                    0
-                };
-                if peeked.size != expected {
-                    return ConnectionEnd::ProtocolError(format!(
-                        "status request {} with a {}-byte body",
-                        peeked.request, peeked.size
-                    ));
-                }
-                let mut msg = vec![0u8; HDR_LEN + expected as usize];
-                if let Err(e) = sock.read_exact(&mut msg) {
-                    return ConnectionEnd::ProtocolError(format!("socket: {e}"));
-                }
-                let res = if peeked.request == REQ_SET_STATUS {
-                    let status = u64::from_le_bytes(peeked.body);
-                    lock().set_status(u8::try_from(status).unwrap_or(u8::MAX));
-                    if need_reply {
-                        reply_u64(&mut sock, peeked.request, 0)
-                    } else {
-                        Ok(())
-                    }
-                } else {
-                    let status = u64::from(lock().status());
-                    reply_u64(&mut sock, peeked.request, status)
-                };
-                if let Err(e) = res {
-                    return ConnectionEnd::ProtocolError(format!("socket: {e}"));
-                }
-                continue;
-            }
-            REQ_SET_VRING_ENABLE if peeked.size == 8 && !lock().protocol_features_acked() => {
-                let index = u32::from_le_bytes([
-                    peeked.body[0],
-                    peeked.body[1],
-                    peeked.body[2],
-                    peeked.body[3],
-                ]);
-                let num = u32::from_le_bytes([
-                    peeked.body[4],
-                    peeked.body[5],
-                    peeked.body[6],
-                    peeked.body[7],
-                ]);
-                log::debug!("early SET_VRING_ENABLE({index}, {num}) before SET_FEATURES: recorded");
-                let res = lock().record_enable(index, num == 1);
-                match handler.handle_request() {
-                    Err(VhostError::InactiveFeature(f))
-                        if f == VhostUserVirtioFeatures::PROTOCOL_FEATURES => {}
-                    Err(e) => return end_for(e),
-                    Ok(()) => continue,
-                }
-                if need_reply {
-                    if let Err(e) = reply_u64(&mut sock, peeked.request, u64::from(res.is_err())) {
-                        return ConnectionEnd::ProtocolError(format!("socket: {e}"));
-                    }
-                }
-                continue;
-            }
-            _ => {}
+        requests = requests.saturating_add(1);
+        control.requests.inc();
+        if let Err(e) = conn.handle(&msg) {
+            return ConnectionEnd::ProtocolError(e);
         }
-        if let Err(e) = handler.handle_request() {
-            match e {
-                VhostError::InvalidParam
-                | VhostError::InvalidOperation(_)
-                | VhostError::InactiveFeature(_)
-                | VhostError::InactiveOperation(_)
-                | VhostError::ReqHandlerError(_)
-                | VhostError::BackendInternalError => {
-                    log::warn!("request {} refused: {e}", peeked.request);
-                }
-                e => return end_for(e),
-            }
-        }
-    }
-}
-
-fn end_for(e: VhostError) -> ConnectionEnd {
-    match e {
-        VhostError::Disconnected | VhostError::PartialMessage => ConnectionEnd::Disconnected,
-        VhostError::SocketBroken(ref io) | VhostError::SocketError(ref io)
-            if matches!(
-                io.kind(),
-                io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::BrokenPipe
-                    | io::ErrorKind::UnexpectedEof
-            ) =>
-        {
-            ConnectionEnd::Disconnected
-        }
-        e => ConnectionEnd::ProtocolError(e.to_string()),
     }
 }

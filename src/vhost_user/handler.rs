@@ -69,7 +69,7 @@ impl NetBackend {
         NetBackend {
             offered,
             uplink,
-            memory: Arc::new(SharedPageMap::new()),
+            memory: Arc::new(SharedPageMap::with_limit(config.max_guest_memory)),
             metrics,
             acked_features: None,
             acked_protocol: 0,
@@ -84,6 +84,12 @@ impl NetBackend {
     pub fn protocol_features_acked(&self) -> bool {
         self.acked_features
             .is_some_and(|f| f & (1 << VHOST_USER_F_PROTOCOL_FEATURES) != 0)
+    }
+
+    /// Whether replies to NEED_REPLY requests are on (REPLY_ACK negotiated).
+    pub fn reply_ack_acked(&self) -> bool {
+        self.protocol_features_acked()
+            && self.acked_protocol & VhostUserProtocolFeatures::REPLY_ACK.bits() != 0
     }
 
     /// The guest memory of this connection.
@@ -114,7 +120,9 @@ impl NetBackend {
     fn ring_index(&self, index: u32) -> VhostResult<usize> {
         let i = usize::try_from(index).map_err(|_| VhostError::InvalidParam)?;
         if i >= self.vrings.len() {
-            log::warn!(
+            crate::log_limited!(
+                super::control_log(),
+                warn,
                 "frontend named ring {index}; this device has {}",
                 self.vrings.len()
             );
@@ -250,7 +258,9 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
 
     fn set_features(&mut self, features: u64) -> VhostResult<()> {
         if features & !self.offered != 0 {
-            log::error!(
+            crate::log_limited!(
+                super::control_log(),
+                warn,
                 "frontend acked features {:#x} that were not offered",
                 features & !self.offered
             );
@@ -283,7 +293,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
             })
             .collect();
         self.memory.set_table(specs).map_err(|e| {
-            log::error!("SET_MEM_TABLE: {e}");
+            crate::log_limited!(super::control_log(), warn, "SET_MEM_TABLE refused: {e}");
             VhostError::InvalidParam
         })?;
         Ok(None)
@@ -295,7 +305,9 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
             .ok()
             .filter(|n| *n != 0 && n.is_power_of_two() && *n <= self.config.queue_size);
         let Some(size) = size else {
-            log::error!(
+            crate::log_limited!(
+                super::control_log(),
+                warn,
                 "ring {index}: size {num} refused (power of two up to {})",
                 self.config.queue_size
             );
@@ -319,7 +331,11 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
         let map = self.memory.load();
         let t = |va: u64| map.va_to_gpa(va);
         let (Some(d), Some(a), Some(u)) = (t(descriptor), t(available), t(used)) else {
-            log::error!("ring {index}: ring addresses are not in the memory table");
+            crate::log_limited!(
+                super::control_log(),
+                warn,
+                "ring {index}: ring addresses are not in the memory table"
+            );
             return Err(VhostError::InvalidParam);
         };
         self.vrings[i].addrs = Some((d, a, u));
@@ -352,7 +368,11 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VhostResult<()> {
         let i = self.ring_index(u32::from(index))?;
         let Some(kick) = Self::eventfd(fd) else {
-            log::error!("ring {index}: polling mode (no kick fd) is not supported");
+            crate::log_limited!(
+                super::control_log(),
+                warn,
+                "ring {index}: polling mode (no kick fd) is not supported"
+            );
             return Err(VhostError::InvalidParam);
         };
         self.vrings[i].kick = Some(kick);
@@ -447,7 +467,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
             user_addr: region.user_addr,
         };
         self.memory.add_region(spec).map_err(|e| {
-            log::error!("ADD_MEM_REG: {e}");
+            crate::log_limited!(super::control_log(), warn, "ADD_MEM_REG refused: {e}");
             VhostError::InvalidParam
         })?;
         Ok(None)
@@ -457,7 +477,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
         self.memory
             .remove_region(region.guest_phys_addr, region.memory_size)
             .map_err(|e| {
-                log::error!("REM_MEM_REG: {e}");
+                crate::log_limited!(super::control_log(), warn, "REM_MEM_REG refused: {e}");
                 VhostError::InvalidParam
             })
     }

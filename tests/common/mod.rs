@@ -20,6 +20,8 @@
 //! - [`stats`]: the daemon's `--stats-file` JSON.
 //! - [`netns`]: network namespaces created and deleted by the tests, AF_PACKET sockets
 //!   opened inside them.
+//! - [`raw`]: a raw vhost-user frontend (messages byte by byte, in any pieces, with any
+//!   fds) for frontends that misbehave on purpose; the daemon's fd count and RSS.
 //! - [`packet`]: Ethernet / IPv4 / IPv6 / TCP / UDP frame builders, checksum helpers
 //!   (pseudo-header sums, NEEDS_CSUM completion, a parser that verifies) and payload
 //!   patterns.
@@ -37,6 +39,7 @@ pub mod memory;
 pub mod netns;
 pub mod packet;
 pub mod queue;
+pub mod raw;
 pub mod rig;
 pub mod ring;
 pub mod stats;
@@ -47,7 +50,7 @@ use std::time::Duration;
 /// Default deadline for anything the daemon should do "now".
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Deadline for a counter in the stats file (rewritten every second).
+/// Deadline for a counter in the stats file (rewritten every 0.5 s).
 pub const STATS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A name unique to this test process and call: `{prefix}-{pid}-{n}`.

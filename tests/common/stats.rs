@@ -87,6 +87,21 @@ impl Stats {
             })
     }
 
+    /// Control-plane counter `name` (`"requests"`, `"connections"`, `"memory_faults"`).
+    pub fn control(&self, name: &str) -> u64 {
+        self.doc["control"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("stats file: control has no counter {name:?}: {}", self.doc))
+    }
+
+    /// Refusals of `request` (lowercase name, e.g. `"set_vring_num"`) for `reason`
+    /// (0 when none was counted).
+    pub fn refused(&self, request: &str, reason: &str) -> u64 {
+        self.doc["control"]["refused"][request][reason]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
     /// Number of queue pairs listed.
     pub fn pairs(&self) -> usize {
         self.doc
