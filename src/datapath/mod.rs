@@ -10,6 +10,8 @@
 pub mod holdoff;
 pub mod ring;
 pub mod rx;
+#[cfg(test)]
+mod test_guest;
 pub mod tx;
 pub mod worker;
 

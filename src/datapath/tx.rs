@@ -319,3 +319,6 @@ impl TxPath {
         outcome
     }
 }
+
+#[cfg(test)]
+mod tests;
