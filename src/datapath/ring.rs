@@ -256,3 +256,6 @@ impl Ring {
         (self.queue.next_avail(), self.next_used.0)
     }
 }
+
+#[cfg(test)]
+mod tests;
