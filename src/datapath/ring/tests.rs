@@ -135,6 +135,56 @@ fn an_avail_ring_outside_guest_memory_breaks_the_ring() {
 }
 
 #[test]
+fn an_avail_ring_entry_outside_guest_memory_breaks_the_ring() {
+    // flags and idx are the last four bytes of guest memory: the entries are beyond.
+    let mut r = Rig::new(8, |s| s.avail = MEM_END - 4);
+    r.g.write(vm_memory::GuestAddress(MEM_END - 2), &1u16.to_le_bytes());
+    assert_eq!(available(&mut r), Some(1));
+    assert_eq!(pop(&mut r), None);
+    assert_eq!(r.dev.indices(), (0, 0), "nothing was popped");
+    assert_eq!(r.dev.fault, Some(RingFault::Broken));
+    signal(&mut r);
+    assert_counters(&r.m, &[("ring_errors", 1)]);
+    assert_eq!(available(&mut r), None);
+    assert_counters(&r.m, &[("ring_errors", 1)]);
+}
+
+#[test]
+fn a_used_ring_entry_outside_guest_memory_breaks_the_ring() {
+    // The used ring's header and first entry are the last 12 bytes of guest memory.
+    let mut r = Rig::new(8, |s| s.used = MEM_END - 12);
+    let a = add(&mut r);
+    let b = add(&mut r);
+    r.drv.publish(&r.g);
+    assert_eq!(available(&mut r), Some(2));
+    assert_eq!(pop(&mut r), Some(a));
+    assert_eq!(pop(&mut r), Some(b));
+    assert!(add_used(&mut r, a, 1));
+    assert!(
+        !add_used(&mut r, b, 1),
+        "the second entry is outside memory"
+    );
+    assert_eq!(r.dev.fault, Some(RingFault::Broken));
+    signal(&mut r);
+    assert_eq!(available(&mut r), None);
+    assert_counters(&r.m, &[("ring_errors", 1), ("notifications", 1)]);
+}
+
+#[test]
+fn a_used_index_outside_guest_memory_breaks_the_ring() {
+    let mut r = Rig::new(8, |s| s.used = HOLE_GPA);
+    let a = add(&mut r);
+    r.drv.publish(&r.g);
+    assert_eq!(available(&mut r), Some(1));
+    assert_eq!(pop(&mut r), Some(a));
+    assert!(!add_used(&mut r, a, 1));
+    signal(&mut r);
+    assert_eq!(r.dev.fault, Some(RingFault::Broken));
+    assert_eq!(r.calls(), 0);
+    assert_counters(&r.m, &[("ring_errors", 1)]);
+}
+
+#[test]
 fn a_head_beyond_the_ring_is_not_returned() {
     let mut r = Rig::new(8, |_| {});
     assert!(!add_used(&mut r, 8, 0));

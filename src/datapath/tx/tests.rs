@@ -723,3 +723,20 @@ fn a_split_ring_started_near_the_wrap_transmits_across_it() {
     );
     assert_eq!(t.r.dev.indices(), (3, 3));
 }
+
+#[test]
+fn an_avail_ring_entry_outside_guest_memory_stops_the_ring() {
+    // flags and idx are the last four bytes of guest memory: the entries are beyond.
+    let mut t = Tx::with(8, PLAIN, |s| s.avail = MEM_END - 4);
+    t.r.g.write(GuestAddress(MEM_END - 2), &1u16.to_le_bytes());
+    assert_eq!(t.process(), TxOutcome::Drained);
+    assert_eq!(
+        t.r.dev.fault,
+        Some(RingFault::Broken),
+        "the worker stops TX"
+    );
+    assert!(t.r.up.sends.is_empty());
+    assert_counters(&t.r.m, &[("ring_errors", 1)]);
+    assert_eq!(t.process(), TxOutcome::Drained);
+    assert_counters(&t.r.m, &[("ring_errors", 1)]);
+}
