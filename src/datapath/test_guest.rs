@@ -59,6 +59,8 @@ fn memfd(size: u64) -> File {
 pub(crate) struct TestGuest {
     /// The current snapshot (what a worker loads per batch).
     pub(crate) map: Arc<GuestPageMap>,
+    /// Publishes new snapshots on memory updates.
+    shared: SharedPageMap,
     /// Bump-allocator cursor per region (offset from the region base).
     next: [Cell<u64>; 2],
 }
@@ -86,8 +88,20 @@ impl TestGuest {
         shared.set_table(specs).expect("map the test guest");
         TestGuest {
             map: shared.load(),
+            shared,
             next: [Cell::new(0), Cell::new(0)],
         }
+    }
+
+    /// Remove region `i` (REM_MEM_REG) and take the new snapshot.
+    pub(crate) fn remove_region(&mut self, i: usize) {
+        let (gpa, size) = REGIONS[i];
+        // Let go of the old snapshot first: the removal waits for its last user.
+        self.map = Arc::new(GuestPageMap::default());
+        self.shared
+            .remove_region(gpa, size)
+            .expect("remove the region");
+        self.map = self.shared.load();
     }
 
     /// Allocate `len` zeroed bytes in region `region`, 64-byte aligned.
@@ -111,6 +125,19 @@ impl TestGuest {
             .read_slice(&mut v, gpa)
             .expect("read guest memory");
         v
+    }
+
+    /// The bytes of a used chain's buffers, in order, `used.len` of them.
+    pub(crate) fn used_bytes(&self, used: &Used) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut left = usize::try_from(used.len).expect("fits usize");
+        for b in &used.bufs {
+            let n = left.min(usize::try_from(b.len).expect("fits usize"));
+            out.extend(self.read(GuestAddress(b.addr), n));
+            left -= n;
+        }
+        assert_eq!(left, 0, "used length {} beyond the chain", used.len);
+        out
     }
 
     /// A ring setup over `drv` as the control plane hands it to a worker: indices
