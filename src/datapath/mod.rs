@@ -14,6 +14,8 @@ pub mod poller;
 pub mod ring;
 pub mod rx;
 pub mod state;
+#[cfg(test)]
+mod test_guest;
 pub mod tx;
 pub mod worker;
 

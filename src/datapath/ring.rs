@@ -3,6 +3,7 @@
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 
+use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
@@ -18,8 +19,6 @@ const AVAIL_RING_HEADER: u64 = 4;
 const USED_RING_HEADER: u64 = 4;
 /// One used ring entry (id: u32, len: u32).
 const USED_ELEM_SIZE: u64 = 8;
-/// avail->flags: the driver does not want interrupts.
-const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 
 /// Everything needed to run one ring, handed from the control plane to a worker.
 #[derive(Debug)]
@@ -49,7 +48,8 @@ pub struct RingSetup {
 /// Why a ring stopped working.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RingFault {
-    /// The avail index is more than a ring ahead, or the ring is unreadable.
+    /// The avail index is more than a ring ahead, or a ring is not (wholly) in guest
+    /// memory.
     Broken,
 }
 
@@ -66,6 +66,9 @@ pub struct Ring {
     pub walker: ChainWalker,
     /// Set once the ring misbehaved; it is then ignored until set up again.
     pub fault: Option<RingFault>,
+    /// A fault found where the counters were not at hand (popping a head, returning a
+    /// chain): counted and logged at the next [`Self::available`] or [`Self::signal`].
+    fault_unreported: bool,
     /// Used entries added since the last notification decision.
     pending_signal: bool,
     /// Next used index to write (entries are written one by one, the index is
@@ -99,6 +102,7 @@ impl Ring {
             kick: setup.kick,
             call: setup.call,
             fault: None,
+            fault_unreported: false,
             pending_signal: false,
             next_used: Wrapping(setup.next_used),
             published_used: Wrapping(setup.next_used),
@@ -110,6 +114,7 @@ impl Ring {
     /// index is impossible or unreadable.
     pub fn available(&mut self, map: &GuestPageMap, m: &QueueMetrics) -> Option<u16> {
         if self.fault.is_some() {
+            self.report_fault(m);
             return None;
         }
         let Some(avail) = map.load_u16(self.queue.avail_ring() + 2, Ordering::Acquire) else {
@@ -130,17 +135,38 @@ impl Ring {
         None
     }
 
+    /// Stop the ring for a ring structure outside guest memory (counted later by
+    /// [`Self::report_fault`]).
+    fn break_unreported(&mut self) {
+        if self.fault.is_none() {
+            self.fault = Some(RingFault::Broken);
+            self.fault_unreported = true;
+        }
+    }
+
+    fn report_fault(&mut self, m: &QueueMetrics) {
+        if std::mem::take(&mut self.fault_unreported) {
+            m.ring_errors.inc();
+            log::error!("virtqueue broken (a ring entry is outside guest memory); ring stopped until set up again");
+        }
+    }
+
     /// Pop the next head (call only after [`Self::available`] said there is one: its
     /// acquire load of the avail index orders this read of the ring entry).
     pub fn pop_head(&mut self, map: &GuestPageMap) -> Option<u16> {
         let next = self.queue.next_avail();
         // Ring sizes are powers of two, so the mask is the modulo.
         let slot = next & self.queue.size().wrapping_sub(1);
-        let addr = self
+        let Some(head) = self
             .queue
             .avail_ring()
-            .checked_add(AVAIL_RING_HEADER + u64::from(slot) * 2)?;
-        let head = u16::from_le_bytes(map.read_array::<2>(addr)?);
+            .checked_add(AVAIL_RING_HEADER + u64::from(slot) * 2)
+            .and_then(|addr| map.read_array::<2>(addr))
+        else {
+            self.break_unreported();
+            return None;
+        };
+        let head = u16::from_le_bytes(head);
         self.queue.set_next_avail(next.wrapping_add(1));
         Some(head)
     }
@@ -166,14 +192,14 @@ impl Ring {
             .used_ring()
             .checked_add(USED_RING_HEADER + u64::from(slot) * USED_ELEM_SIZE)
         else {
-            self.fault = Some(RingFault::Broken);
+            self.break_unreported();
             return false;
         };
         let mut elem = [0u8; 8];
         elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
         elem[4..].copy_from_slice(&len.to_le_bytes());
         if !map.write_array(addr, elem) {
-            self.fault = Some(RingFault::Broken);
+            self.break_unreported();
             return false;
         }
         self.next_used += Wrapping(1);
@@ -190,7 +216,7 @@ impl Ring {
         if map.store_u16(idx_addr, self.next_used.0, Ordering::Release) {
             self.published_used = self.next_used;
         } else {
-            self.fault = Some(RingFault::Broken);
+            self.break_unreported();
         }
     }
 
@@ -214,7 +240,7 @@ impl Ring {
             }
         } else {
             match map.read_array::<2>(avail) {
-                Some(b) => u16::from_le_bytes(b) & VRING_AVAIL_F_NO_INTERRUPT == 0,
+                Some(b) => u32::from(u16::from_le_bytes(b)) & VRING_AVAIL_F_NO_INTERRUPT == 0,
                 None => true,
             }
         }
@@ -223,6 +249,7 @@ impl Ring {
     /// Publish the used entries and notify the guest unless EVENT_IDX (or the
     /// NO_INTERRUPT flag) suppresses it.
     pub fn signal(&mut self, map: &GuestPageMap, m: &QueueMetrics) {
+        self.report_fault(m);
         if !self.pending_signal {
             return;
         }
@@ -256,3 +283,6 @@ impl Ring {
         (self.queue.next_avail(), self.next_used.0)
     }
 }
+
+#[cfg(test)]
+mod tests;

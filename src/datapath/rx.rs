@@ -321,3 +321,6 @@ impl RxPath {
         self.ready = 0;
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -321,3 +321,6 @@ impl TxPath {
         outcome
     }
 }
+
+#[cfg(test)]
+mod tests;

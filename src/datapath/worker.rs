@@ -393,6 +393,8 @@ impl Pair {
         if let Some(ring) = self.rx_ring.as_mut() {
             let map = self.memory.load();
             self.rx_path.release(ring, &map);
+            // Chains given back empty (a stash with a gap) are shown to the guest now.
+            ring.signal(&map, &self.metrics);
         }
         if let Some(ring) = self.tx_ring.as_mut() {
             let map = self.memory.load();

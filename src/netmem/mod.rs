@@ -40,3 +40,6 @@ pub use page_pool::{
     PP_ALLOC_CACHE_SIZE, PP_FRAG_ALIGN, PP_RING_SIZE_DEFAULT,
 };
 pub use provider::{AreaProvider, MemoryProvider};
+
+#[cfg(test)]
+pub(crate) use page_map::tests::memfd as test_memfd;

@@ -11,6 +11,8 @@ use vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
 };
 
+use super::ring::RingMemory;
+
 /// One mebibyte.
 pub const MIB: u64 = 1 << 20;
 
@@ -164,6 +166,16 @@ impl TestMemory {
             .read_slice(&mut v, GuestAddress(gpa))
             .expect("read guest memory");
         v
+    }
+}
+
+impl RingMemory for TestMemory {
+    fn mem(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    fn alloc(&self, region: usize, len: u64, align: u64) -> GuestAddress {
+        TestMemory::alloc(self, region, len, align)
     }
 }
 

@@ -4,7 +4,9 @@
 //! - [`memory`]: memfd-backed guest memory, several regions of ONE memfd at different
 //!   file offsets (as QEMU sends them), with a bump allocator per region.
 //! - [`ring`]: the driver side of a split virtqueue: descriptor table, avail and used
-//!   rings in guest memory, direct / indirect / raw (hostile) chains, EVENT_IDX.
+//!   rings in guest memory, direct / indirect / raw (hostile) chains, EVENT_IDX. It
+//!   needs nothing of the harness (only a [`ring::RingMemory`]): the library's unit
+//!   tests include the same file.
 //! - [`connection`]: the VMM's vhost-user connection: the setup messages through
 //!   `vhost::vhost_user::Frontend`, raw messages where the `Frontend` API refuses an
 //!   order QEMU really sends (or for malformed ones), the request codes they use.
