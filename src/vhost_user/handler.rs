@@ -137,11 +137,11 @@ impl NetBackend {
             let state = w.stop();
             if let Some((a, u)) = state.rx {
                 self.vrings[2 * pair].next_avail = a;
-                self.vrings[2 * pair].next_used = u;
+                self.vrings[2 * pair].next_used = Some(u);
             }
             if let Some((a, u)) = state.tx {
                 self.vrings[2 * pair + 1].next_avail = a;
-                self.vrings[2 * pair + 1].next_used = u;
+                self.vrings[2 * pair + 1].next_used = Some(u);
             }
             self.uplink.return_queue(pair, state.uplink);
         }
@@ -160,12 +160,47 @@ impl NetBackend {
             avail,
             used,
             next_avail: v.next_avail,
-            next_used: v.next_used,
+            next_used: v
+                .next_used
+                .unwrap_or_else(|| self.used_idx_in_memory(i, used)),
             kick,
             call: v.call.as_ref().and_then(|c| c.try_clone().ok()),
             event_idx: features.has(VIRTIO_RING_F_EVENT_IDX),
             indirect: features.has(VIRTIO_RING_F_INDIRECT_DESC),
         })
+    }
+
+    /// The used index ring `i` shows the guest (its used ring at `used`), read when a
+    /// ring starts after SET_VRING_BASE. It differs from the avail base when the
+    /// frontend counts chains as done that the device never returned (cloud-hypervisor
+    /// reconnects with the avail index as the base): those stay with the frontend, and
+    /// the device goes on where the guest's used ring stands, so the guest never sees an
+    /// entry it did not get.
+    fn used_idx_in_memory(&self, i: usize, used: u64) -> u16 {
+        let v = &self.vrings[i];
+        let map = self.memory.load();
+        let Some(idx) = used
+            .checked_add(2)
+            .and_then(|a| map.load_u16(a, std::sync::atomic::Ordering::Acquire))
+        else {
+            return v.next_avail;
+        };
+        let gap = v.next_avail.wrapping_sub(idx);
+        if gap != 0 && gap <= v.size {
+            log::warn!(
+                "ring {i}: starts at avail index {} with used index {idx}: {gap} chain(s) the \
+                 frontend counted as done were never returned by this backend",
+                v.next_avail
+            );
+        } else if gap != 0 {
+            log::warn!(
+                "ring {i}: used index {idx} in guest memory is not within a ring of the avail \
+                 base {}; starting from the base",
+                v.next_avail
+            );
+            return v.next_avail;
+        }
+        idx
     }
 
     /// Restart pair `pair` with the current ring configuration.
@@ -347,7 +382,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
         let i = self.ring_index(index)?;
         let base = u16::try_from(base).map_err(|_| VhostError::InvalidParam)?;
         self.vrings[i].next_avail = base;
-        self.vrings[i].next_used = base;
+        self.vrings[i].next_used = None;
         self.sync_pair(i / 2);
         Ok(())
     }

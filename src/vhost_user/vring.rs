@@ -11,8 +11,10 @@ pub struct VringConfig {
     pub addrs: Option<(u64, u64, u64)>,
     /// Next avail index (SET_VRING_BASE, or where a stopped worker left off).
     pub next_avail: u16,
-    /// Next used index.
-    pub next_used: u16,
+    /// Next used index: where a stopped worker left off; None after SET_VRING_BASE,
+    /// which names the avail side only: the used index in guest memory (what the
+    /// device last published) is read when the ring starts.
+    pub next_used: Option<u16>,
     /// SET_VRING_KICK; cleared by GET_VRING_BASE (the ring is stopped).
     pub kick: Option<EventFd>,
     /// SET_VRING_CALL.

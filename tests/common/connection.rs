@@ -78,10 +78,9 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Run the whole setup of `guest` on a connected socket: features, memory table,
-    /// every ring with SET_VRING_BASE = the used index in guest memory (as QEMU replays
-    /// it), in `guest.cfg.order`.
-    pub fn setup(guest: &mut Guest, stream: UnixStream) -> Connection {
+    /// A connection over `stream` for `nrings` rings, nothing sent yet (socket
+    /// timeouts set).
+    pub fn open(stream: UnixStream, nrings: usize) -> Connection {
         stream
             .set_read_timeout(Some(TIMEOUT))
             .expect("socket read timeout");
@@ -89,16 +88,22 @@ impl Connection {
             .set_write_timeout(Some(TIMEOUT))
             .expect("socket write timeout");
         let raw = stream.try_clone().expect("clone the socket");
-        let nrings = u64::try_from(guest.vrings()).expect("fits");
-        let mut conn = Connection {
-            fe: Frontend::from_stream(stream, nrings),
+        Connection {
+            fe: Frontend::from_stream(stream, u64::try_from(nrings).expect("fits")),
             raw,
             offered: 0,
             protocol_offered: VhostUserProtocolFeatures::empty(),
             protocol: VhostUserProtocolFeatures::empty(),
             queue_num: 0,
             max_mem_slots: 0,
-        };
+        }
+    }
+
+    /// Run the whole setup of `guest` on a connected socket: features, memory table,
+    /// every ring with SET_VRING_BASE = the used index in guest memory (as QEMU replays
+    /// it), in `guest.cfg.order`.
+    pub fn setup(guest: &mut Guest, stream: UnixStream) -> Connection {
+        let mut conn = Connection::open(stream, guest.vrings());
         let ctx = guest.log().clone();
         let fail = |what: &str, e: &dyn std::fmt::Debug| -> ! {
             panic!("vhost-user setup: {what} failed: {e:?}{}", ctx.context())

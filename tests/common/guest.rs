@@ -190,12 +190,12 @@ impl Guest {
     }
 
     /// Rings: two per queue pair.
-    pub(super) fn vrings(&self) -> usize {
+    pub fn vrings(&self) -> usize {
         2 * self.pairs.len()
     }
 
     /// The queue of vhost-user ring `ring`.
-    pub(super) fn vq(&self, ring: usize) -> &Vq {
+    pub fn vq(&self, ring: usize) -> &Vq {
         let p = &self.pairs[ring / 2];
         if ring % 2 == 0 {
             &p.rx
@@ -204,11 +204,16 @@ impl Guest {
         }
     }
 
+    /// Quote `daemon`'s stderr in failure messages from now on.
+    pub fn follow(&mut self, daemon: &Daemon) {
+        self.log = daemon.log();
+    }
+
     /// Connect to `daemon` and run the whole setup (memory table, every ring with
     /// SET_VRING_BASE = the used index in guest memory, as QEMU replays it).
     pub fn attach(&mut self, daemon: &mut Daemon) -> Connection {
         let stream = daemon.connect(TIMEOUT);
-        self.log = daemon.log();
+        self.follow(daemon);
         self.attach_stream(stream)
     }
 

@@ -10,6 +10,8 @@
 //! - [`connection`]: the VMM's vhost-user connection: the setup messages through
 //!   `vhost::vhost_user::Frontend`, raw messages where the `Frontend` API refuses an
 //!   order QEMU really sends (or for malformed ones), the request codes they use.
+//! - [`cloud_hypervisor`]: cloud-hypervisor's vhost-user-net sequence (negotiation,
+//!   set-up, reconnect, memory hotplug, reset) through the same `Frontend` it uses.
 //! - [`queue`]: one virtqueue of the guest driver: its ring, kick and call eventfds,
 //!   waits for used entries; an RX and a TX queue make a queue pair.
 //! - [`guest`]: a virtio-net "guest" driver: memory, queue pairs, TX sending and RX
@@ -34,6 +36,7 @@
 // Each test crate compiles this module and uses a different subset of it.
 #![allow(dead_code)]
 
+pub mod cloud_hypervisor;
 pub mod connection;
 pub mod daemon;
 pub mod guest;
