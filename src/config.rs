@@ -216,6 +216,14 @@ pub struct NetConfig {
     pub max_guest_memory: u64,
 }
 
+/// `mac` as text, `52:54:00:12:34:56`.
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// Parse `aa:bb:cc:dd:ee:ff` (unicast only).
 pub fn parse_mac(s: &str) -> Result<[u8; 6], ConfigError> {
     let err = || ConfigError::Mac(s.to_string());

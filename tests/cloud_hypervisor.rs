@@ -21,16 +21,19 @@ use common::packet::{
     GUEST_MAC_STR, PEER_MAC,
 };
 use common::{privileged, unique, STATS_TIMEOUT, TIMEOUT};
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_MQ};
 
 const TAP: &str = "vnmch0";
 
-/// A guest of `pairs` queue pairs that acks everything cloud-hypervisor offers it.
+/// A guest of `pairs` queue pairs that acks every virtio feature cloud-hypervisor
+/// offers it (not the vhost-user bits PROTOCOL_FEATURES and LOG_ALL: a guest driver
+/// never acks those).
 fn ch_guest(pairs: usize) -> Guest {
+    let vhost_only = VhostUserVirtioFeatures::PROTOCOL_FEATURES | VhostUserVirtioFeatures::LOG_ALL;
     Guest::new(GuestConfig {
         pairs,
-        features: ch::avail_features(pairs),
+        features: ch::avail_features(pairs) & !vhost_only.bits(),
         ..GuestConfig::default()
     })
 }
@@ -86,9 +89,12 @@ fn cloud_hypervisor_client_mode_two_pairs_over_a_tap_with_memory_hotplug() {
     let stream = d.connect(TIMEOUT);
     let (mut conn, dev) = ch::negotiate(&g, stream);
     assert_eq!(dev.backend_queues, 4, "GET_QUEUE_NUM for 2 pairs");
+    // With LOG_SHMFD (and LOG_ALL among the features) cloud-hypervisor counts the
+    // backend as migratable.
     let want_protocol = VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
-        | VhostUserProtocolFeatures::REPLY_ACK;
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::LOG_SHMFD;
     assert_eq!(
         dev.acked_protocol, want_protocol,
         "protocol features both offer"
@@ -99,6 +105,10 @@ fn cloud_hypervisor_client_mode_two_pairs_over_a_tap_with_memory_hotplug() {
         "no CTRL_VQ: cloud-hypervisor keeps no control queue, every ring is ours"
     );
     assert_ne!(dev.acked_features & bit(VIRTIO_NET_F_MQ), 0);
+    assert_ne!(
+        dev.acked_features & VhostUserVirtioFeatures::LOG_ALL.bits(),
+        0
+    );
     assert_ne!(dev.acked_features & bit(VIRTIO_NET_F_HOST_TSO4), 0);
     ch::activate(&mut conn, &mut g, &dev);
     ns.wait_link(TAP, &mut d, TIMEOUT);

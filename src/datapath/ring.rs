@@ -7,7 +7,9 @@ use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use crate::netmem::GuestPageMap;
+use std::sync::Arc;
+
+use crate::netmem::{DirtyLog, GuestPageMap};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::metrics::QueueMetrics;
@@ -43,6 +45,10 @@ pub struct RingSetup {
     pub event_idx: bool,
     /// RING_INDIRECT_DESC negotiated.
     pub indirect: bool,
+    /// While the frontend logs dirty pages (LOG_ALL acked, a log set): the log, and
+    /// the guest-physical address it names the used ring by (`log_guest_addr` with
+    /// VHOST_VRING_F_LOG; the used ring's address otherwise).
+    pub log: Option<(Arc<DirtyLog>, u64)>,
 }
 
 /// Why a ring stopped working.
@@ -78,6 +84,8 @@ pub struct Ring {
     published_used: Wrapping<u16>,
     /// The used index at the last notification decision (EVENT_IDX's "old").
     signalled_used: Wrapping<u16>,
+    /// The dirty log and the used ring's address in it, while the frontend logs.
+    log: Option<(Arc<DirtyLog>, u64)>,
 }
 
 impl Ring {
@@ -107,7 +115,30 @@ impl Ring {
             next_used: Wrapping(setup.next_used),
             published_used: Wrapping(setup.next_used),
             signalled_used: Wrapping(setup.next_used),
+            log: setup.log,
         })
+    }
+
+    /// The dirty log, while the frontend logs the backend's writes (live migration).
+    pub fn log(&self) -> Option<&DirtyLog> {
+        self.log.as_ref().map(|(l, _)| &**l)
+    }
+
+    /// Log a write of `len` bytes at `offset` into the used ring.
+    fn log_used(&self, offset: u64, len: u64) {
+        if let Some((log, used)) = &self.log {
+            log.mark(used.saturating_add(offset), len);
+        }
+    }
+
+    /// Log the used ring's flags and `avail_event`, which turning kicks on or off may
+    /// write.
+    fn log_notification(&self) {
+        if self.log.is_some() {
+            self.log_used(0, 2);
+            let size = u64::from(self.queue.size());
+            self.log_used(USED_RING_HEADER + size * USED_ELEM_SIZE, 2);
+        }
     }
 
     /// Heads available to pop now; None (and the ring marked broken) when the avail
@@ -202,6 +233,10 @@ impl Ring {
             self.break_unreported();
             return false;
         }
+        self.log_used(
+            USED_RING_HEADER + u64::from(slot) * USED_ELEM_SIZE,
+            USED_ELEM_SIZE,
+        );
         self.next_used += Wrapping(1);
         self.pending_signal = true;
         true
@@ -214,6 +249,7 @@ impl Ring {
         }
         let idx_addr = self.queue.used_ring() + 2;
         if map.store_u16(idx_addr, self.next_used.0, Ordering::Release) {
+            self.log_used(2, 2);
             self.published_used = self.next_used;
         } else {
             self.break_unreported();
@@ -270,12 +306,15 @@ impl Ring {
     /// Ask the guest to kick us when it adds buffers; returns true when buffers
     /// arrived meanwhile (process again before sleeping).
     pub fn enable_notification(&mut self, mem: &GuestMemoryMmap) -> bool {
-        self.queue.enable_notification(mem).unwrap_or(false)
+        let more = self.queue.enable_notification(mem).unwrap_or(false);
+        self.log_notification();
+        more
     }
 
     /// Tell the guest not to kick while we are draining.
     pub fn disable_notification(&mut self, mem: &GuestMemoryMmap) {
         let _ = self.queue.disable_notification(mem);
+        self.log_notification();
     }
 
     /// (next_avail, next_used) for handing the ring back to the control plane.

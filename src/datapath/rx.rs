@@ -16,7 +16,7 @@ use vm_memory::{Bytes, GuestAddress};
 use super::ring::Ring;
 use crate::log_limit::LogLimiter;
 use crate::metrics::QueueMetrics;
-use crate::netmem::{FragList, GuestPageMap};
+use crate::netmem::{DirtyLog, FragList, GuestPageMap};
 use crate::uplink::UplinkQueue;
 use crate::virtio::chain::Segments;
 use crate::virtio::features::VIRTIO_NET_F_MRG_RXBUF;
@@ -103,6 +103,21 @@ fn write_at(map: &GuestPageMap, segs: &Segments, mut offset: u64, bytes: &[u8; 2
         }
     }
     false
+}
+
+/// Log the first `n` bytes written into the first `chains` stashed chains (live
+/// migration's dirty log).
+fn log_written(log: &DirtyLog, stash: &VecDeque<Stashed>, chains: usize, mut n: u64) {
+    for c in stash.iter().take(chains) {
+        for s in &c.segs {
+            if n == 0 {
+                return;
+            }
+            let take = n.min(u64::from(s.len));
+            log.mark(s.gpa, take);
+            n -= take;
+        }
+    }
 }
 
 impl RxPath {
@@ -251,6 +266,10 @@ impl RxPath {
                     break;
                 }
             };
+            if let Some(log) = ring.log() {
+                // Whatever the uplink wrote (a truncated packet's prefix too).
+                log_written(log, &self.stash, chains, (n as u64).min(offered));
+            }
             if n as u64 > offered {
                 // The uplink had more than the buffers hold (it reports the full length):
                 // drop it rather than hand the guest a cut packet; the buffers stay.

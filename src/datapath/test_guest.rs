@@ -147,6 +147,7 @@ impl TestGuest {
             call: Some(EventFd::new(EFD_NONBLOCK).expect("call eventfd")),
             event_idx: false,
             indirect: false,
+            log: None,
         }
     }
 }

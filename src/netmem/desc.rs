@@ -19,8 +19,8 @@ pub struct NetmemDesc {
     pp_info: AtomicU32,
 }
 
-/// Flag: the page was written by the backend since the last dirty-log sync.
-pub const NETMEM_DESC_DIRTY: u32 = 1 << 24;
+// Flag bit 24 is free: pages the backend writes during a migration are logged in the
+// frontend's bitmap (`DirtyLog`), not here, so dirt is tracked one way only.
 /// Flag: something outside the page pool (a device ring, a zero-copy transmit awaiting
 /// completion) still uses the memory. A page pool that gets such a netmem back cannot
 /// recycle it and releases it to its memory provider instead (Linux: a page whose
@@ -81,7 +81,7 @@ impl NetmemDesc {
             });
     }
 
-    /// Set flag bits (e.g. [`NETMEM_DESC_DIRTY`]).
+    /// Set flag bits (e.g. [`NETMEM_DESC_EXTERNAL_REF`]).
     pub fn set_flags(&self, flags: u32) {
         self.pp_info.fetch_or(flags & !POOL_MASK, Ordering::AcqRel);
     }
@@ -125,16 +125,17 @@ mod tests {
 
     #[test]
     fn pool_id_and_flags_are_independent() {
+        const NETMEM_DESC_TEST_FLAG: u32 = 1 << 24;
         let d = NetmemDesc::default();
         d.set_pool_id(7);
-        d.set_flags(NETMEM_DESC_DIRTY);
+        d.set_flags(NETMEM_DESC_TEST_FLAG);
         assert_eq!(d.pool_id(), 7);
-        assert_eq!(d.flags(), NETMEM_DESC_DIRTY);
+        assert_eq!(d.flags(), NETMEM_DESC_TEST_FLAG);
         d.set_pool_id(9);
         assert_eq!(d.pool_id(), 9);
-        assert_eq!(d.flags(), NETMEM_DESC_DIRTY);
+        assert_eq!(d.flags(), NETMEM_DESC_TEST_FLAG);
         d.set_flags(NETMEM_DESC_EXTERNAL_REF);
-        d.clear_flags(NETMEM_DESC_DIRTY);
+        d.clear_flags(NETMEM_DESC_TEST_FLAG);
         assert_eq!(d.flags(), NETMEM_DESC_EXTERNAL_REF);
         assert_eq!(d.pool_id(), 9);
     }

@@ -5,6 +5,8 @@
 //! - `page_map`: [`GuestPageMap`], guest memory regions with their descriptors,
 //!   following every memory update through [`SharedPageMap`]; every region checked
 //!   against its file.
+//! - [`DirtyLog`]: the migration dirty log shared with the frontend (SET_LOG_BASE),
+//!   one bit per 4 KiB guest page the backend wrote.
 //! - [`fault`]: the SIGBUS handler that turns a frontend shrinking a region's file
 //!   into a fault counted and reported to the control plane, not a dead process.
 //! - `net_iov`: [`NetIovArea`], [`NetIov`]: device regions (UMEM, hugepage or memfd
@@ -18,6 +20,7 @@
 //!   over host pages, hugetlb memfds or a caller's area.
 
 mod desc;
+mod dirty_log;
 pub mod fault;
 mod frag;
 mod net_iov;
@@ -26,7 +29,8 @@ mod page_map;
 mod page_pool;
 mod provider;
 
-pub use desc::{NetmemDesc, NETMEM_DESC_DIRTY, NETMEM_DESC_EXTERNAL_REF};
+pub use desc::{NetmemDesc, NETMEM_DESC_EXTERNAL_REF};
+pub use dirty_log::{DirtyLog, DirtyLogError, VHOST_LOG_PAGE};
 pub use frag::{Frag, FragList, MAX_INLINE_FRAGS};
 pub use net_iov::{default_hugepage_size, AreaBacking, NetIov, NetIovArea, NetIovError};
 pub use netmem_ref::{NetmemKind, NetmemRef};

@@ -307,6 +307,16 @@ impl GuestPageMap {
         &self.regions
     }
 
+    /// The guest-physical end of the highest region (0 without memory): what a dirty
+    /// log must cover.
+    pub fn guest_end(&self) -> u64 {
+        self.regions()
+            .iter()
+            .map(|r| r.pages.gpa().saturating_add(r.pages.size()))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Increases with every memory update of the [`SharedPageMap`] this snapshot came
     /// from: a user that keeps state derived from a snapshot (without holding it)
     /// compares generations to notice a new one.

@@ -4,8 +4,10 @@
 //! uplinks); it hands out one [`UplinkQueue`] per queue pair, which the pair's worker
 //! owns while it runs. TX takes a parsed virtio-net header and the packet as a
 //! [`FragList`] over guest pages; RX writes one packet (virtio header first) into a
-//! [`FragList`] over guest buffers.
+//! [`FragList`] over guest buffers. [`announce`] builds the RARP frame a migrated
+//! guest is announced with ([`Uplink::announce`]).
 
+pub mod announce;
 pub mod null;
 pub mod tap;
 pub mod xdp;
@@ -148,6 +150,15 @@ pub trait Uplink: Send + Sync {
     /// Guest memory is going away (the frontend disconnected, every worker stopped):
     /// the queues held by the uplink release anything that refers to it.
     fn detach_memory(&self) {}
+
+    /// Send `frame` (an Ethernet frame of the backend's own: the RARP announcement of
+    /// a migrated guest) out of the uplink towards the network.
+    fn announce(&self, _frame: &[u8]) -> Result<(), UplinkError> {
+        Err(UplinkError::Io(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "this uplink has no network to announce to",
+        )))
+    }
 
     /// Counters this uplink keeps for queue pair `pair` beyond the generic queue
     /// counters (AF_XDP: its page pool and its socket), each under a name that becomes

@@ -325,6 +325,33 @@ impl Uplink for Tap {
         self.queues.put(pair, queue)
     }
 
+    fn announce(&self, frame: &[u8]) -> Result<(), UplinkError> {
+        // Into the TAP as the guest's own frames go: behind an empty vnet header.
+        let hdr = VirtioNetHdr::default().to_bytes();
+        let iov = [
+            libc::iovec {
+                iov_base: hdr.as_ptr() as *mut libc::c_void,
+                iov_len: hdr.len(),
+            },
+            libc::iovec {
+                iov_base: frame.as_ptr() as *mut libc::c_void,
+                iov_len: frame.len(),
+            },
+        ];
+        let control = self
+            .shared
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // SAFETY: both iovecs point at live buffers (a local and the caller's frame)
+        // that writev only reads; the fd is a tun fd we own.
+        let n = unsafe { libc::writev(control.as_raw_fd(), iov.as_ptr(), 2) };
+        if n < 0 {
+            return Err(UplinkError::Io(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
     fn apply_features(&self, features: Features) -> Result<(), UplinkError> {
         let flags = offload_flags(features);
         self.set_offload(flags)?;

@@ -2,8 +2,8 @@
 //!
 //! Each message is first read whole from the frontend's socket ([`super::framing`]:
 //! any split into pieces, a bounded wait when the frontend stalls mid-message), then:
-//! - SET_STATUS / GET_STATUS (protocol feature STATUS) are answered here; the protocol
-//!   layer has no handler for them;
+//! - SET_STATUS / GET_STATUS (protocol feature STATUS), SEND_RARP (RARP) and SET_LOG_FD
+//!   (LOG_SHMFD) are answered here; the protocol layer has no handler for them;
 //! - a SET_VRING_ENABLE that arrives before SET_FEATURES (QEMU 7.2 sends one per ring
 //!   right after SET_PROTOCOL_FEATURES, and never repeats it) is recorded here; the
 //!   protocol layer then refuses it with `InactiveFeature`, which this loop treats as
@@ -25,7 +25,7 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
-use vhost::vhost_user::message::VhostUserVirtioFeatures;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::{BackendReqHandler, Error as VhostError};
 
 use super::framing::{self, FramingError, Message, Next, HDR_LEN, STALL_TIMEOUT};
@@ -33,7 +33,10 @@ use super::NetBackend;
 use crate::metrics::ControlMetrics;
 use crate::netmem::fault;
 
+const REQ_SET_LOG_BASE: u32 = 6;
+const REQ_SET_LOG_FD: u32 = 7;
 const REQ_SET_VRING_ENABLE: u32 = 18;
+const REQ_SEND_RARP: u32 = 19;
 const REQ_SET_STATUS: u32 = 39;
 const REQ_GET_STATUS: u32 = 40;
 const FLAG_VERSION_1: u32 = 0x1;
@@ -208,10 +211,11 @@ impl Conn<'_> {
             let raw: Vec<RawFd> = reply_fds.iter().map(AsRawFd::as_raw_fd).collect();
             framing::send_all(&self.frontend, &reply, &raw).map_err(|e| format!("socket: {e}"))?;
         } else if res.is_err()
-            && msg.flags() & FLAG_NEED_REPLY != 0
-            && self.lock().reply_ack_acked()
+            && ((msg.flags() & FLAG_NEED_REPLY != 0 && self.lock().reply_ack_acked())
+                || msg.request() == REQ_SET_LOG_BASE)
         {
-            // The frontend waits for an ack the protocol layer did not send: a failure.
+            // The frontend waits for an ack the protocol layer did not send (or, for
+            // SET_LOG_BASE with LOG_SHMFD, for its reply whatever the flags): a failure.
             reply_u64(&self.frontend, msg.request(), 1).map_err(|e| format!("socket: {e}"))?;
         }
         Ok(res)
@@ -280,10 +284,71 @@ impl Conn<'_> {
         Ok(())
     }
 
-    fn handle(&mut self, msg: &Message) -> Result<(), String> {
+    /// Answer a request handled here: a failure ack when refused (and asked for an
+    /// ack), a success ack when asked for one.
+    fn ack(&self, msg: &Message, res: Result<(), (&'static str, String)>) -> Result<(), String> {
+        let request = msg.request();
+        if let Err((why, detail)) = &res {
+            self.refused(request, why, detail);
+        }
+        if msg.flags() & FLAG_NEED_REPLY != 0 && self.lock().reply_ack_acked() {
+            reply_u64(&self.frontend, request, u64::from(res.is_err()))
+                .map_err(|e| format!("socket: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// VHOST_USER_SEND_RARP (protocol feature RARP): the guest's MAC in a u64.
+    fn send_rarp(&mut self, msg: &Message) -> Result<(), String> {
+        let res = if !self.lock().protocol_acked(VhostUserProtocolFeatures::RARP) {
+            Err((
+                "inactive_feature",
+                "protocol feature RARP not acked".to_string(),
+            ))
+        } else if msg.body().len() != 8 || !msg.fds.is_empty() {
+            Err((
+                "invalid_message",
+                "SEND_RARP carries a u64 and no fds".to_string(),
+            ))
+        } else {
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&msg.body()[..6]);
+            self.lock()
+                .send_rarp(mac)
+                .map_err(|e| ("uplink_error", format!("cannot announce the guest: {e}")))
+        };
+        self.ack(msg, res)
+    }
+
+    /// VHOST_USER_SET_LOG_FD (protocol feature LOG_SHMFD): one fd, no body.
+    fn set_log_fd(&mut self, msg: &mut Message) -> Result<(), String> {
+        let res = if !self
+            .lock()
+            .protocol_acked(VhostUserProtocolFeatures::LOG_SHMFD)
+        {
+            Err((
+                "inactive_feature",
+                "protocol feature LOG_SHMFD not acked".to_string(),
+            ))
+        } else if !msg.body().is_empty() || msg.fds.len() != 1 {
+            Err((
+                "invalid_message",
+                "SET_LOG_FD carries one fd and no body".to_string(),
+            ))
+        } else {
+            let file = msg.fds.remove(0);
+            self.lock().set_log_fd(file);
+            Ok(())
+        };
+        self.ack(msg, res)
+    }
+
+    fn handle(&mut self, msg: &mut Message) -> Result<(), String> {
         let request = msg.request();
         match request {
             REQ_SET_STATUS | REQ_GET_STATUS => return self.status(msg),
+            REQ_SEND_RARP => return self.send_rarp(msg),
+            REQ_SET_LOG_FD => return self.set_log_fd(msg),
             REQ_SET_VRING_ENABLE
                 if msg.body().len() == 8 && !self.lock().protocol_features_acked() =>
             {
@@ -343,7 +408,7 @@ pub fn serve_connection(
     loop {
         let mut others = vec![stop.as_fd()];
         others.extend(fault::notifier());
-        let msg = match framing::read_message(&conn.frontend, &others) {
+        let mut msg = match framing::read_message(&conn.frontend, &others) {
             Ok(Next::Message(m)) => m,
             Ok(Next::Closed) if requests == 0 => return ConnectionEnd::Probe,
             Ok(Next::Closed) => return ConnectionEnd::Disconnected,
@@ -368,7 +433,7 @@ pub fn serve_connection(
         }
         requests = requests.saturating_add(1);
         control.requests.inc();
-        if let Err(e) = conn.handle(&msg) {
+        if let Err(e) = conn.handle(&mut msg) {
             return ConnectionEnd::ProtocolError(e);
         }
     }

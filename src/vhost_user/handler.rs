@@ -23,10 +23,11 @@ use super::vring::VringConfig;
 use crate::config::NetConfig;
 use crate::datapath::{PairWorker, RingSetup, WorkerSpec};
 use crate::metrics::DeviceMetrics;
-use crate::netmem::{RegionSpec, SharedPageMap, MAX_REGIONS};
+use crate::netmem::{DirtyLog, RegionSpec, SharedPageMap, MAX_REGIONS};
 use crate::uplink::Uplink;
 use crate::virtio::features::{
-    VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+    VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_RING_F_INDIRECT_DESC,
 };
 use crate::virtio::{Features, NetConfigSpace};
 
@@ -37,6 +38,8 @@ pub fn protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
         | VhostUserProtocolFeatures::STATUS
+        | VhostUserProtocolFeatures::LOG_SHMFD
+        | VhostUserProtocolFeatures::RARP
 }
 
 fn refuse(what: &'static str) -> VhostError {
@@ -55,6 +58,10 @@ pub struct NetBackend {
     status: u8,
     vrings: Vec<VringConfig>,
     workers: Vec<Option<PairWorker>>,
+    /// The dirty log (SET_LOG_BASE); the rings write into it while LOG_ALL is acked.
+    log: Option<Arc<DirtyLog>>,
+    /// SET_LOG_FD's file.
+    log_fd: Option<File>,
 }
 
 impl NetBackend {
@@ -76,6 +83,8 @@ impl NetBackend {
             status: 0,
             vrings: (0..pairs * 2).map(|_| VringConfig::default()).collect(),
             workers: (0..pairs).map(|_| None).collect(),
+            log: None,
+            log_fd: None,
             config,
         }
     }
@@ -95,6 +104,29 @@ impl NetBackend {
     /// The guest memory of this connection.
     pub fn memory(&self) -> &Arc<SharedPageMap> {
         &self.memory
+    }
+
+    /// VHOST_USER_SEND_RARP: announce the guest's `mac` out of the uplink.
+    pub fn send_rarp(&self, mac: [u8; 6]) -> Result<(), crate::uplink::UplinkError> {
+        let frame = crate::uplink::announce::rarp_frame(mac);
+        self.uplink.announce(&frame)?;
+        log::info!(
+            "announced {} with a RARP broadcast out of {}",
+            crate::config::format_mac(mac),
+            self.uplink.describe()
+        );
+        Ok(())
+    }
+
+    /// Whether protocol feature `f` was acked.
+    pub fn protocol_acked(&self, f: VhostUserProtocolFeatures) -> bool {
+        self.acked_protocol & f.bits() == f.bits()
+    }
+
+    /// VHOST_USER_SET_LOG_FD: kept until the connection ends (the backend signals
+    /// nothing on it: its log is the shared bitmap).
+    pub fn set_log_fd(&mut self, file: File) {
+        self.log_fd = Some(file);
     }
 
     /// Device status (VHOST_USER_SET_STATUS).
@@ -167,6 +199,11 @@ impl NetBackend {
             call: v.call.as_ref().and_then(|c| c.try_clone().ok()),
             event_idx: features.has(VIRTIO_RING_F_EVENT_IDX),
             indirect: features.has(VIRTIO_RING_F_INDIRECT_DESC),
+            log: self
+                .log
+                .as_ref()
+                .filter(|_| features.has(VHOST_F_LOG_ALL))
+                .map(|l| (Arc::clone(l), v.log_addr.unwrap_or(used))),
         })
     }
 
@@ -254,6 +291,8 @@ impl NetBackend {
         }
         self.uplink.detach_memory();
         self.memory.clear();
+        self.log = None;
+        self.log_fd = None;
     }
 
     fn eventfd(file: Option<File>) -> Option<EventFd> {
@@ -300,6 +339,17 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
                 features & !self.offered
             );
             return Err(VhostError::InvalidParam);
+        }
+        if Features::from_bits(features).has(VHOST_F_LOG_ALL) && self.log.is_none() {
+            log::error!("frontend acked LOG_ALL without a dirty log (SET_LOG_BASE): refused");
+            return Err(VhostError::InvalidParam);
+        }
+        let logging =
+            |f: Option<u64>| f.is_some_and(|f| Features::from_bits(f).has(VHOST_F_LOG_ALL));
+        match (logging(self.acked_features), logging(Some(features))) {
+            (false, true) => log::info!("dirty logging on (live migration)"),
+            (true, false) => log::info!("dirty logging off"),
+            _ => {}
         }
         self.acked_features = Some(features);
         if let Err(e) = self.uplink.apply_features(Features::from_bits(features)) {
@@ -356,11 +406,11 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     fn set_vring_addr(
         &mut self,
         index: u32,
-        _flags: VhostUserVringAddrFlags,
+        flags: VhostUserVringAddrFlags,
         descriptor: u64,
         used: u64,
         available: u64,
-        _log: u64,
+        log: u64,
     ) -> VhostResult<()> {
         let i = self.ring_index(index)?;
         let map = self.memory.load();
@@ -374,6 +424,9 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
             return Err(VhostError::InvalidParam);
         };
         self.vrings[i].addrs = Some((d, a, u));
+        self.vrings[i].log_addr = flags
+            .contains(VhostUserVringAddrFlags::VHOST_VRING_F_LOG)
+            .then_some(log);
         self.sync_pair(i / 2);
         Ok(())
     }
@@ -534,7 +587,27 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
         Err(refuse("shared memory regions are not offered"))
     }
 
-    fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> VhostResult<()> {
-        Err(refuse("dirty logging is not offered"))
+    fn set_log_base(&mut self, log: &VhostUserLog, file: File) -> VhostResult<()> {
+        let guest_end = self.memory.load().guest_end();
+        let new = DirtyLog::map(file, log.mmap_size, log.mmap_offset, guest_end).map_err(|e| {
+            log::error!("SET_LOG_BASE: {e}");
+            VhostError::InvalidParam
+        })?;
+        log::info!(
+            "dirty log: {} bytes covering guest memory up to {:#x}",
+            log.mmap_size,
+            new.covers()
+        );
+        if let Some(old) = self.log.replace(Arc::new(new)) {
+            if old.missed() > 0 {
+                log::error!(
+                    "{} page writes were beyond the previous dirty log and could not be logged",
+                    old.missed()
+                );
+            }
+        }
+        // Running rings move to the new log.
+        self.sync_all();
+        Ok(())
     }
 }

@@ -9,6 +9,9 @@ pub struct VringConfig {
     pub size: u16,
     /// SET_VRING_ADDR, translated to guest-physical (desc, avail, used).
     pub addrs: Option<(u64, u64, u64)>,
+    /// SET_VRING_ADDR's `log_guest_addr`, when its flags carry VHOST_VRING_F_LOG: the
+    /// guest-physical address of the used ring for the dirty log.
+    pub log_addr: Option<u64>,
     /// Next avail index (SET_VRING_BASE, or where a stopped worker left off).
     pub next_avail: u16,
     /// Next used index: where a stopped worker left off; None after SET_VRING_BASE,

@@ -231,6 +231,10 @@ impl Xdp {
 }
 
 impl Uplink for Xdp {
+    fn announce(&self, frame: &[u8]) -> Result<(), UplinkError> {
+        crate::uplink::announce::send_on_link(&self.iface, frame).map_err(UplinkError::Io)
+    }
+
     fn describe(&self) -> String {
         format!(
             "xdp {} ({} program, {} sockets)",
