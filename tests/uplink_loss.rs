@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::guest::GuestConfig;
 use common::packet::{assert_bytes, guest_frames, test_frame, ETH_P_TEST, GUEST_MAC, PEER_MAC};
@@ -88,15 +88,7 @@ fn a_deleted_tap_is_noticed_not_polled_and_reopened_when_it_comes_back() {
         "name",
         "vnmgonepeer",
     ]);
-    let deadline = Instant::now() + STATS_TIMEOUT;
-    while count(&r.d.stderr(), "cannot reopen the uplink") == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "no reopen error logged:\n{}",
-            r.d.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    r.d.wait_stderr("cannot reopen the uplink", STATS_TIMEOUT);
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(
         count(&r.d.stderr(), "cannot reopen the uplink"),

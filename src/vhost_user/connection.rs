@@ -149,13 +149,20 @@ fn is_fatal(e: &VhostError) -> bool {
     )
 }
 
-fn reply_u64(sock: &UnixStream, request: u32, value: u64) -> io::Result<()> {
-    let mut msg = [0u8; HDR_LEN + 8];
-    msg[0..4].copy_from_slice(&request.to_le_bytes());
-    msg[4..8].copy_from_slice(&(FLAG_VERSION_1 | FLAG_REPLY).to_le_bytes());
-    msg[8..12].copy_from_slice(&8u32.to_le_bytes());
-    msg[12..20].copy_from_slice(&value.to_le_bytes());
+/// Send a reply to `request` carrying `body`.
+fn send_reply(sock: &UnixStream, request: u32, body: &[u8]) -> io::Result<()> {
+    let size =
+        u32::try_from(body.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut msg = Vec::with_capacity(HDR_LEN + body.len());
+    msg.extend_from_slice(&request.to_le_bytes());
+    msg.extend_from_slice(&(FLAG_VERSION_1 | FLAG_REPLY).to_le_bytes());
+    msg.extend_from_slice(&size.to_le_bytes());
+    msg.extend_from_slice(body);
     framing::send_all(sock, &msg, &[])
+}
+
+fn reply_u64(sock: &UnixStream, request: u32, value: u64) -> io::Result<()> {
+    send_reply(sock, request, &value.to_le_bytes())
 }
 
 fn u32_at(body: &[u8], i: usize) -> Option<u32> {
@@ -211,11 +218,22 @@ impl Conn<'_> {
             let raw: Vec<RawFd> = reply_fds.iter().map(AsRawFd::as_raw_fd).collect();
             framing::send_all(&self.frontend, &reply, &raw).map_err(|e| format!("socket: {e}"))?;
         } else if res.is_err()
-            && ((msg.flags() & FLAG_NEED_REPLY != 0 && self.lock().reply_ack_acked())
-                || msg.request() == REQ_SET_LOG_BASE)
+            && msg.request() == REQ_SET_LOG_BASE
+            && self
+                .lock()
+                .protocol_acked(VhostUserProtocolFeatures::LOG_SHMFD)
         {
-            // The frontend waits for an ack the protocol layer did not send (or, for
-            // SET_LOG_BASE with LOG_SHMFD, for its reply whatever the flags): a failure.
+            // With LOG_SHMFD the frontend waits for SET_LOG_BASE's reply, a log region,
+            // whatever the flags (QEMU checks only its request code, rust-vmm's
+            // frontend its size): an empty region, so that it stays in step. Logging
+            // did not start; the SET_FEATURES with LOG_ALL that follows is refused.
+            send_reply(&self.frontend, REQ_SET_LOG_BASE, &[0u8; 16])
+                .map_err(|e| format!("socket: {e}"))?;
+        } else if res.is_err()
+            && msg.flags() & FLAG_NEED_REPLY != 0
+            && self.lock().reply_ack_acked()
+        {
+            // The frontend waits for an ack the protocol layer did not send: a failure.
             reply_u64(&self.frontend, msg.request(), 1).map_err(|e| format!("socket: {e}"))?;
         }
         Ok(res)

@@ -206,6 +206,24 @@ impl Daemon {
         }
     }
 
+    /// Wait until the daemon's stderr contains `needle` (its lines reach us through a
+    /// pipe, a little after the daemon acted); returns the stderr so far.
+    pub fn wait_stderr(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.stderr();
+            if text.contains(needle) {
+                return text;
+            }
+            if Instant::now() >= deadline {
+                self.fail(&format!(
+                    "waited {timeout:?} for {needle:?} in the daemon's stderr"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The current stats file, if written.
     pub fn stats(&self) -> Option<Stats> {
         Stats::read(&self.stats_file)

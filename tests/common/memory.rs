@@ -62,7 +62,8 @@ pub struct TestMemory {
     file: File,
 }
 
-fn memfd(name: &str, size: u64) -> File {
+/// A memfd called `name` of `size` bytes.
+pub fn memfd(name: &str, size: u64) -> File {
     let name = CString::new(name).expect("memfd name has no NUL");
     // SAFETY: `name` is a valid NUL-terminated string that outlives the call; the call
     // only creates a new descriptor, and its result is checked below.

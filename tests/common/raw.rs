@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -61,14 +61,7 @@ pub fn mem_table_body(gpa: u64, size: u64, user_addr: u64, offset: u64) -> Vec<u
 
 /// A memfd of `size` bytes.
 pub fn memfd(size: u64) -> File {
-    // SAFETY: memfd_create with a static NUL-terminated name; the result is checked and
-    // owned by the File below.
-    let fd = unsafe { libc::memfd_create(c"vnm-raw".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: `fd` is a fresh descriptor nothing else owns.
-    let f = unsafe { File::from_raw_fd(fd) };
-    f.set_len(size).expect("memfd size");
-    f
+    super::memory::memfd("vnm-raw", size)
 }
 
 /// A raw connection to the daemon.
