@@ -120,9 +120,9 @@ fn fail(guest: &Guest, what: &str, e: &dyn std::fmt::Debug) -> ! {
     )
 }
 
-/// `Net::new`: connect and negotiate on `stream`.
-pub fn negotiate(guest: &Guest, stream: UnixStream) -> (Connection, ChDevice) {
-    let mut conn = Connection::open(stream, guest.pairs.len() * 2);
+/// The opening of every connection: SET_OWNER, GET_FEATURES.
+fn open(guest: &Guest, stream: UnixStream) -> Connection {
+    let mut conn = Connection::open(stream, guest.vrings());
     conn.fe
         .set_owner()
         .unwrap_or_else(|e| fail(guest, "SET_OWNER", &e));
@@ -130,6 +130,12 @@ pub fn negotiate(guest: &Guest, stream: UnixStream) -> (Connection, ChDevice) {
         .fe
         .get_features()
         .unwrap_or_else(|e| fail(guest, "GET_FEATURES", &e));
+    conn
+}
+
+/// `Net::new`: connect and negotiate on `stream`.
+pub fn negotiate(guest: &Guest, stream: UnixStream) -> (Connection, ChDevice) {
+    let mut conn = open(guest, stream);
     let acked_features = avail_features(guest.pairs.len()) & conn.offered;
     assert_ne!(
         acked_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
@@ -177,14 +183,8 @@ pub fn activate(conn: &mut Connection, guest: &mut Guest, dev: &ChDevice) {
         .set_features(features)
         .unwrap_or_else(|e| fail(guest, "SET_FEATURES", &e));
     guest.acked = features;
-    let regions: Vec<_> = guest
-        .cfg
-        .mem_regions
-        .iter()
-        .map(|&i| guest.mem.region_info(i))
-        .collect();
     conn.fe
-        .set_mem_table(&regions)
+        .set_mem_table(&guest.region_infos())
         .unwrap_or_else(|e| fail(guest, "SET_MEM_TABLE", &e));
     for i in 0..nrings {
         conn.fe
@@ -221,14 +221,7 @@ pub fn activate(conn: &mut Connection, guest: &mut Guest, dev: &ChDevice) {
 /// The reconnect path: a new connection to a backend that came back, set up with what
 /// was negotiated the first time.
 pub fn reinitialize(guest: &mut Guest, stream: UnixStream, dev: &ChDevice) -> Connection {
-    let mut conn = Connection::open(stream, guest.vrings());
-    conn.fe
-        .set_owner()
-        .unwrap_or_else(|e| fail(guest, "SET_OWNER", &e));
-    conn.offered = conn
-        .fe
-        .get_features()
-        .unwrap_or_else(|e| fail(guest, "GET_FEATURES", &e));
+    let mut conn = open(guest, stream);
     conn.protocol = dev.acked_protocol;
     conn.fe
         .set_protocol_features(dev.acked_protocol)

@@ -159,12 +159,7 @@ impl Connection {
             .set_features(want)
             .unwrap_or_else(|e| fail("SET_FEATURES", &e));
         guest.acked = want;
-        let regions: Vec<_> = guest
-            .cfg
-            .mem_regions
-            .iter()
-            .map(|&i| guest.mem.region_info(i))
-            .collect();
+        let regions = guest.region_infos();
         if guest.cfg.mem_via_add_reg {
             for r in &regions {
                 conn.fe

@@ -189,6 +189,15 @@ impl Guest {
         self.acked & bit(n) != 0
     }
 
+    /// The regions the daemon is told about (`cfg.mem_regions`), as sent.
+    pub fn region_infos(&self) -> Vec<vhost::VhostUserMemoryRegionInfo> {
+        self.cfg
+            .mem_regions
+            .iter()
+            .map(|&i| self.mem.region_info(i))
+            .collect()
+    }
+
     /// Rings: two per queue pair.
     pub fn vrings(&self) -> usize {
         2 * self.pairs.len()
