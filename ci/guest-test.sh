@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Guest tests: real QEMU guests run ping and iperf3 through vhost-netmem, beside QEMU's own
-# TAP networking (guest-test/README.md). Installs what is missing, builds the backend in
-# release mode and runs guest-test/run; arguments are passed on to it. Needs root.
+# TAP networking, on QEMU 7.2 and QEMU 10.0 (guest-test/README.md). Installs what is
+# missing, builds the backend in release mode and runs guest-test/run; arguments are passed
+# on to it. QEMU 10.0 is not installed: guest-test/run has guest-test/fetch-qemu unpack it
+# from bookworm-backports into guest-test/cache/ on first use. Needs root.
 #
-#   bash ci/guest-test.sh                  # every scenario, ~3 minutes
+#   bash ci/guest-test.sh                  # every scenario on both QEMU versions, ~6.5 minutes
+#   bash ci/guest-test.sh --qemu 10.0      # one QEMU version
 #   bash ci/guest-test.sh --only basic     # see guest-test/run --help
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -82,7 +82,7 @@ fi
 # ping <name> <size> <count>: all <count> replies within a deadline.
 do_ping() {
     name="$1" size="$2" count="$3"
-    out="$(ping -c "$count" -s "$size" -w $((count * 2 + 8)) "$vnm_host" 2>&1)"
+    out="$(ping -c "$count" -i 0.2 -s "$size" -w $((count * 2 + 8)) "$vnm_host" 2>&1)"
     echo "$out" | sed 's/^/  guest: /'
     got="$(echo "$out" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')"
     if [ "${got:-0}" -ge "$count" ]; then

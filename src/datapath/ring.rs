@@ -84,6 +84,13 @@ pub struct Ring {
     published_used: Wrapping<u16>,
     /// The used index at the last notification decision (EVENT_IDX's "old").
     signalled_used: Wrapping<u16>,
+    /// Whether `signalled_used` stands for a decision this ring made. A ring that
+    /// just started does not know what the guest was last told (the previous worker
+    /// may have signalled a call fd nobody reads: QEMU hands over a placeholder call
+    /// fd first when it reconnects), so its first decision notifies; otherwise a guest
+    /// whose `used_event` lags behind would never be woken (Linux vhost and DPDK do
+    /// the same).
+    signalled_valid: bool,
     /// The dirty log and the used ring's address in it, while the frontend logs.
     log: Option<(Arc<DirtyLog>, u64)>,
 }
@@ -115,6 +122,7 @@ impl Ring {
             next_used: Wrapping(setup.next_used),
             published_used: Wrapping(setup.next_used),
             signalled_used: Wrapping(setup.next_used),
+            signalled_valid: false,
             log: setup.log,
         })
     }
@@ -263,6 +271,9 @@ impl Ring {
         std::sync::atomic::fence(Ordering::SeqCst);
         let new = self.next_used;
         let old = std::mem::replace(&mut self.signalled_used, new);
+        if !std::mem::replace(&mut self.signalled_valid, true) {
+            return true;
+        }
         let avail = self.queue.avail_ring();
         if self.queue.event_idx_enabled() {
             let used_event_addr = avail + AVAIL_RING_HEADER + 2 * u64::from(self.queue.size());

@@ -266,7 +266,9 @@ fn event_idx_matches_vring_need_event_across_the_wrap() {
             for delta in 0u16..=8 {
                 // used_event from a few entries behind `start` to a few beyond the batch.
                 let event = start.wrapping_add(delta).wrapping_sub(2);
-                let mut r = rig_at(start, true);
+                // One entry before `start`: a started ring's first decision notifies.
+                let mut r = rig_at(start.wrapping_sub(1), true);
+                assert_eq!(batch(&mut r, 1), 1, "the first decision after start");
                 r.drv.set_used_event(&r.g, event);
                 let want = need_event(event, start.wrapping_add(n), start);
                 let calls = batch(&mut r, n);
@@ -275,7 +277,7 @@ fn event_idx_matches_vring_need_event_across_the_wrap() {
                     u64::from(want),
                     "start {start}, {n} entries, used_event {event}"
                 );
-                let (sent, suppressed) = if want { (1, 0) } else { (0, 1) };
+                let (sent, suppressed) = if want { (2, 0) } else { (1, 1) };
                 assert_counters(
                     &r.m,
                     &[
@@ -289,11 +291,32 @@ fn event_idx_matches_vring_need_event_across_the_wrap() {
 }
 
 #[test]
+fn a_started_rings_first_decision_notifies_whatever_the_guest_asked() {
+    // The previous worker may have signalled a call fd nobody read (QEMU's placeholder
+    // on reconnect): the guest may be waiting for an interrupt already owed.
+    for event_idx in [false, true] {
+        let mut r = Rig::new(8, |s| s.event_idx = event_idx);
+        r.drv.set_avail_flags(&r.g, VRING_AVAIL_F_NO_INTERRUPT);
+        r.drv.set_used_event(&r.g, 100);
+        assert_eq!(batch(&mut r, 1), 1, "event_idx {event_idx}");
+        assert_eq!(batch(&mut r, 1), 0, "then the guest's wish counts");
+        assert_counters(
+            &r.m,
+            &[("notifications", 1), ("notifications_suppressed", 1)],
+        );
+    }
+}
+
+#[test]
 fn no_interrupt_flag_suppresses_without_event_idx() {
     let mut r = Rig::new(8, |_| {});
+    assert_eq!(batch(&mut r, 1), 1, "the first decision after start");
     r.drv.set_avail_flags(&r.g, VRING_AVAIL_F_NO_INTERRUPT);
     assert_eq!(batch(&mut r, 2), 0);
-    assert_counters(&r.m, &[("notifications_suppressed", 1)]);
+    assert_counters(
+        &r.m,
+        &[("notifications", 1), ("notifications_suppressed", 1)],
+    );
     r.drv.set_avail_flags(&r.g, 0);
     assert_eq!(batch(&mut r, 1), 1);
     // Without EVENT_IDX used_event means nothing.
@@ -301,7 +324,7 @@ fn no_interrupt_flag_suppresses_without_event_idx() {
     assert_eq!(batch(&mut r, 1), 1);
     assert_counters(
         &r.m,
-        &[("notifications", 2), ("notifications_suppressed", 1)],
+        &[("notifications", 3), ("notifications_suppressed", 1)],
     );
 }
 

@@ -448,27 +448,33 @@ fn budget_after_rx_batch_packets() {
 fn event_idx_suppresses_interrupts_the_guest_did_not_ask_for() {
     let mut t = Rx::with(8, PLAIN, |s| s.event_idx = true);
     t.r.drv.set_event_idx(true);
-    for _ in 0..4 {
+    for _ in 0..5 {
         t.post(&[2048]);
     }
-    t.r.drv.set_used_event(&t.r.g, 3);
     let a = packet(60, 1);
+    // A started ring's first decision notifies (it cannot know what the guest was
+    // last told); after that used_event decides.
+    t.deliver(&[&a]);
+    t.process();
+    assert_eq!(t.r.used().len(), 1);
+    assert_eq!(t.r.calls(), 1, "the first decision after start");
+    t.r.drv.set_used_event(&t.r.g, 4);
     t.deliver(&[&a, &a]);
     t.process();
     assert_eq!(t.r.used().len(), 2);
-    assert_eq!(t.r.calls(), 0, "used_event 3 not reached by entries 0..2");
+    assert_eq!(t.r.calls(), 0, "used_event 4 not reached by entries 1..3");
     t.deliver(&[&a, &a]);
     t.process();
     assert_eq!(t.r.used().len(), 2);
-    assert_eq!(t.r.calls(), 1, "entries 2..4 cross used_event 3");
+    assert_eq!(t.r.calls(), 1, "entries 3..5 cross used_event 4");
     assert_counters(
         &t.r.m,
         &[
-            ("rx_packets", 4),
-            ("rx_bytes", 240),
-            ("rx_batches", 2),
+            ("rx_packets", 5),
+            ("rx_bytes", 300),
+            ("rx_batches", 3),
             ("rx_no_buffers", 1),
-            ("notifications", 1),
+            ("notifications", 2),
             ("notifications_suppressed", 1),
         ],
     );
