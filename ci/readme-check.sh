@@ -14,7 +14,7 @@ test_cmd=$(printf '%s\n' "$blocks" | sed -n 's/^1: //p')
 # The QEMU arguments the README shows are the ones the guest tests run.
 qemu_args=$(awk '/^\*\*QEMU\*\*/{q=1} q&&/^```/{n++; next} q&&n==1{print}' README.md)
 for flag in "memory-backend-memfd,id=mem" "share=on" "-numa node,memdev=mem" \
-            "-netdev vhost-user,id=n0,chardev=c0" "virtio-net-pci,netdev=n0,romfile=,vectors=0" "reconnect=1"; do
+            "-netdev vhost-user,id=n0,chardev=c0" "virtio-net-pci,netdev=n0,romfile=," "vectors=0" "reconnect=1"; do
     grep -qF -- "$flag" <<<"$qemu_args" || { echo "README: QEMU arguments lack '$flag'" >&2; exit 1; }
     grep -qF -- "$(sed "s/^-[a-z]* //" <<<"$flag")" guest-test/run || { echo "guest-test/run does not use '$flag' shown in the README" >&2; exit 1; }
 done
