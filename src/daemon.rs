@@ -271,7 +271,9 @@ pub fn run(config: NetConfig) -> Result<(), DaemonError> {
     };
     let stop = stop_signal().map_err(DaemonError::Signals)?;
     crate::netmem::fault::install().map_err(DaemonError::FaultHandler)?;
-    check_stats_file(&config)?;
+    if identity.is_none() {
+        check_stats_file(&config)?;
+    }
     let uplink = open_uplink(&config)?;
     if let Some(id) = &identity {
         // Still one thread: the capability calls are per thread.

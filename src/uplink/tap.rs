@@ -127,7 +127,7 @@ pub enum TapError {
     #[error("--tap-fd {0}: cannot make it non-blocking: {1}")]
     PassedNonBlocking(RawFd, #[source] io::Error),
     /// A TAP passed as fds was deleted and cannot be opened again by this process.
-    #[error("tap {name} was passed as file descriptors and is gone; this process cannot open it again by name ({source}: it needs CAP_NET_ADMIN, or a tap owned by its user): give the backend new fds by restarting it")]
+    #[error("tap {name} was passed as file descriptors and is gone; this process cannot open it again by name ({source}: that needs CAP_NET_ADMIN, or a tap with no owner or owned by this process's user or group): give the backend new fds by restarting it")]
     PassedGone {
         /// Interface name.
         name: String,
