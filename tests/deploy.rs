@@ -409,3 +409,79 @@ fn verify_units(units: &Path) {
         .collect();
     assert!(ours.is_empty(), "systemd-analyze verify:\n{text}");
 }
+
+/// An AF_XDP daemon with `--user nobody` (and `extra`), on a fresh veth pair
+/// (`queues` queues each way); it kept CAP_NET_RAW and CAP_IPC_LOCK and nothing else.
+fn xdp_as_nobody(test: &str, queues: Option<u32>, extra: &[&str]) -> Option<common::rig::Rig> {
+    let mut args = vec!["--user", "nobody"];
+    args.extend_from_slice(extra);
+    let r = common::rig::Rig::on_veth(
+        test,
+        GuestConfig::default(),
+        ("vnmxu0", "vnmxu1"),
+        queues,
+        &args,
+    )?;
+    let st = proc_status(r.d.pid());
+    let want = format!("{:016x}", (1u64 << 13) | (1u64 << 14));
+    for key in ["CapEff", "CapPrm", "CapBnd"] {
+        if st.get(key) != Some(&want) {
+            r.d.fail(&format!("{key} is {:?}, want {want}", st.get(key)));
+        }
+    }
+    if !st
+        .get("Uid")
+        .is_some_and(|u| u.starts_with("65534\t65534\t65534"))
+    {
+        r.d.fail(&format!("Uid is {:?}", st.get("Uid")));
+    }
+    Some(r)
+}
+
+/// `--user nobody` on AF_XDP: traffic both ways, before and after a reconnect.
+#[test]
+fn user_on_xdp_carries_traffic_both_ways() {
+    let Some(mut r) = xdp_as_nobody("user_on_xdp_carries_traffic_both_ways", None, &[]) else {
+        return;
+    };
+    for round in 0..2u32 {
+        r.send_to_peer(0, &guest_frames(1400 + 100 * round, 8, 60, 1514));
+        r.g.post_rx(0, 16, 2048);
+        let back = peer_frames(1450 + 100 * round, 8);
+        r.inject(&back, common::packet::ETH_P_TEST);
+        let got = r.g.recv(0, back.len(), TIMEOUT);
+        for (i, (p, f)) in got.iter().zip(&back).enumerate() {
+            common::packet::assert_bytes(&p.frame, f, &format!("round {round} frame {i}"));
+        }
+        r.reconnect();
+    }
+}
+
+/// `--user nobody` with `--xdp-zerocopy-tx`: every connection's memory table gets a
+/// new zero-copy TX socket and a pinned UMEM, which is what CAP_NET_RAW and
+/// CAP_IPC_LOCK are kept for; guest frames go out before and after a reconnect.
+#[test]
+fn user_on_xdp_zerocopy_tx_registers_each_new_memory_table() {
+    let Some(mut r) = xdp_as_nobody(
+        "user_on_xdp_zerocopy_tx_registers_each_new_memory_table",
+        // The zero-copy TX socket takes the interface's second queue.
+        Some(2),
+        &["--xdp-zerocopy-tx"],
+    ) else {
+        return;
+    };
+    for round in 0..2u32 {
+        r.send_to_peer(0, &guest_frames(1600 + 100 * round, 8, 60, 1514));
+        r.reconnect();
+    }
+    let log = r.d.stderr();
+    assert_eq!(
+        log.matches("registered for zero-copy tx").count(),
+        3,
+        "one registration per connection:\n{log}"
+    );
+    let s = r.d.wait_stats("16 TX packets", STATS_TIMEOUT, |s| {
+        s.queue(0, "tx_packets") == 16
+    });
+    assert_eq!(s.total("tx_drop_uplink"), 0, "{s}");
+}
