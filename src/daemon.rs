@@ -260,7 +260,7 @@ pub fn run(config: NetConfig) -> Result<(), DaemonError> {
     // Passed fds and the identity are checked before anything is created; a path is
     // bound after the privilege drop, so that its socket belongs to --user.
     let planned = match &config.socket {
-        SocketConfig::Fd(fd) => Ok(passed_endpoint(*fd, &format!("--fd {fd}"))?),
+        SocketConfig::Fd(fd) => Ok(passed_endpoint(*fd, "--fd")?),
         SocketConfig::Activated(a) => Ok(passed_endpoint(a.fd, "socket activation")?),
         SocketConfig::Connect(p) => Ok(Endpoint::Connect(p.clone())),
         SocketConfig::Listen(p) => Err(p.clone()),

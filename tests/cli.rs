@@ -225,7 +225,10 @@ fn fd_that_is_not_open_or_not_a_socket_is_refused() {
 #[test]
 fn tap_fd_that_is_not_open_or_not_a_tap_is_refused() {
     let s = socket();
-    refused(&["--socket", &s, "--tap-fd", "97"], "--tap-fd 97");
+    refused(
+        &["--socket", &s, "--tap-fd", "97"],
+        "--tap-fd: file descriptor 97 is not open",
+    );
     refused(
         &["--socket", &s, "--tap-fd", "0"],
         "--tap-fd 0 is not an attached tun/tap fd",

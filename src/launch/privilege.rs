@@ -290,6 +290,13 @@ pub fn drop_to(id: &Identity, keep: Retained) -> Result<(), PrivilegeError> {
         call,
         source,
     };
+    let threads = std::fs::read_dir("/proc/self/task").map_or(1, Iterator::count);
+    if threads != 1 {
+        return Err(PrivilegeError::Check {
+            identity: id.to_string(),
+            what: format!("{threads} threads run already: capabilities are per thread"),
+        });
+    }
     let (_, permitted) = capget().map_err(|e| fail("capget", e))?;
     if permitted & (1 << CAP_SETPCAP) != 0 {
         for cap in (0..=last_cap()).filter(|c| !keep.has(*c)) {

@@ -86,7 +86,7 @@ pub enum TapError {
     #[error("cannot set vnet header size on tap {0:?}: {1}")]
     VnetHdrSize(String, #[source] io::Error),
     /// A `--tap-fd` is not usable.
-    #[error("--tap-fd {fd}: {source}")]
+    #[error("{source}")]
     PassedFd {
         /// The fd number.
         fd: RawFd,
