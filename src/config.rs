@@ -114,7 +114,10 @@ pub enum TestUplinkArg {
 ///   vhost-netmem --socket /tmp/vnm.sock                 (listen; create a tap vnmN)
 ///   vhost-netmem --socket /tmp/vnm.sock --tap tap0 --queues 2
 ///   vhost-netmem --socket /tmp/qemu.sock --client       (QEMU -chardev ...,server=on)
-///   vhost-netmem --fd 3 --tap-fd 4 --user nobody        (fds from the orchestrator)
+///   vhost-netmem --fd 3 --tap-fd 4 --mac 52:54:00:12:34:56
+///                                   (socket and TAP passed as fds: no privilege needed)
+///   vhost-netmem --socket /run/vnm.sock --tap tap0 --user vhost-netmem
+///                                   (as root: open the TAP, then become vhost-netmem)
 #[derive(Debug, Parser)]
 #[command(name = "vhost-netmem", version, verbatim_doc_comment)]
 pub struct Cli {
@@ -176,7 +179,8 @@ pub struct Cli {
     pub queue_size: u32,
 
     /// Guest MAC address (default: a locally administered address derived from the
-    /// socket path, stable across restarts).
+    /// socket path, stable across restarts; with --fd or socket activation there is no
+    /// path to derive it from: give --mac).
     #[arg(long, value_name = "MAC")]
     pub mac: Option<String>,
 

@@ -132,6 +132,21 @@ mod tests {
     }
 
     #[test]
+    fn take_reads_and_removes_the_variables() {
+        std::env::set_var("LISTEN_FDS", "1");
+        std::env::set_var("LISTEN_PID", "4242");
+        std::env::set_var("LISTEN_FDNAMES", "vhost-user");
+        let e = ListenEnv::take();
+        assert_eq!(
+            (e.fds.as_deref(), e.pid.as_deref(), e.names.as_deref()),
+            (Some("1"), Some("4242"), Some("vhost-user"))
+        );
+        for key in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
+            assert!(std::env::var_os(key).is_none(), "{key} left set");
+        }
+    }
+
+    #[test]
     fn one_socket_for_us_is_fd_3() {
         let s = env(Some("1"), Some("42"), Some("vm1.socket"))
             .socket(42)

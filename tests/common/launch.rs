@@ -38,6 +38,8 @@ pub const UNPRIVILEGED: &[&str] = &[
 /// the child, without close-on-exec. The parent's fds keep their flags, so no other
 /// child of this (multi-threaded) test process inherits them.
 pub fn pass_fds(cmd: &mut Command, fds: &[(RawFd, RawFd)]) {
+    const MAX: usize = 16;
+    assert!(fds.len() <= MAX, "pass_fds hands down at most {MAX} fds");
     let fds = fds.to_vec();
     // SAFETY: the closure runs in the forked child before exec and only calls fcntl and
     // dup2, which are async-signal-safe; it allocates nothing (the Vec was moved in
@@ -45,7 +47,7 @@ pub fn pass_fds(cmd: &mut Command, fds: &[(RawFd, RawFd)]) {
     // target cannot overwrite a source not handed down yet.
     unsafe {
         cmd.pre_exec(move || {
-            let mut high = [0 as RawFd; 16];
+            let mut high: [RawFd; MAX] = [0; MAX];
             for (i, (src, _)) in fds.iter().enumerate() {
                 let tmp = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 100);
                 if tmp < 0 {
@@ -66,8 +68,8 @@ pub fn pass_fds(cmd: &mut Command, fds: &[(RawFd, RawFd)]) {
 
 /// Open one queue of TAP `name` (which must exist in `ns`) the way QEMU and libvirt do:
 /// `/dev/net/tun`, `TUNSETIFF` with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` (and
-/// `IFF_MULTI_QUEUE`), `flags` added (tests pass 0, or leave out VNET_HDR with
-/// `without_vnet_hdr`).
+/// `IFF_MULTI_QUEUE`); `without_vnet_hdr` leaves out `IFF_VNET_HDR`, which the daemon
+/// must refuse.
 pub fn open_tap(ns: &NetNs, name: &str, multi_queue: bool, without_vnet_hdr: bool) -> OwnedFd {
     const IFF_TAP: i16 = 0x0002;
     const IFF_NO_PI: i16 = 0x1000;
