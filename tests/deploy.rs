@@ -485,3 +485,39 @@ fn user_on_xdp_zerocopy_tx_registers_each_new_memory_table() {
     });
     assert_eq!(s.total("tx_drop_uplink"), 0, "{s}");
 }
+
+/// The service unit's `CapabilityBoundingSet=` is enough for what its `ExecStart`
+/// does: the daemon, started as root bounded to exactly that set (by `setpriv`, as
+/// systemd would), creates its TAP, drops to `--user`, and carries traffic.
+#[test]
+fn the_service_capability_bounding_set_suffices_for_a_tap_and_the_drop() {
+    if !privileged("the_service_capability_bounding_set_suffices_for_a_tap_and_the_drop") {
+        return;
+    }
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/systemd/vhost-netmem@.service"
+    ))
+    .unwrap();
+    let caps: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("the service sets CapabilityBoundingSet=")
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    let bounding = format!("--bounding-set=-all,{}", caps.join(","));
+    let ns = NetNs::new();
+    let cfg = GuestConfig::default();
+    let path = socket_path();
+    let (args, stats) = daemon_args(&cfg);
+    let mut cmd = daemon_command(&ns, &["setpriv", &bounding, "--inh-caps=-all"]);
+    cmd.args(&args)
+        .arg("--socket")
+        .arg(&path)
+        .args(["--tap", TAP, "--user", "nobody"]);
+    let d = Daemon::start(cmd, path, stats);
+    let mut r = PassedTapRig::attach(ns, TAP, d, cfg);
+    assert_unprivileged(&r.d);
+    r.both_ways(0, &guest_frames(1700, 4, 60, 1514), &peer_frames(1800, 4));
+}
