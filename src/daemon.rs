@@ -220,6 +220,12 @@ enum Endpoint {
     Connected(Option<UnixStream>),
 }
 
+/// The endpoint before the privilege drop: ready, or a path still to bind.
+enum Planned {
+    Ready(Endpoint),
+    Bind(PathBuf),
+}
+
 /// Take over a socket passed as an fd.
 fn passed_endpoint(fd: std::os::fd::RawFd, what: &str) -> Result<Endpoint, DaemonError> {
     Ok(match crate::launch::fds::socket(fd, what)? {
@@ -260,10 +266,10 @@ pub fn run(config: NetConfig) -> Result<(), DaemonError> {
     // Passed fds and the identity are checked before anything is created; a path is
     // bound after the privilege drop, so that its socket belongs to --user.
     let planned = match &config.socket {
-        SocketConfig::Fd(fd) => Ok(passed_endpoint(*fd, "--fd")?),
-        SocketConfig::Activated(a) => Ok(passed_endpoint(a.fd, "socket activation")?),
-        SocketConfig::Connect(p) => Ok(Endpoint::Connect(p.clone())),
-        SocketConfig::Listen(p) => Err(p.clone()),
+        SocketConfig::Fd(fd) => Planned::Ready(passed_endpoint(*fd, "--fd")?),
+        SocketConfig::Activated(a) => Planned::Ready(passed_endpoint(a.fd, "socket activation")?),
+        SocketConfig::Connect(p) => Planned::Ready(Endpoint::Connect(p.clone())),
+        SocketConfig::Listen(p) => Planned::Bind(p.clone()),
     };
     let identity = match &config.user {
         Some((user, group)) => Some(privilege::resolve(user, group.as_deref())?),
@@ -286,8 +292,8 @@ pub fn run(config: NetConfig) -> Result<(), DaemonError> {
         check_stats_file(&config)?;
     }
     let endpoint = match planned {
-        Ok(e) => e,
-        Err(path) => Endpoint::Listener {
+        Planned::Ready(e) => e,
+        Planned::Bind(path) => Endpoint::Listener {
             listener: bind(&path)?,
             path: Some(path),
         },

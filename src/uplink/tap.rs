@@ -691,6 +691,17 @@ mod tests {
     }
 
     #[test]
+    fn a_passed_fd_that_is_not_a_tun_fd_is_refused() {
+        use std::os::fd::IntoRawFd;
+        let null = File::open("/dev/null").unwrap().into_raw_fd();
+        let e = Tap::from_fds(&[null]).err().expect("refused").to_string();
+        assert!(
+            e.contains(&format!("--tap-fd {null} is not an attached tun/tap fd")),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn names_are_checked() {
         assert!(valid_ifname("vnm%d"));
         assert!(valid_ifname("tap0"));
