@@ -2,7 +2,8 @@
 # Install the system packages the test suite and benchmarks use (Debian 12), only when
 # something is missing.
 set -euo pipefail
-pkgs=(iproute2 iputils-ping qemu-system-x86 iperf3 busybox-static dpdk dpdk-dev python3 procps)
+pkgs=(iproute2 iputils-ping qemu-system-x86 iperf3 busybox-static dpdk dpdk-dev python3 procps
+    systemd util-linux)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

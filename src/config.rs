@@ -1,9 +1,11 @@
 //! Command line -> validated [`NetConfig`].
 
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::{ArgAction, Parser, ValueEnum};
 
+use crate::launch::activation::ActivatedSocket;
 use crate::uplink::tap::valid_ifname;
 
 /// Errors in the configuration.
@@ -28,7 +30,7 @@ pub enum ConfigError {
     #[error("invalid --xdp {0:?}: an interface name of 1 to 15 characters")]
     XdpName(String),
     /// Conflicting uplinks.
-    #[error("choose one uplink: --tap, --uplink or --xdp")]
+    #[error("choose one uplink: --tap, --tap-fd, --uplink or --xdp")]
     UplinkConflict,
     /// Zero-copy TX is an AF_XDP option.
     #[error("--xdp-zerocopy-tx needs --xdp")]
@@ -41,6 +43,23 @@ pub enum ConfigError {
         headroom = XDP_HEADROOM
     )]
     XdpMtu(u32),
+    /// No vhost-user socket given.
+    #[error("no vhost-user socket: give --socket PATH (or --socket-path PATH), --fd N, or start the backend by systemd socket activation (LISTEN_FDS)")]
+    NoSocket,
+    /// The TAP fds do not match the queue pairs.
+    #[error("--tap-fd given {given} time(s) for --queues {queues}: pass one fd per queue pair")]
+    TapFdCount {
+        /// `--tap-fd` count.
+        given: usize,
+        /// `--queues`.
+        queues: u32,
+    },
+    /// The same fd number given twice.
+    #[error("file descriptor {0} is given twice (--fd, --tap-fd or socket activation)")]
+    FdTwice(RawFd),
+    /// `--group` without `--user`.
+    #[error("--group needs --user")]
+    GroupWithoutUser,
     /// Bad guest memory ceiling.
     #[error("invalid --max-guest-memory {0:?}: a size like 64G, 512M or 1T, at least 1M")]
     MaxGuestMemory(String),
@@ -88,22 +107,47 @@ pub enum TestUplinkArg {
 /// vhost-user-net backend: moves a VM's virtio-net traffic between a vhost-user socket
 /// and a TAP device (or a test uplink), with netmem-style memory handling.
 ///
+/// The vhost-user socket is a path (--socket), a file descriptor (--fd), or the
+/// socket systemd passes by socket activation (LISTEN_FDS, no socket option).
+///
 /// Examples:
 ///   vhost-netmem --socket /tmp/vnm.sock                 (listen; create a tap vnmN)
 ///   vhost-netmem --socket /tmp/vnm.sock --tap tap0 --queues 2
 ///   vhost-netmem --socket /tmp/qemu.sock --client       (QEMU -chardev ...,server=on)
+///   vhost-netmem --fd 3 --tap-fd 4 --mac 52:54:00:12:34:56
+///                                   (socket and TAP passed as fds: no privilege needed)
+///   vhost-netmem --socket /run/vnm.sock --tap tap0 --user vhost-netmem
+///                                   (as root: open the TAP, then become vhost-netmem)
 #[derive(Debug, Parser)]
 #[command(name = "vhost-netmem", version, verbatim_doc_comment)]
 pub struct Cli {
-    /// vhost-user socket path. By default the backend listens on it (QEMU's default,
-    /// cloud-hypervisor's vhost_mode=client).
-    #[arg(long, value_name = "PATH")]
-    pub socket: PathBuf,
+    /// vhost-user socket path (alias --socket-path, QEMU's name). By default the
+    /// backend listens on it (QEMU's default, cloud-hypervisor's vhost_mode=client).
+    #[arg(
+        long,
+        visible_alias = "socket-path",
+        value_name = "PATH",
+        conflicts_with = "fd"
+    )]
+    pub socket: Option<PathBuf>,
+
+    /// Serve the vhost-user socket open as file descriptor FDNUM, inherited from the
+    /// caller: a listening UNIX socket (frontends are accepted one after another) or
+    /// one already connected to the frontend (served once, then the backend exits).
+    #[arg(long, value_name = "FDNUM")]
+    pub fd: Option<RawFd>,
 
     /// Connect to --socket instead of listening (QEMU server=on, cloud-hypervisor
     /// vhost_mode=server), retrying with backoff until the VMM listens.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "fd")]
     pub client: bool,
+
+    /// TAP opened by the caller, as QEMU's -netdev tap,fd= and libvirt pass it: one
+    /// inherited fd per queue pair (repeat the option; multi_queue for more than one),
+    /// opened with IFF_TAP, IFF_NO_PI and IFF_VNET_HDR. The backend sets the vnet
+    /// header size and the offloads and needs no privilege for it.
+    #[arg(long, value_name = "FD", action = ArgAction::Append)]
+    pub tap_fd: Vec<RawFd>,
 
     /// TAP interface to use, created if missing. Without any uplink option a TAP is
     /// created from the pattern vnm%d and its name logged.
@@ -135,7 +179,8 @@ pub struct Cli {
     pub queue_size: u32,
 
     /// Guest MAC address (default: a locally administered address derived from the
-    /// socket path, stable across restarts).
+    /// socket path, stable across restarts; with --fd or socket activation there is no
+    /// path to derive it from: give --mac).
     #[arg(long, value_name = "MAC")]
     pub mac: Option<String>,
 
@@ -172,6 +217,67 @@ pub struct Cli {
     /// size with a K, M, G or T suffix. Larger memory tables are refused.
     #[arg(long, default_value = MAX_GUEST_MEMORY_DEFAULT, value_name = "SIZE")]
     pub max_guest_memory: String,
+
+    /// Once the uplink is set up (TAP opened, AF_XDP sockets bound), become USER (a
+    /// name or a uid) and drop every capability the uplink no longer needs: all of
+    /// them for a TAP; AF_XDP keeps CAP_NET_RAW and CAP_IPC_LOCK. The --socket path
+    /// is bound afterwards, as USER.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// With --user: the group to become (default: USER's primary group).
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+
+    /// Print the backend's capabilities as JSON (QEMU's vhost-user backend
+    /// conventions: {"type": "net"}) and exit; other options are ignored.
+    #[arg(long)]
+    pub print_capabilities: bool,
+}
+
+impl Cli {
+    /// Whether the command line names the vhost-user socket (otherwise systemd socket
+    /// activation may pass it).
+    pub fn has_socket_option(&self) -> bool {
+        self.socket.is_some() || self.fd.is_some()
+    }
+}
+
+/// Where the vhost-user socket comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketConfig {
+    /// Bind and listen on this path.
+    Listen(PathBuf),
+    /// Connect to this path (`--client`).
+    Connect(PathBuf),
+    /// Open as this fd, passed by the caller (`--fd`).
+    Fd(RawFd),
+    /// Passed by systemd socket activation.
+    Activated(ActivatedSocket),
+}
+
+impl SocketConfig {
+    /// How to name it in logs and errors.
+    pub fn describe(&self) -> String {
+        match self {
+            SocketConfig::Listen(p) | SocketConfig::Connect(p) => p.display().to_string(),
+            SocketConfig::Fd(fd) => format!("--fd {fd}"),
+            SocketConfig::Activated(a) => match &a.name {
+                Some(n) => format!("socket-activated fd {} ({n})", a.fd),
+                None => format!("socket-activated fd {}", a.fd),
+            },
+        }
+    }
+
+    /// The seed of the derived MAC: the path, or what names the passed socket.
+    fn mac_seed(&self) -> Vec<u8> {
+        match self {
+            SocketConfig::Listen(p) | SocketConfig::Connect(p) => {
+                p.as_os_str().as_encoded_bytes().to_vec()
+            }
+            other => other.describe().into_bytes(),
+        }
+    }
 }
 
 /// Which uplink to build.
@@ -179,6 +285,8 @@ pub struct Cli {
 pub enum UplinkConfig {
     /// A TAP by name or `%d` pattern.
     Tap(String),
+    /// A TAP opened by the caller: one fd per queue pair.
+    TapFds(Vec<RawFd>),
     /// A test uplink.
     Test(TestUplinkArg),
     /// AF_XDP on an interface.
@@ -188,10 +296,8 @@ pub enum UplinkConfig {
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct NetConfig {
-    /// Socket path.
-    pub socket: PathBuf,
-    /// Connect instead of listen.
-    pub client: bool,
+    /// The vhost-user socket.
+    pub socket: SocketConfig,
     /// Uplink.
     pub uplink: UplinkConfig,
     /// Queue pairs.
@@ -214,6 +320,8 @@ pub struct NetConfig {
     pub xdp_zerocopy_tx: bool,
     /// Ceiling on the total guest memory of a connection, in bytes.
     pub max_guest_memory: u64,
+    /// `--user` and `--group`, resolved when the daemon starts.
+    pub user: Option<(String, Option<String>)>,
 }
 
 /// `mac` as text, `52:54:00:12:34:56`.
@@ -256,23 +364,61 @@ pub fn derived_mac(seed: &[u8]) -> [u8; 6] {
 }
 
 impl NetConfig {
-    /// Validate a parsed command line.
+    /// Validate a parsed command line (no socket activation).
     pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
-        let uplink = match (cli.tap, cli.uplink, cli.xdp) {
-            (Some(t), None, None) => {
+        Self::from_cli_with(cli, None)
+    }
+
+    /// Validate a parsed command line; `activated` is the socket systemd passed, used
+    /// when the command line names none.
+    pub fn from_cli_with(
+        cli: Cli,
+        activated: Option<ActivatedSocket>,
+    ) -> Result<Self, ConfigError> {
+        let socket = match (cli.socket, cli.fd, activated) {
+            (Some(p), _, _) if cli.client => SocketConfig::Connect(p),
+            (Some(p), _, _) => SocketConfig::Listen(p),
+            (None, Some(fd), _) => SocketConfig::Fd(fd),
+            (None, None, Some(a)) => SocketConfig::Activated(a),
+            (None, None, None) => return Err(ConfigError::NoSocket),
+        };
+        let socket_fd = match &socket {
+            SocketConfig::Fd(fd) => Some(*fd),
+            SocketConfig::Activated(a) => Some(a.fd),
+            _ => None,
+        };
+        let mut seen: Vec<RawFd> = socket_fd.into_iter().collect();
+        for fd in &cli.tap_fd {
+            if seen.contains(fd) {
+                return Err(ConfigError::FdTwice(*fd));
+            }
+            seen.push(*fd);
+        }
+        let tap_fds = (!cli.tap_fd.is_empty()).then_some(cli.tap_fd);
+        let uplink = match (cli.tap, cli.uplink, cli.xdp, tap_fds) {
+            (None, None, None, Some(fds)) => {
+                if u32::try_from(fds.len()).ok() != Some(cli.queues) {
+                    return Err(ConfigError::TapFdCount {
+                        given: fds.len(),
+                        queues: cli.queues,
+                    });
+                }
+                UplinkConfig::TapFds(fds)
+            }
+            (Some(t), None, None, None) => {
                 if !valid_ifname(&t) {
                     return Err(ConfigError::TapName(t));
                 }
                 UplinkConfig::Tap(t)
             }
-            (None, Some(k), None) => UplinkConfig::Test(k),
-            (None, None, Some(i)) => {
+            (None, Some(k), None, None) => UplinkConfig::Test(k),
+            (None, None, Some(i), None) => {
                 if !valid_ifname(&i) || i.contains('%') {
                     return Err(ConfigError::XdpName(i));
                 }
                 UplinkConfig::Xdp(i)
             }
-            (None, None, None) => UplinkConfig::Tap("vnm%d".into()),
+            (None, None, None, None) => UplinkConfig::Tap("vnm%d".into()),
             _ => return Err(ConfigError::UplinkConflict),
         };
         if cli.xdp_zerocopy_tx && !matches!(uplink, UplinkConfig::Xdp(_)) {
@@ -296,11 +442,15 @@ impl NetConfig {
             .ok_or_else(|| ConfigError::MaxGuestMemory(cli.max_guest_memory.clone()))?;
         let mac = match cli.mac {
             Some(m) => parse_mac(&m)?,
-            None => derived_mac(cli.socket.as_os_str().as_encoded_bytes()),
+            None => derived_mac(&socket.mac_seed()),
+        };
+        let user = match (cli.user, cli.group) {
+            (Some(u), g) => Some((u, g)),
+            (None, Some(_)) => return Err(ConfigError::GroupWithoutUser),
+            (None, None) => None,
         };
         Ok(NetConfig {
-            socket: cli.socket,
-            client: cli.client,
+            socket,
             uplink,
             queue_pairs: u16::try_from(cli.queues).map_err(|_| ConfigError::Queues(cli.queues))?,
             queue_size: u16::try_from(cli.queue_size)
@@ -315,6 +465,7 @@ impl NetConfig {
                 .then(|| std::time::Duration::from_micros(u64::from(cli.tx_holdoff))),
             xdp_zerocopy_tx: cli.xdp_zerocopy_tx,
             max_guest_memory,
+            user,
         })
     }
 }
@@ -409,6 +560,61 @@ mod tests {
         }
         assert_eq!(parse_size("4096"), Some(4096));
         assert_eq!(parse_size("2g"), Some(2 << 30));
+    }
+
+    #[test]
+    fn the_socket_is_a_path_an_fd_or_activated() {
+        assert_eq!(
+            parse(&["--socket-path", "/s"]).unwrap().socket,
+            SocketConfig::Listen("/s".into())
+        );
+        assert_eq!(
+            parse(&["--socket", "/s", "--client"]).unwrap().socket,
+            SocketConfig::Connect("/s".into())
+        );
+        assert_eq!(parse(&["--fd", "3"]).unwrap().socket, SocketConfig::Fd(3));
+        assert!(parse(&["--fd", "3", "--socket", "/s"]).is_err());
+        assert!(parse(&["--fd", "3", "--client"]).is_err());
+        assert!(parse(&["--uplink", "null"])
+            .unwrap_err()
+            .contains("socket activation"));
+        let cli = Cli::try_parse_from(["vnm", "--uplink", "null"]).unwrap();
+        let a = ActivatedSocket {
+            fd: 3,
+            name: Some("vhost-user".into()),
+        };
+        let c = NetConfig::from_cli_with(cli, Some(a.clone())).unwrap();
+        assert_eq!(c.socket, SocketConfig::Activated(a));
+    }
+
+    #[test]
+    fn tap_fds_match_the_queue_pairs() {
+        assert_eq!(
+            parse(&["--fd", "3", "--tap-fd", "4", "--tap-fd", "5", "--queues", "2"])
+                .unwrap()
+                .uplink,
+            UplinkConfig::TapFds(vec![4, 5])
+        );
+        assert!(parse(&["--fd", "3", "--tap-fd", "4", "--queues", "2"])
+            .unwrap_err()
+            .contains("one fd per queue pair"));
+        assert!(parse(&["--fd", "3", "--tap-fd", "3"])
+            .unwrap_err()
+            .contains("given twice"));
+        assert!(parse(&["--fd", "3", "--tap-fd", "4", "--tap", "t0"])
+            .unwrap_err()
+            .contains("one uplink"));
+    }
+
+    #[test]
+    fn group_needs_a_user() {
+        assert!(parse(&["--socket", "/s", "--group", "g"])
+            .unwrap_err()
+            .contains("--group needs --user"));
+        assert_eq!(
+            parse(&["--socket", "/s", "--user", "nobody"]).unwrap().user,
+            Some(("nobody".into(), None))
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config::{NetConfig, TestUplinkArg, UplinkConfig};
+use crate::config::{NetConfig, SocketConfig, TestUplinkArg, UplinkConfig};
+use crate::launch::fds::{PassedFdError, PassedSocket};
+use crate::launch::privilege::{self, PrivilegeError, Retained};
 use crate::metrics::DeviceMetrics;
 use crate::uplink::null::{TestUplink, TestUplinkKind};
 use crate::uplink::tap::Tap;
@@ -36,13 +38,19 @@ pub enum DaemonError {
         source: io::Error,
     },
     /// Accepting a connection failed.
-    #[error("cannot accept on {path}: {source}")]
+    #[error("cannot accept on {socket}: {source}")]
     Accept {
-        /// Socket path.
-        path: PathBuf,
+        /// The socket (its path, or the fd it was passed as).
+        socket: String,
         /// Cause.
         source: io::Error,
     },
+    /// The socket passed as an fd is not usable.
+    #[error("vhost-user socket: {0}")]
+    PassedSocket(#[from] PassedFdError),
+    /// `--user` / `--group` could not be resolved or taken.
+    #[error("{0}")]
+    Privilege(#[from] PrivilegeError),
     /// The socket path names a directory.
     #[error("--socket {0} is a directory; give the path of a socket file to create in it")]
     SocketIsDirectory(PathBuf),
@@ -78,6 +86,7 @@ pub fn open_uplink(config: &NetConfig) -> Result<Arc<dyn Uplink>, UplinkError> {
     let pairs = usize::from(config.queue_pairs);
     Ok(match &config.uplink {
         UplinkConfig::Tap(name) => Arc::new(Tap::open(name, pairs)?),
+        UplinkConfig::TapFds(fds) => Arc::new(Tap::from_fds(fds)?),
         UplinkConfig::Test(TestUplinkArg::Null) => {
             Arc::new(TestUplink::new(TestUplinkKind::Null, pairs)?)
         }
@@ -198,13 +207,48 @@ fn spawn_stats_writer(metrics: Arc<DeviceMetrics>, path: PathBuf, done: Arc<Atom
         });
 }
 
-/// Run the daemon until a signal (or the first disconnect with `--once`).
-pub fn run(config: NetConfig) -> Result<(), DaemonError> {
-    let config = Arc::new(config);
-    let stop = stop_signal().map_err(DaemonError::Signals)?;
-    crate::netmem::fault::install().map_err(DaemonError::FaultHandler)?;
+/// Where frontends come from.
+enum Endpoint {
+    /// A listening socket; `path` is the file to remove at exit (bound by us).
+    Listener {
+        listener: UnixListener,
+        path: Option<PathBuf>,
+    },
+    /// Connect to this path (`--client`).
+    Connect(PathBuf),
+    /// A socket already connected to the frontend: served once.
+    Connected(Option<UnixStream>),
+}
+
+/// The endpoint before the privilege drop: ready, or a path still to bind.
+enum Planned {
+    Ready(Endpoint),
+    Bind(PathBuf),
+}
+
+/// Take over a socket passed as an fd.
+fn passed_endpoint(fd: std::os::fd::RawFd, what: &str) -> Result<Endpoint, DaemonError> {
+    Ok(match crate::launch::fds::socket(fd, what)? {
+        PassedSocket::Listener(listener) => {
+            // Accept only when poll says so; another process may share the socket.
+            listener
+                .set_nonblocking(true)
+                .map_err(|source| DaemonError::Accept {
+                    socket: what.to_string(),
+                    source,
+                })?;
+            Endpoint::Listener {
+                listener,
+                path: None,
+            }
+        }
+        PassedSocket::Stream(s) => Endpoint::Connected(Some(s)),
+    })
+}
+
+/// The stats file must be writable: fail now rather than warn twice a second forever.
+fn check_stats_file(config: &NetConfig) -> Result<(), DaemonError> {
     if let Some(path) = &config.stats_file {
-        // Fail now rather than warn twice a second forever.
         DeviceMetrics::new(usize::from(config.queue_pairs))
             .write_file(path)
             .map_err(|source| DaemonError::StatsFile {
@@ -212,7 +256,48 @@ pub fn run(config: NetConfig) -> Result<(), DaemonError> {
                 source,
             })?;
     }
+    Ok(())
+}
+
+/// Run the daemon until a signal (or the first disconnect with `--once`, or the end
+/// of a connected socket passed as an fd).
+pub fn run(config: NetConfig) -> Result<(), DaemonError> {
+    let config = Arc::new(config);
+    // Passed fds and the identity are checked before anything is created; a path is
+    // bound after the privilege drop, so that its socket belongs to --user.
+    let planned = match &config.socket {
+        SocketConfig::Fd(fd) => Planned::Ready(passed_endpoint(*fd, "--fd")?),
+        SocketConfig::Activated(a) => Planned::Ready(passed_endpoint(a.fd, "socket activation")?),
+        SocketConfig::Connect(p) => Planned::Ready(Endpoint::Connect(p.clone())),
+        SocketConfig::Listen(p) => Planned::Bind(p.clone()),
+    };
+    let identity = match &config.user {
+        Some((user, group)) => Some(privilege::resolve(user, group.as_deref())?),
+        None => None,
+    };
+    let stop = stop_signal().map_err(DaemonError::Signals)?;
+    crate::netmem::fault::install().map_err(DaemonError::FaultHandler)?;
+    if identity.is_none() {
+        check_stats_file(&config)?;
+    }
     let uplink = open_uplink(&config)?;
+    if let Some(id) = &identity {
+        // Still one thread: the capability calls are per thread.
+        let keep = match config.uplink {
+            UplinkConfig::Xdp(_) => Retained::XDP,
+            _ => Retained::NONE,
+        };
+        privilege::drop_to(id, keep)?;
+        log::info!("running as {id}, capabilities kept: {:#x}", keep.mask());
+        check_stats_file(&config)?;
+    }
+    let endpoint = match planned {
+        Planned::Ready(e) => e,
+        Planned::Bind(path) => Endpoint::Listener {
+            listener: bind(&path)?,
+            path: Some(path),
+        },
+    };
     let metrics = Arc::new(
         DeviceMetrics::new(usize::from(config.queue_pairs))
             .with_groups(|pair| uplink.queue_counters(pair)),
@@ -221,68 +306,84 @@ pub fn run(config: NetConfig) -> Result<(), DaemonError> {
     if let Some(path) = &config.stats_file {
         spawn_stats_writer(Arc::clone(&metrics), path.clone(), Arc::clone(&done));
     }
-    let listener = if config.client {
-        None
-    } else {
-        Some(bind(&config.socket)?)
-    };
     log::info!(
         "vhost-netmem {} on {} ({}), {} queue pair(s), uplink: {}",
         env!("CARGO_PKG_VERSION"),
-        config.socket.display(),
-        if config.client { "client" } else { "listening" },
+        config.socket.describe(),
+        match &endpoint {
+            Endpoint::Listener { .. } => "listening",
+            Endpoint::Connect(_) => "client",
+            Endpoint::Connected(_) => "connected",
+        },
         config.queue_pairs,
         uplink.describe()
     );
-    let result = serve(&config, listener.as_ref(), &stop, &uplink, &metrics);
+    let mut endpoint = endpoint;
+    let result = serve(&config, &mut endpoint, &stop, &uplink, &metrics);
     done.store(true, Ordering::Release);
     if let Some(path) = &config.stats_file {
         if let Err(e) = metrics.write_file(path) {
             log::warn!("cannot write stats file {}: {e}", path.display());
         }
     }
-    if listener.is_some() {
-        let _ = std::fs::remove_file(&config.socket);
+    if let Endpoint::Listener {
+        path: Some(path), ..
+    } = &endpoint
+    {
+        let _ = std::fs::remove_file(path);
     }
     result
 }
 
+/// The next frontend's connection; None when stopped (or a passed connection was
+/// served already).
+fn next_stream(
+    config: &NetConfig,
+    endpoint: &mut Endpoint,
+    stop: &UnixStream,
+) -> Result<Option<UnixStream>, DaemonError> {
+    let accept_error = |source| DaemonError::Accept {
+        socket: config.socket.describe(),
+        source,
+    };
+    match endpoint {
+        Endpoint::Listener { listener, .. } => loop {
+            match poll_two(listener, stop, -1) {
+                Ok((_, true)) => return Ok(None),
+                Ok((true, _)) => match listener.accept() {
+                    Ok((s, _)) => {
+                        // A passed listener is non-blocking; the connection is not.
+                        s.set_nonblocking(false).map_err(accept_error)?;
+                        return Ok(Some(s));
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                        ) => {}
+                    Err(source) => return Err(accept_error(source)),
+                },
+                Ok(_) => {}
+                Err(source) => return Err(accept_error(source)),
+            }
+        },
+        Endpoint::Connect(path) => Ok(connect(path, stop)),
+        Endpoint::Connected(s) => Ok(s.take()),
+    }
+}
+
 fn serve(
     config: &Arc<NetConfig>,
-    listener: Option<&UnixListener>,
+    endpoint: &mut Endpoint,
     stop: &UnixStream,
     uplink: &Arc<dyn Uplink>,
     metrics: &Arc<DeviceMetrics>,
 ) -> Result<(), DaemonError> {
     loop {
-        let stream = match listener {
-            Some(l) => loop {
-                match poll_two(l, stop, -1) {
-                    Ok((_, true)) => return Ok(()),
-                    Ok((true, _)) => match l.accept() {
-                        Ok((s, _)) => break s,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(source) => {
-                            return Err(DaemonError::Accept {
-                                path: config.socket.clone(),
-                                source,
-                            })
-                        }
-                    },
-                    Ok(_) => {}
-                    Err(source) => {
-                        return Err(DaemonError::Accept {
-                            path: config.socket.clone(),
-                            source,
-                        })
-                    }
-                }
-            },
-            None => match connect(&config.socket, stop) {
-                Some(s) => s,
-                None => return Ok(()),
-            },
+        let Some(stream) = next_stream(config, endpoint, stop)? else {
+            return Ok(());
         };
+        let served_once = matches!(endpoint, Endpoint::Connected(_));
         log::debug!("connection accepted");
         let backend = Arc::new(Mutex::new(NetBackend::new(
             Arc::clone(config),
@@ -309,7 +410,7 @@ fn serve(
                 "closing connection: its guest memory faulted (the frontend shrank a memory region's file under the mapping)"
             ),
         }
-        if config.once {
+        if config.once || served_once {
             return Ok(());
         }
     }

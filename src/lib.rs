@@ -4,6 +4,8 @@
 //! Module map:
 //! - [`config`]: command line -> validated `NetConfig`.
 //! - [`daemon`]: listen or connect, serve connections one after another, signals.
+//! - [`launch`]: how an orchestrator starts the backend: passed fds, systemd socket
+//!   activation, the privilege drop, QEMU's backend program conventions.
 //! - [`vhost_user`]: the control plane: our request handler and its loop.
 //! - [`virtio`]: virtio-net wire formats: header, features, config space, chain walker.
 //! - [`netmem`]: `NetmemRef`, `NetmemDesc`, `GuestPageMap`, `NetIovArea`, `Frag`/`FragList`,
@@ -16,6 +18,7 @@
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod launch;
 pub mod log_limit;
 pub mod metrics;
 pub mod netmem;

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use vhost_netmem::config::{Cli, NetConfig};
 use vhost_netmem::daemon;
+use vhost_netmem::launch::activation::ListenEnv;
+use vhost_netmem::launch::conventions;
 
 fn report(e: &dyn std::error::Error) -> ExitCode {
     let mut msg = e.to_string();
@@ -22,11 +24,29 @@ fn report(e: &dyn std::error::Error) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // QEMU's conventions: --print-capabilities ignores every other option.
+    if conventions::wants_capabilities(std::env::args_os()) {
+        println!("{}", conventions::capabilities_json());
+        return ExitCode::SUCCESS;
+    }
+    // Still one thread: the environment may be changed.
+    let listen_env = ListenEnv::take();
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();
-    let config = match NetConfig::from_cli(cli) {
+    let activated = if cli.has_socket_option() {
+        if listen_env.fds.is_some() {
+            log::info!("socket activation variables ignored: the command line names the socket");
+        }
+        None
+    } else {
+        match listen_env.socket(std::process::id()) {
+            Ok(a) => a,
+            Err(e) => return report(&e),
+        }
+    };
+    let config = match NetConfig::from_cli_with(cli, activated) {
         Ok(c) => c,
         Err(e) => return report(&e),
     };

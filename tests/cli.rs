@@ -15,7 +15,21 @@ use common::{unique, TIMEOUT};
 /// Run the daemon with `args`; expect a non-zero exit and exactly one error line that
 /// mentions `mention`.
 fn refused(args: &[&str], mention: &str) {
-    let mut d = Daemon::spawn_raw(args);
+    refused_daemon(Daemon::spawn_raw(args), args, mention);
+}
+
+/// As [`refused`], for a daemon started with `env` added to its environment.
+fn refused_with_env(args: &[&str], env: &[(&str, &str)], mention: &str) {
+    let mut cmd = std::process::Command::new(common::daemon::BIN);
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .env_remove("RUST_LOG")
+        .env("RUST_BACKTRACE", "1");
+    let d = Daemon::start(cmd, std::path::PathBuf::new(), std::path::PathBuf::new());
+    refused_daemon(d, args, mention);
+}
+
+fn refused_daemon(mut d: Daemon, args: &[&str], mention: &str) {
     let Some(status) = d.wait_exit(TIMEOUT) else {
         d.fail(&format!("{args:?}: still running after {TIMEOUT:?}"));
     };
@@ -191,4 +205,150 @@ fn help_gives_the_stats_period() {
     assert!(help.contains("every 0.5 s"), "{help}");
     assert!(!help.contains("every second"), "{help}");
     assert!(help.contains("--max-guest-memory"), "{help}");
+}
+
+/// Issue 12: a socket fd that is not open, or not a socket, is refused by number.
+#[test]
+fn fd_that_is_not_open_or_not_a_socket_is_refused() {
+    refused(
+        &["--fd", "97", "--uplink", "null"],
+        "file descriptor 97 is not open",
+    );
+    // stdin is /dev/null.
+    refused(
+        &["--fd", "0", "--uplink", "null"],
+        "file descriptor 0 is not a socket",
+    );
+}
+
+/// Issue 12: a TAP fd that is not open, or not a tun/tap fd, is refused by number.
+#[test]
+fn tap_fd_that_is_not_open_or_not_a_tap_is_refused() {
+    let s = socket();
+    refused(
+        &["--socket", &s, "--tap-fd", "97"],
+        "--tap-fd: file descriptor 97 is not open",
+    );
+    refused(
+        &["--socket", &s, "--tap-fd", "0"],
+        "--tap-fd 0 is not an attached tun/tap fd",
+    );
+    refused(
+        &["--socket", &s, "--tap-fd", "0", "--queues", "2"],
+        "one fd per queue pair",
+    );
+    assert!(!std::path::Path::new(&s).exists(), "socket created anyway");
+}
+
+/// Issue 12: socket activation meant for another process is refused.
+#[test]
+fn listen_pid_that_is_not_ours_is_refused() {
+    refused_with_env(
+        &["--uplink", "null"],
+        &[("LISTEN_FDS", "1"), ("LISTEN_PID", "1")],
+        "LISTEN_PID=1 is not this process",
+    );
+    refused_with_env(
+        &["--uplink", "null"],
+        &[("LISTEN_FDS", "1")],
+        "LISTEN_PID is not",
+    );
+}
+
+/// Issue 12: no socket at all names every way to give one.
+#[test]
+fn no_socket_option_and_no_activation_is_refused() {
+    refused(
+        &["--uplink", "null"],
+        "--socket PATH (or --socket-path PATH), --fd N",
+    );
+}
+
+/// Issue 12: an unknown user or group is refused before anything is created.
+#[test]
+fn unknown_user_or_group_is_refused() {
+    let s = socket();
+    refused(
+        &[
+            "--socket",
+            &s,
+            "--uplink",
+            "null",
+            "--user",
+            "vnm-no-such-user",
+        ],
+        "unknown --user \"vnm-no-such-user\"",
+    );
+    refused(
+        &[
+            "--socket",
+            &s,
+            "--uplink",
+            "null",
+            "--user",
+            "nobody",
+            "--group",
+            "vnm-no-such-group",
+        ],
+        "unknown --group",
+    );
+    refused(
+        &["--socket", &s, "--uplink", "null", "--group", "nogroup"],
+        "--group needs --user",
+    );
+    assert!(!std::path::Path::new(&s).exists(), "socket created anyway");
+}
+
+/// Issue 12: QEMU's conventions: `--print-capabilities` prints the backend type as
+/// JSON and exits 0 whatever else the command line holds.
+#[test]
+fn print_capabilities_prints_the_net_type_and_ignores_other_options() {
+    for args in [
+        &["--print-capabilities"][..],
+        &["--bogus-option", "--print-capabilities", "--queues", "0"][..],
+    ] {
+        let out = std::process::Command::new(common::daemon::BIN)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {:?}", out.stdout));
+        assert_eq!(v, serde_json::json!({"type": "net"}), "{args:?}");
+    }
+}
+
+/// Issue 12: `--socket-path` (QEMU's name) is `--socket`.
+#[test]
+fn socket_path_is_an_alias_of_socket() {
+    let s = socket();
+    let mut d = Daemon::spawn_raw(&["--socket-path", &s, "--uplink", "loopback"]);
+    d.socket = s.into();
+    let _conn = d.connect(TIMEOUT);
+    d.assert_running("on --socket-path");
+}
+
+/// Issue 12: `--help` names the deployment options.
+#[test]
+fn help_names_the_deployment_options() {
+    let out = std::process::Command::new(common::daemon::BIN)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for opt in [
+        "--socket-path",
+        "--fd <FDNUM>",
+        "--tap-fd <FD>",
+        "--user <USER>",
+        "--group <GROUP>",
+        "--print-capabilities",
+        "LISTEN_FDS",
+    ] {
+        assert!(help.contains(opt), "--help does not name {opt}:\n{help}");
+    }
 }

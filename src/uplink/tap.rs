@@ -10,11 +10,19 @@
 //! says it is down ([`UplinkQueue::down`]), answers sends with [`SendStatus::Down`], and
 //! [`UplinkQueue::reopen`] attaches to a TAP of the same name once one exists again,
 //! with the vnet header size and the offloads the guest acked.
+//!
+//! A TAP may also come opened by the caller ([`Tap::from_fds`], `--tap-fd`, the way
+//! QEMU's `-netdev tap,fd=` takes it from libvirt): each fd is checked with
+//! `TUNGETIFF` (a tap, with `IFF_NO_PI` and `IFF_VNET_HDR`, all of one interface) and
+//! the backend still sets the vnet header size and the offloads, which needs no
+//! privilege on an attached fd. Such a TAP, once deleted, is reopened by name only if
+//! the process may still attach to it (`CAP_NET_ADMIN`, or a TAP owned by its user);
+//! the log says so when it cannot.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,13 +39,14 @@ use crate::virtio::{Features, VirtioNetHdr, VNET_HDR_LEN};
 
 mod ioctls {
     #![allow(missing_docs)]
-    use vmm_sys_util::ioctl_iow_nr;
+    use vmm_sys_util::{ioctl_ior_nr, ioctl_iow_nr};
     const TUNTAP_TYPE: u32 = b'T' as u32;
     ioctl_iow_nr!(TUNSETIFF, TUNTAP_TYPE, 202, libc::c_int);
+    ioctl_ior_nr!(TUNGETIFF, TUNTAP_TYPE, 210, libc::c_uint);
     ioctl_iow_nr!(TUNSETOFFLOAD, TUNTAP_TYPE, 208, libc::c_uint);
     ioctl_iow_nr!(TUNSETVNETHDRSZ, TUNTAP_TYPE, 216, libc::c_int);
 }
-use ioctls::{TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ};
+use ioctls::{TUNGETIFF, TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ};
 
 const IFF_TAP: i16 = 0x0002;
 const IFF_NO_PI: i16 = 0x1000;
@@ -76,6 +85,56 @@ pub enum TapError {
     /// Setting the vnet header size failed.
     #[error("cannot set vnet header size on tap {0:?}: {1}")]
     VnetHdrSize(String, #[source] io::Error),
+    /// A `--tap-fd` is not usable.
+    #[error("{source}")]
+    PassedFd {
+        /// The fd number.
+        fd: RawFd,
+        /// Cause.
+        #[source]
+        source: crate::launch::fds::PassedFdError,
+    },
+    /// A `--tap-fd` is not a tun/tap fd.
+    #[error("--tap-fd {fd} is not an attached tun/tap fd (TUNGETIFF: {source})")]
+    NotTun {
+        /// The fd number.
+        fd: RawFd,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A `--tap-fd` is a tun/tap fd opened in a way the backend cannot use.
+    #[error("--tap-fd {fd} ({name}) {problem}")]
+    PassedFlags {
+        /// The fd number.
+        fd: RawFd,
+        /// Its interface.
+        name: String,
+        /// What is wrong.
+        problem: &'static str,
+    },
+    /// The `--tap-fd`s name different interfaces.
+    #[error("--tap-fd {fd} belongs to {name}, the first --tap-fd to {first}: all must be queues of one tap")]
+    PassedMixed {
+        /// The fd number.
+        fd: RawFd,
+        /// Its interface.
+        name: String,
+        /// The first fd's interface.
+        first: String,
+    },
+    /// Setting a passed fd non-blocking failed.
+    #[error("--tap-fd {0}: cannot make it non-blocking: {1}")]
+    PassedNonBlocking(RawFd, #[source] io::Error),
+    /// A TAP passed as fds was deleted and cannot be opened again by this process.
+    #[error("tap {name} was passed as file descriptors and is gone; this process cannot open it again by name ({source}: that needs CAP_NET_ADMIN, or a tap with no owner or owned by this process's user or group): give the backend new fds by restarting it")]
+    PassedGone {
+        /// Interface name.
+        name: String,
+        /// Why attaching failed.
+        #[source]
+        source: io::Error,
+    },
     /// Setting offloads failed.
     #[error("cannot set offloads {flags:#x} on tap {name:?}: {source}")]
     Offload {
@@ -172,14 +231,49 @@ fn open_queue(name: &str, multi_queue: bool) -> Result<(File, String), TapError>
         });
     }
     let actual = name_from(&req);
+    set_vnet_hdr_size(&file, &actual)?;
+    Ok((file, actual))
+}
+
+fn set_vnet_hdr_size(file: &File, name: &str) -> Result<(), TapError> {
     let hdr_len = libc::c_int::try_from(VNET_HDR_LEN).unwrap_or(12);
     // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer, which points at a live
     // local; the fd is a tun fd we own.
     let ret = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ(), &hdr_len) };
     if ret < 0 {
-        return Err(TapError::VnetHdrSize(actual, io::Error::last_os_error()));
+        return Err(TapError::VnetHdrSize(
+            name.to_string(),
+            io::Error::last_os_error(),
+        ));
     }
-    Ok((file, actual))
+    Ok(())
+}
+
+/// The interface name and `IFF_*` flags of an attached tun/tap fd (`TUNGETIFF`).
+fn tun_iff(fd: &OwnedFd) -> io::Result<(String, i16)> {
+    let mut req = ifreq("", 0);
+    // SAFETY: TUNGETIFF writes one `struct ifreq` into `req`, a live repr(C) value of
+    // the kernel's 40-byte layout. On an fd that is not a tun fd the ioctl fails
+    // (ENOTTY, EINVAL, EBADFD when not attached) without touching it.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), TUNGETIFF(), &mut req) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((name_from(&req), req.flags))
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL read and set the file status flags of an open fd; no
+    // memory is involved.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn set_link_up(name: &str) -> io::Result<()> {
@@ -208,6 +302,8 @@ fn set_link_up(name: &str) -> io::Result<()> {
 struct TapShared {
     name: String,
     multi_queue: bool,
+    /// Opened by the caller (`--tap-fd`): this process may lack the right to reopen it.
+    passed: bool,
     offloads: AtomicU32,
     control: Mutex<File>,
 }
@@ -271,11 +367,79 @@ impl Tap {
                 log::warn!("cannot bring tap {actual} up: {e}");
             }
         }
+        Self::with_files(actual, multi_queue, false, files)
+    }
+
+    /// A TAP opened by the caller: `fds` are its queues, one per queue pair, in order.
+    /// Each must be an open tun/tap fd attached to a tap with `IFF_NO_PI` and
+    /// `IFF_VNET_HDR` (and `IFF_MULTI_QUEUE` when there are several), all to the same
+    /// interface. The vnet header size is set here, the offloads later from the
+    /// guest's features; the link is left as the caller set it.
+    pub fn from_fds(fds: &[RawFd]) -> Result<Self, TapError> {
+        let mut files = Vec::with_capacity(fds.len());
+        let mut first: Option<(String, i16)> = None;
+        for &fd in fds {
+            let owned = crate::launch::fds::claim(fd, "--tap-fd")
+                .map_err(|source| TapError::PassedFd { fd, source })?;
+            let (name, flags) =
+                tun_iff(&owned).map_err(|source| TapError::NotTun { fd, source })?;
+            let problem = if flags & IFF_TAP == 0 {
+                Some("is a tun (layer 3) device, not a tap")
+            } else if flags & IFF_NO_PI == 0 {
+                Some("was opened without IFF_NO_PI (its frames carry a packet information header)")
+            } else if flags & IFF_VNET_HDR == 0 {
+                Some("was opened without IFF_VNET_HDR (QEMU: vnet_hdr=on); the backend needs the virtio-net header")
+            } else if fds.len() > 1 && flags & IFF_MULTI_QUEUE == 0 {
+                Some("is not a multi_queue tap, and several --tap-fd were given")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(TapError::PassedFlags { fd, name, problem });
+            }
+            match &first {
+                Some((f, _)) if *f != name => {
+                    return Err(TapError::PassedMixed {
+                        fd,
+                        name,
+                        first: f.clone(),
+                    })
+                }
+                Some(_) => {}
+                None => first = Some((name.clone(), flags)),
+            }
+            set_nonblocking(&owned).map_err(|e| TapError::PassedNonBlocking(fd, e))?;
+            let file = File::from(owned);
+            set_vnet_hdr_size(&file, &name)?;
+            files.push(file);
+        }
+        let Some((name, flags)) = first else {
+            return Err(TapError::InvalidName(String::new()));
+        };
+        log::info!(
+            "using tap {name} passed as fd(s) {fds:?} ({} queue(s))",
+            files.len()
+        );
+        Self::with_files(name, flags & IFF_MULTI_QUEUE != 0, true, files)
+    }
+
+    fn with_files(
+        name: String,
+        multi_queue: bool,
+        passed: bool,
+        files: Vec<File>,
+    ) -> Result<Self, TapError> {
+        let control = files
+            .first()
+            .ok_or_else(|| TapError::InvalidName(name.clone()))?
+            .try_clone()
+            .map_err(TapError::OpenTun)?;
         let shared = Arc::new(TapShared {
-            name: actual,
+            name,
             multi_queue,
+            passed,
             offloads: AtomicU32::new(0),
-            control: Mutex::new(files[0].try_clone().map_err(TapError::OpenTun)?),
+            control: Mutex::new(control),
         });
         let queues = files
             .into_iter()
@@ -377,7 +541,12 @@ impl TapQueue {
         if e.raw_os_error() != Some(libc::EBADFD) {
             return false;
         }
-        self.down = Some(format!("tap {} is gone: {e}", self.shared.name));
+        let passed = if self.shared.passed {
+            " (it was passed as file descriptors: it comes back only if this process may attach to it by name)"
+        } else {
+            ""
+        };
+        self.down = Some(format!("tap {} is gone: {e}{passed}", self.shared.name));
         true
     }
 }
@@ -476,7 +645,19 @@ impl UplinkQueue for TapQueue {
         if !link_exists(&self.shared.name) {
             return Ok(false);
         }
-        let (file, _) = open_queue(&self.shared.name, self.shared.multi_queue)?;
+        let (file, _) = match open_queue(&self.shared.name, self.shared.multi_queue) {
+            Ok(f) => f,
+            Err(TapError::SetIff { source, .. })
+                if self.shared.passed && source.raw_os_error() == Some(libc::EPERM) =>
+            {
+                return Err(TapError::PassedGone {
+                    name: self.shared.name.clone(),
+                    source,
+                }
+                .into())
+            }
+            Err(e) => return Err(e.into()),
+        };
         self.shared
             .set_offload_on(&file, self.shared.offloads.load(Ordering::Relaxed))?;
         if self.first {
@@ -507,6 +688,17 @@ mod tests {
         assert_eq!(offload_flags(Features::default()), 0);
         let no_csum = SUPPORTED & !(1 << VIRTIO_NET_F_GUEST_CSUM);
         assert_eq!(offload_flags(Features::from_bits(no_csum)), 0);
+    }
+
+    #[test]
+    fn a_passed_fd_that_is_not_a_tun_fd_is_refused() {
+        use std::os::fd::IntoRawFd;
+        let null = File::open("/dev/null").unwrap().into_raw_fd();
+        let e = Tap::from_fds(&[null]).err().expect("refused").to_string();
+        assert!(
+            e.contains(&format!("--tap-fd {null} is not an attached tun/tap fd")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -96,7 +96,10 @@ impl Daemon {
         Self::start(cmd, PathBuf::new(), PathBuf::new())
     }
 
-    fn start(mut cmd: Command, socket: PathBuf, stats_file: PathBuf) -> Daemon {
+    /// Start `cmd` as the daemon (stdin and stdout closed, stderr collected);
+    /// `socket` and `stats_file` are its paths when the caller chose them (empty
+    /// otherwise), removed on drop.
+    pub fn start(mut cmd: Command, socket: PathBuf, stats_file: PathBuf) -> Daemon {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

@@ -22,6 +22,8 @@
 //! - [`daemon`]: the real `vhost-netmem` binary as a child process (optionally inside a
 //!   network namespace), killed by PID on drop, stderr captured for failure messages.
 //! - [`stats`]: the daemon's `--stats-file` JSON.
+//! - [`launch`]: the daemon started as an orchestrator starts it: fds handed down, a
+//!   TAP opened by the test, an unprivileged identity; a guest on that TAP.
 //! - [`netns`]: network namespaces created and deleted by the tests, AF_PACKET sockets
 //!   opened inside them.
 //! - [`raw`]: a raw vhost-user frontend (messages byte by byte, in any pieces, with any
@@ -40,6 +42,7 @@ pub mod cloud_hypervisor;
 pub mod connection;
 pub mod daemon;
 pub mod guest;
+pub mod launch;
 pub mod memory;
 pub mod netns;
 pub mod packet;
