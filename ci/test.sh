@@ -38,6 +38,9 @@ step "unit and integration tests"
 # As root every privileged test must run: a skip is a failure here.
 VNM_REQUIRE_PRIVILEGED=1 cargo test --lib --bins --tests -- --test-threads=2
 
+step "install on a clean prefix"
+bash ci/install-check.sh
+
 step "benchmarks compile and run once (criterion test mode)"
 cargo test --benches
 
