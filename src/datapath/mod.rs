@@ -17,5 +17,8 @@ pub mod state;
 pub mod tx;
 pub mod worker;
 
+#[cfg(test)]
+mod fuzz_regressions;
+
 pub use ring::{Ring, RingSetup};
 pub use worker::{PairWorker, StoppedWorker, WorkerSpec};

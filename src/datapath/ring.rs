@@ -107,7 +107,9 @@ impl Ring {
     }
 
     /// Heads available to pop now; None (and the ring marked broken) when the avail
-    /// index is impossible or unreadable.
+    /// index is impossible or unreadable, or the ring's entries are not all in guest
+    /// memory (a readable index over unreadable entries would otherwise promise heads
+    /// that [`Self::pop_head`] can never deliver, and RX would ask for them forever).
     pub fn available(&mut self, map: &GuestPageMap, m: &QueueMetrics) -> Option<u16> {
         if self.fault.is_some() {
             return None;
@@ -115,6 +117,11 @@ impl Ring {
         let Some(avail) = map.load_u16(self.queue.avail_ring() + 2, Ordering::Acquire) else {
             return self.broken(m);
         };
+        let entries = self.queue.avail_ring().checked_add(AVAIL_RING_HEADER);
+        let size = 2 * u64::from(self.queue.size());
+        if !entries.is_some_and(|at| map.contains(at, size)) {
+            return self.broken(m);
+        }
         let avail = Wrapping(avail);
         let pending = (avail - Wrapping(self.queue.next_avail())).0;
         if pending > self.queue.size() {
@@ -131,18 +138,24 @@ impl Ring {
     }
 
     /// Pop the next head (call only after [`Self::available`] said there is one: its
-    /// acquire load of the avail index orders this read of the ring entry).
+    /// acquire load of the avail index orders this read of the ring entry). None, and
+    /// the ring marked broken, when the entry cannot be read (the memory changed since
+    /// [`Self::available`] checked it).
     pub fn pop_head(&mut self, map: &GuestPageMap) -> Option<u16> {
         let next = self.queue.next_avail();
         // Ring sizes are powers of two, so the mask is the modulo.
         let slot = next & self.queue.size().wrapping_sub(1);
-        let addr = self
+        let head = self
             .queue
             .avail_ring()
-            .checked_add(AVAIL_RING_HEADER + u64::from(slot) * 2)?;
-        let head = u16::from_le_bytes(map.read_array::<2>(addr)?);
+            .checked_add(AVAIL_RING_HEADER + u64::from(slot) * 2)
+            .and_then(|addr| map.read_array::<2>(addr));
+        let Some(head) = head else {
+            self.fault = Some(RingFault::Broken);
+            return None;
+        };
         self.queue.set_next_avail(next.wrapping_add(1));
-        Some(head)
+        Some(u16::from_le_bytes(head))
     }
 
     /// Give back the last `n` popped heads (they will be popped again).
