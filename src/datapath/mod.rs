@@ -19,5 +19,8 @@ mod test_guest;
 pub mod tx;
 pub mod worker;
 
+#[cfg(test)]
+mod fuzz_regressions;
+
 pub use ring::{Ring, RingSetup};
 pub use worker::{PairWorker, StoppedWorker, WorkerSpec};

@@ -150,7 +150,9 @@ impl Ring {
     }
 
     /// Heads available to pop now; None (and the ring marked broken) when the avail
-    /// index is impossible or unreadable.
+    /// index is impossible or unreadable, or the ring's entries are not all in guest
+    /// memory (a readable index over unreadable entries would otherwise promise heads
+    /// that [`Self::pop_head`] can never deliver, and RX would ask for them forever).
     pub fn available(&mut self, map: &GuestPageMap, m: &QueueMetrics) -> Option<u16> {
         if self.fault.is_some() {
             self.report_fault(m);
@@ -159,6 +161,11 @@ impl Ring {
         let Some(avail) = map.load_u16(self.queue.avail_ring() + 2, Ordering::Acquire) else {
             return self.broken(m);
         };
+        let entries = self.queue.avail_ring().checked_add(AVAIL_RING_HEADER);
+        let size = 2 * u64::from(self.queue.size());
+        if !entries.is_some_and(|at| map.contains(at, size)) {
+            return self.broken(m);
+        }
         let avail = Wrapping(avail);
         let pending = (avail - Wrapping(self.queue.next_avail())).0;
         if pending > self.queue.size() {
@@ -191,7 +198,9 @@ impl Ring {
     }
 
     /// Pop the next head (call only after [`Self::available`] said there is one: its
-    /// acquire load of the avail index orders this read of the ring entry).
+    /// acquire load of the avail index orders this read of the ring entry). None, and
+    /// the ring marked broken, when the entry cannot be read (the memory changed since
+    /// [`Self::available`] checked it).
     pub fn pop_head(&mut self, map: &GuestPageMap) -> Option<u16> {
         let next = self.queue.next_avail();
         // Ring sizes are powers of two, so the mask is the modulo.
@@ -205,9 +214,8 @@ impl Ring {
             self.break_unreported();
             return None;
         };
-        let head = u16::from_le_bytes(head);
         self.queue.set_next_avail(next.wrapping_add(1));
-        Some(head)
+        Some(u16::from_le_bytes(head))
     }
 
     /// Give back the last `n` popped heads (they will be popped again).
