@@ -41,6 +41,9 @@ VNM_REQUIRE_PRIVILEGED=1 cargo test --lib --bins --tests -- --test-threads=2
 step "install on a clean prefix"
 bash ci/install-check.sh
 
+step "fuzzing (30 s per target)"
+bash ci/fuzz.sh --seconds 30
+
 step "benchmarks compile and run once (criterion test mode)"
 cargo test --benches
 
