@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
+use crate::sandbox::SeccompMode;
 use crate::uplink::tap::valid_ifname;
 
 /// Errors in the configuration.
@@ -172,6 +173,11 @@ pub struct Cli {
     /// size with a K, M, G or T suffix. Larger memory tables are refused.
     #[arg(long, default_value = MAX_GUEST_MEMORY_DEFAULT, value_name = "SIZE")]
     pub max_guest_memory: String,
+
+    /// seccomp filter per thread (control loop, queue workers, stats writer): what a
+    /// syscall outside the thread's allowlist gets.
+    #[arg(long, value_enum, default_value_t = SeccompMode::Kill, value_name = "MODE")]
+    pub seccomp: SeccompMode,
 }
 
 /// Which uplink to build.
@@ -214,6 +220,8 @@ pub struct NetConfig {
     pub xdp_zerocopy_tx: bool,
     /// Ceiling on the total guest memory of a connection, in bytes.
     pub max_guest_memory: u64,
+    /// seccomp mode for every thread's filter.
+    pub seccomp: SeccompMode,
 }
 
 /// `mac` as text, `52:54:00:12:34:56`.
@@ -315,6 +323,7 @@ impl NetConfig {
                 .then(|| std::time::Duration::from_micros(u64::from(cli.tx_holdoff))),
             xdp_zerocopy_tx: cli.xdp_zerocopy_tx,
             max_guest_memory,
+            seccomp: cli.seccomp,
         })
     }
 }

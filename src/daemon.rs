@@ -71,6 +71,9 @@ pub enum DaemonError {
     /// The guest memory fault handler could not be installed.
     #[error("cannot install the guest memory fault handler: {0}")]
     FaultHandler(io::Error),
+    /// The seccomp filter could not be installed.
+    #[error("{0}")]
+    Seccomp(#[from] crate::sandbox::SeccompError),
 }
 
 /// Build the configured uplink.
@@ -189,6 +192,7 @@ fn spawn_stats_writer(metrics: Arc<DeviceMetrics>, path: PathBuf, done: Arc<Atom
     let _ = std::thread::Builder::new()
         .name("vnm-stats".into())
         .spawn(move || {
+            crate::sandbox::enter_or_exit(crate::sandbox::ThreadKind::Stats);
             while !done.load(Ordering::Acquire) {
                 if let Err(e) = metrics.write_file(&path) {
                     log::warn!("cannot write stats file {}: {e}", path.display());
@@ -201,6 +205,7 @@ fn spawn_stats_writer(metrics: Arc<DeviceMetrics>, path: PathBuf, done: Arc<Atom
 /// Run the daemon until a signal (or the first disconnect with `--once`).
 pub fn run(config: NetConfig) -> Result<(), DaemonError> {
     let config = Arc::new(config);
+    crate::sandbox::init(config.seccomp);
     let stop = stop_signal().map_err(DaemonError::Signals)?;
     crate::netmem::fault::install().map_err(DaemonError::FaultHandler)?;
     if let Some(path) = &config.stats_file {
@@ -226,6 +231,7 @@ pub fn run(config: NetConfig) -> Result<(), DaemonError> {
     } else {
         Some(bind(&config.socket)?)
     };
+    crate::sandbox::enter(crate::sandbox::ThreadKind::Control)?;
     log::info!(
         "vhost-netmem {} on {} ({}), {} queue pair(s), uplink: {}",
         env!("CARGO_PKG_VERSION"),
