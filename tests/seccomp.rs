@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
 use common::guest::{Guest, GuestConfig};
+use common::packet::guest_frames;
 use common::rig::Rig;
 use common::TIMEOUT;
 
@@ -106,9 +107,12 @@ fn a_forbidden_syscall_is_refused_with_kill_and_logged_with_log() {
     expect_killed(&mut d, "worker, kill");
 
     // A worker in log mode: the call goes through and traffic still flows.
-    let rig = Rig::loopback(cfg, &["--seccomp", "log"]);
+    let mut rig = Rig::loopback(cfg, &["--seccomp", "log"]);
     let text = rig.d.wait_stderr(&line("worker"), TIMEOUT);
     assert!(!text.contains(&format!("{}-", line("worker"))), "{text}");
+    rig.g.loopback_roundtrip(0, &guest_frames(7, 8, 60, 1514));
+    rig.d
+        .assert_running("after the worker's logged call and traffic");
     expect_logged(rig.d.pid(), "worker, log");
     std::env::remove_var(SELFTEST);
 }
