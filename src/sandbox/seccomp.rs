@@ -171,6 +171,11 @@ fn base(rules: &mut Rules) {
             libc::SYS_sendto,
             libc::SYS_exit,
             libc::SYS_exit_group,
+            // A panic's backtrace (RUST_BACKTRACE) reads the executable's debug info
+            // (with `openat`, which every thread has).
+            libc::SYS_getcwd,
+            libc::SYS_lseek,
+            libc::SYS_statx,
         ],
     );
 }
@@ -199,7 +204,6 @@ fn worker(rules: &mut Rules) {
             libc::SYS_openat,
             libc::SYS_fstat,
             libc::SYS_newfstatat,
-            libc::SYS_statx,
             libc::SYS_dup,
             libc::SYS_setsockopt,
             libc::SYS_getsockopt,
@@ -259,7 +263,6 @@ fn control(rules: &mut Rules) {
             libc::SYS_socketpair,
             libc::SYS_shutdown,
             libc::SYS_getsockname,
-            libc::SYS_lseek,
             libc::SYS_unlinkat,
             libc::SYS_clone,
             libc::SYS_clone3,

@@ -108,3 +108,40 @@ fn log_lets_the_call_through_and_the_kernel_names_it() {
     }
     panic!("no type=1326 record with{want}for pid {pid} in dmesg");
 }
+
+/// A panic with RUST_BACKTRACE set prints a symbolised backtrace (reading the
+/// executable's debug info) rather than dying of SIGSYS halfway.
+#[test]
+fn a_backtrace_still_prints_under_every_filter() {
+    for kind in [ThreadKind::Worker, ThreadKind::Control, ThreadKind::Stats] {
+        let prog = build_ok(kind, SeccompMode::Kill);
+        // SAFETY: glibc's fork leaves malloc usable in the child, which captures and
+        // formats a backtrace, then ends with _exit without returning.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            let code = match seccompiler::apply_filter(&prog) {
+                Ok(()) => {
+                    let bt = std::backtrace::Backtrace::force_capture().to_string();
+                    if bt.contains("a_backtrace_still_prints_under_every_filter") {
+                        0
+                    } else {
+                        3
+                    }
+                }
+                Err(_) => 2,
+            };
+            // SAFETY: ends the forked child without running the parent's destructors.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child; `status` is a live c_int.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(r, pid, "waitpid: {}", std::io::Error::last_os_error());
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "{}: backtrace under the filter: status {status:#x}",
+            kind.name()
+        );
+    }
+}
