@@ -205,7 +205,7 @@ fn spawn_stats_writer(metrics: Arc<DeviceMetrics>, path: PathBuf, done: Arc<Atom
 /// Run the daemon until a signal (or the first disconnect with `--once`).
 pub fn run(config: NetConfig) -> Result<(), DaemonError> {
     let config = Arc::new(config);
-    crate::sandbox::init(config.seccomp);
+    crate::sandbox::init(config.seccomp)?;
     let stop = stop_signal().map_err(DaemonError::Signals)?;
     crate::netmem::fault::install().map_err(DaemonError::FaultHandler)?;
     if let Some(path) = &config.stats_file {

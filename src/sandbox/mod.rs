@@ -10,29 +10,60 @@ pub mod seccomp;
 
 use std::sync::OnceLock;
 
+use seccompiler::BpfProgram;
+
 pub use seccomp::{SeccompError, SeccompMode, ThreadKind};
 
-static MODE: OnceLock<SeccompMode> = OnceLock::new();
+/// The process's mode and its filters, compiled once by [`init`].
+struct Sandbox {
+    mode: SeccompMode,
+    /// Control, worker, stats (None with `off`).
+    filters: [Option<BpfProgram>; 3],
+}
 
-/// Set the process's seccomp mode (`--seccomp`); the first call wins.
-pub fn init(mode: SeccompMode) {
-    let _ = MODE.set(mode);
+static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+
+fn slot(kind: ThreadKind) -> usize {
+    match kind {
+        ThreadKind::Control => 0,
+        ThreadKind::Worker => 1,
+        ThreadKind::Stats => 2,
+    }
+}
+
+/// Set the process's seccomp mode (`--seccomp`) and compile every thread's filter, so
+/// that a thread starting later only installs its own; the first call wins.
+pub fn init(mode: SeccompMode) -> Result<(), SeccompError> {
+    let filters = [
+        seccomp::build(ThreadKind::Control, mode)?,
+        seccomp::build(ThreadKind::Worker, mode)?,
+        seccomp::build(ThreadKind::Stats, mode)?,
+    ];
+    let _ = SANDBOX.set(Sandbox { mode, filters });
+    Ok(())
 }
 
 /// The mode set by [`init`], `off` when it was never called.
 pub fn mode() -> SeccompMode {
-    MODE.get().copied().unwrap_or(SeccompMode::Off)
+    SANDBOX.get().map_or(SeccompMode::Off, |s| s.mode)
 }
 
-/// Install the filter of `kind` on the calling thread (nothing with `--seccomp off`).
+/// Install the filter of `kind` on the calling thread (nothing with `--seccomp off`
+/// or before [`init`]).
 ///
 /// A thread inherits its creator's filter and adds its own on top, so the control
 /// thread's filter allows everything the workers it starts need (see [`seccomp`]).
 pub fn enter(kind: ThreadKind) -> Result<(), SeccompError> {
-    let mode = mode();
-    seccomp::apply(kind, mode)?;
-    if mode != SeccompMode::Off {
-        log::debug!("seccomp: {} filter installed ({mode})", kind.name());
+    let Some(sandbox) = SANDBOX.get() else {
+        return Ok(());
+    };
+    if let Some(prog) = &sandbox.filters[slot(kind)] {
+        seccomp::install(kind, prog)?;
+        log::debug!(
+            "seccomp: {} filter installed ({})",
+            kind.name(),
+            sandbox.mode
+        );
     }
     #[cfg(debug_assertions)]
     self_test(kind);

@@ -325,12 +325,9 @@ pub fn build(kind: ThreadKind, mode: SeccompMode) -> Result<Option<BpfProgram>, 
     Ok(Some(filter.try_into().map_err(build)?))
 }
 
-/// Build and install `kind`'s filter on the calling thread.
-pub fn apply(kind: ThreadKind, mode: SeccompMode) -> Result<(), SeccompError> {
-    if let Some(prog) = build(kind, mode)? {
-        seccompiler::apply_filter(&prog).map_err(|e| SeccompError::Install(kind.name(), e))?;
-    }
-    Ok(())
+/// Install `prog`, `kind`'s compiled filter, on the calling thread.
+pub fn install(kind: ThreadKind, prog: &BpfProgram) -> Result<(), SeccompError> {
+    seccompiler::apply_filter(prog).map_err(|e| SeccompError::Install(kind.name(), e))
 }
 
 /// A syscall no filter allows: `socket(AF_INET6, SOCK_DGRAM)`; its result (an fd is
