@@ -4,7 +4,8 @@
 //! with SIGSYS) or let through and logged by the kernel with `log` (an audit record,
 //! `type=1326 ... syscall=N`, in `dmesg`). Arguments are checked where that is cheap:
 //! `ioctl` request numbers, `socket` address families, `prctl` options, `fcntl`
-//! commands, `rt_sigaction` signals, `seccomp` operations.
+//! commands, `rt_sigaction` signals, `seccomp` operations, and no `PROT_EXEC` in
+//! `mmap`/`mprotect`.
 //!
 //! Every thread may use memory, futexes, clocks and sleeps, write its log lines to
 //! stderr, exit, and `sendto`: the SIGINT/SIGTERM handler (signal-hook's pipe) runs on
@@ -149,9 +150,7 @@ fn base(rules: &mut Rules) {
             libc::SYS_writev,
             libc::SYS_close,
             libc::SYS_futex,
-            libc::SYS_mmap,
             libc::SYS_munmap,
-            libc::SYS_mprotect,
             libc::SYS_mremap,
             libc::SYS_madvise,
             libc::SYS_brk,
@@ -178,6 +177,25 @@ fn base(rules: &mut Rules) {
             libc::SYS_statx,
         ],
     );
+    // Memory, but never executable: nothing here maps code once running.
+    let exec = u64::from(libc::PROT_EXEC.unsigned_abs());
+    allow_without_bits(rules, libc::SYS_mmap, 2, exec);
+    allow_without_bits(rules, libc::SYS_mprotect, 2, exec);
+}
+
+/// Allow `syscall` when argument `arg` has none of the bits of `mask` set.
+fn allow_without_bits(rules: &mut Rules, syscall: libc::c_long, arg: u8, mask: u64) {
+    // Arg 0..=5 and a masked comparison cannot fail to build.
+    if let Ok(c) = SeccompCondition::new(
+        arg,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::MaskedEq(mask),
+        0,
+    ) {
+        if let Ok(r) = SeccompRule::new(vec![c]) {
+            rules.insert(syscall, vec![r]);
+        }
+    }
 }
 
 /// Writing the stats file: `std::fs::write` of a temporary file, then `rename`.

@@ -145,3 +145,50 @@ fn a_backtrace_still_prints_under_every_filter() {
         );
     }
 }
+
+#[test]
+fn no_filter_maps_executable_memory() {
+    let prog = build_ok(ThreadKind::Control, SeccompMode::Kill);
+    // SAFETY: the child only calls async-signal-safe functions (prctl, seccomp, mmap,
+    // _exit) and never returns.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        let code = match seccompiler::apply_filter(&prog) {
+            Ok(()) => {
+                let map = |prot| {
+                    // SAFETY: a fresh anonymous private mapping, never touched.
+                    let p = unsafe {
+                        libc::mmap(
+                            std::ptr::null_mut(),
+                            4096,
+                            prot,
+                            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                            -1,
+                            0,
+                        )
+                    };
+                    p != libc::MAP_FAILED
+                };
+                if !map(libc::PROT_READ | libc::PROT_WRITE) {
+                    4
+                } else {
+                    // Killed here.
+                    map(libc::PROT_READ | libc::PROT_EXEC);
+                    0
+                }
+            }
+            Err(_) => 2,
+        };
+        // SAFETY: ends the forked child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child; `status` is a live c_int.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(r, pid, "waitpid: {}", std::io::Error::last_os_error());
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+        "an executable mapping was not refused (status {status:#x})"
+    );
+}
