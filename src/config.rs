@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{ArgAction, Parser, ValueEnum};
 
 use crate::launch::activation::ActivatedSocket;
+use crate::sandbox::SeccompMode;
 use crate::uplink::tap::valid_ifname;
 
 /// Errors in the configuration.
@@ -233,6 +234,11 @@ pub struct Cli {
     /// conventions: {"type": "net"}) and exit; other options are ignored.
     #[arg(long)]
     pub print_capabilities: bool,
+
+    /// seccomp filter per thread (control loop, queue workers, stats writer): what a
+    /// syscall outside the thread's allowlist gets.
+    #[arg(long, value_enum, default_value_t = SeccompMode::Kill, value_name = "MODE")]
+    pub seccomp: SeccompMode,
 }
 
 impl Cli {
@@ -322,6 +328,8 @@ pub struct NetConfig {
     pub max_guest_memory: u64,
     /// `--user` and `--group`, resolved when the daemon starts.
     pub user: Option<(String, Option<String>)>,
+    /// seccomp mode for every thread's filter.
+    pub seccomp: SeccompMode,
 }
 
 /// `mac` as text, `52:54:00:12:34:56`.
@@ -466,6 +474,7 @@ impl NetConfig {
             xdp_zerocopy_tx: cli.xdp_zerocopy_tx,
             max_guest_memory,
             user,
+            seccomp: cli.seccomp,
         })
     }
 }

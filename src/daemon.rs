@@ -79,6 +79,9 @@ pub enum DaemonError {
     /// The guest memory fault handler could not be installed.
     #[error("cannot install the guest memory fault handler: {0}")]
     FaultHandler(io::Error),
+    /// The seccomp filter could not be installed.
+    #[error("{0}")]
+    Seccomp(#[from] crate::sandbox::SeccompError),
 }
 
 /// Build the configured uplink.
@@ -198,6 +201,7 @@ fn spawn_stats_writer(metrics: Arc<DeviceMetrics>, path: PathBuf, done: Arc<Atom
     let _ = std::thread::Builder::new()
         .name("vnm-stats".into())
         .spawn(move || {
+            crate::sandbox::enter_or_exit(crate::sandbox::ThreadKind::Stats);
             while !done.load(Ordering::Acquire) {
                 if let Err(e) = metrics.write_file(&path) {
                     log::warn!("cannot write stats file {}: {e}", path.display());
@@ -263,6 +267,7 @@ fn check_stats_file(config: &NetConfig) -> Result<(), DaemonError> {
 /// of a connected socket passed as an fd).
 pub fn run(config: NetConfig) -> Result<(), DaemonError> {
     let config = Arc::new(config);
+    crate::sandbox::init(config.seccomp)?;
     // Passed fds and the identity are checked before anything is created; a path is
     // bound after the privilege drop, so that its socket belongs to --user.
     let planned = match &config.socket {
@@ -306,6 +311,7 @@ pub fn run(config: NetConfig) -> Result<(), DaemonError> {
     if let Some(path) = &config.stats_file {
         spawn_stats_writer(Arc::clone(&metrics), path.clone(), Arc::clone(&done));
     }
+    crate::sandbox::enter(crate::sandbox::ThreadKind::Control)?;
     log::info!(
         "vhost-netmem {} on {} ({}), {} queue pair(s), uplink: {}",
         env!("CARGO_PKG_VERSION"),

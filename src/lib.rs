@@ -14,6 +14,7 @@
 //! - [`uplink`]: `trait Uplink`; TAP, AF_XDP, null and loopback.
 //! - [`log_limit`]: rate-limited logging for guest- and frontend-triggered events.
 //! - [`metrics`]: per-queue-pair counters and their JSON exposition.
+//! - [`sandbox`]: a seccomp filter per kind of thread (`--seccomp`).
 
 pub mod config;
 pub mod daemon;
@@ -22,6 +23,7 @@ pub mod launch;
 pub mod log_limit;
 pub mod metrics;
 pub mod netmem;
+pub mod sandbox;
 pub mod uplink;
 pub mod vhost_user;
 pub mod virtio;

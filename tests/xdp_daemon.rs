@@ -5,13 +5,19 @@
 
 mod common;
 
+use common::connection::wanted_protocol;
 use common::guest::GuestConfig;
 use common::packet::{assert_bytes, guest_frames, test_frame, ETH_P_TEST, GUEST_MAC, PEER_MAC};
 use common::rig::Rig;
 use common::{STATS_TIMEOUT, TIMEOUT};
+use vhost::vhost_user::VhostUserProtocolFeatures;
 
 const XDP_IF: &str = "vnmxa";
 const PEER_IF: &str = "vnmxb";
+/// vhost-user SEND_RARP.
+const REQ_SEND_RARP: u32 = 19;
+/// The RARP ethertype.
+const ETH_P_RARP: u16 = 0x8035;
 
 /// A daemon on [`XDP_IF`] of a fresh veth pair and a guest of `cfg` connected to it;
 /// `None` when not root.
@@ -96,4 +102,39 @@ fn a_tx_ring_that_cannot_drain_holds_packets_without_loss() {
         s.queue(0, "tx_packets") == 2400
     });
     assert_eq!(s.total("tx_drop_uplink"), 0, "{s}");
+}
+
+/// The paths of an AF_XDP daemon the seccomp filters must allow beyond the loop, run
+/// with the default `--seccomp kill`: zero-copy TX (the worker maps guest memory again
+/// and registers it as a UMEM on a third socket) and SEND_RARP (the control thread's
+/// AF_PACKET socket on the interface).
+#[test]
+fn zero_copy_tx_and_send_rarp_run_under_the_default_seccomp_filter() {
+    let test = "zero_copy_tx_and_send_rarp_run_under_the_default_seccomp_filter";
+    let cfg = GuestConfig {
+        protocol: wanted_protocol() | VhostUserProtocolFeatures::RARP,
+        ..GuestConfig::default()
+    };
+    let Some(mut r) = Rig::on_veth(
+        test,
+        cfg,
+        (XDP_IF, PEER_IF),
+        Some(2),
+        &["--xdp-zerocopy-tx"],
+    ) else {
+        return;
+    };
+    r.send_to_peer(0, &guest_frames(7100, 16, 60, 1514));
+    r.d.wait_stats("zero-copy TX counted", STATS_TIMEOUT, |s| {
+        s.group_counter(Some(0), "xdp", "tx_zc_completed") > 0
+    });
+    let cap = r.ns().packet_socket(PEER_IF, ETH_P_RARP, false);
+    let mut mac = [0u8; 8];
+    mac[..6].copy_from_slice(&GUEST_MAC);
+    r.conn().send_raw(REQ_SEND_RARP, 1, 8, &mac);
+    if cap.recv(TIMEOUT).is_none() {
+        r.d.fail("no RARP frame at the peer after SEND_RARP");
+    }
+    r.send_to_peer(0, &guest_frames(7200, 4, 60, 200));
+    r.d.assert_running("after zero-copy TX and SEND_RARP");
 }

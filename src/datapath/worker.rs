@@ -423,6 +423,7 @@ fn run(spec: WorkerSpec, exit: EventFd) -> StoppedWorker {
         busy_poll,
         tx_holdoff,
     } = spec;
+    crate::sandbox::enter_or_exit(crate::sandbox::ThreadKind::Worker);
     let rx_ring = make_ring(rx, max_queue_size, pair, "RX");
     let tx_ring = make_ring(tx, max_queue_size, pair, "TX");
     let holdoff = match tx_holdoff
