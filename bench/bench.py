@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 """vhost-netmem benchmark: the backend against DPDK's vhost PMD (and any --peer), same run.
 
 Called by ci/bench.sh (which builds the backend and checks the machine first); see

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 """Hand-written SVG chart of the benchmark: packets/s per backend and workload.
 
 One horizontal bar per (workload, size, backend): the median packets/s, with a thin

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 """UDP flood out of one interface, for the uplink side of the benchmark.
 
 Run inside the benchmark's network namespace. Two modes:

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Page pool microbenchmarks: nanoseconds per alloc + return pair on each path.
 //!
 //! - `direct`: `alloc_netmem_direct` + `put_netmem_direct` (alloc cache only);

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Benchmark vhost-netmem against DPDK's vhost PMD (and any --peer backend), same run.
 #
 #   ci/bench.sh [--quick] [--peer 'NAME=COMMAND'] [--repeat N] [--out DIR]

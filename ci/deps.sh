@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Install the system packages the test suite and benchmarks use (Debian 12), only when
 # something is missing.
 set -euo pipefail

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Build the fuzz targets (fuzz/, libFuzzer through cargo-fuzz) and run each one for a
 # while from its seed corpus. Fails, loudly, when any target crashes, hangs, runs out of
 # memory or trips an assertion: the input is kept under fuzz/artifacts/<target>/ and the

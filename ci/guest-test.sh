@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Guest tests: real QEMU guests run ping and iperf3 through vhost-netmem, beside QEMU's own
 # TAP networking, on QEMU 7.2 and QEMU 10.0 (guest-test/README.md). Installs what is
 # missing, builds the backend in release mode and runs guest-test/run; arguments are passed

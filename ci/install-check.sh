@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # CI check of the install step: build the release binary, install it with
 # ci/install.sh into a clean, fresh prefix, and check what landed there: the binary
 # runs (--print-capabilities), vhost-user.json names it, and systemd-analyze verify

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Install vhost-netmem under a prefix, where a distribution puts each part:
 #
 #   PREFIX/bin/vhost-netmem                             the release binary

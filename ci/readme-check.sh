@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # Keep the README true: run its quick-start commands as written.
 #  - the backend command (first code block under "## Quick start") must start, create
 #    its TAP and listen on its socket; it runs inside a throwaway network namespace;

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # The whole test suite of vhost-netmem (the README's test command; CI runs it through
 # .ci/run). Needs root: TAP devices, network namespaces, AF_XDP and QEMU guests are
 # part of the suite, and privileged tests must run, not skip. As root it runs as is

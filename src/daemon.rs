@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The daemon: build the uplink, then listen (or connect) and serve one vhost-user
 //! connection after another until a signal, or after the first with `--once`.
 

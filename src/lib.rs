@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! vhost-netmem: a vhost-user-net backend whose data path speaks Linux's netmem
 //! vocabulary.
 //!

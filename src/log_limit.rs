@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Rate-limited logging for events a guest or a frontend can trigger at will: one
 //! limiter per source, a burst of lines per second, and the next line that gets
 //! through says how many were suppressed before it.

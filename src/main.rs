@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! vhost-netmem: command line entry point (parse, set up logging, run, exit code).
 
 use std::process::ExitCode;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Per-queue-pair counters and their JSON exposition.
 //!
 //! Each queue pair's worker is the only writer of its [`QueueMetrics`], so a counter

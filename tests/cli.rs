@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Command line: bad values give one clear error line and a non-zero exit, never a panic
 //! or a backtrace (the daemon runs with RUST_BACKTRACE=1 so a panic could not hide).
 //! Every case uses `--uplink null`, so nothing is created outside the tests' namespaces.

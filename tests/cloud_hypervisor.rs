@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The backend driven the way cloud-hypervisor drives it (see
 //! `common::cloud_hypervisor`): its negotiation, set-up order and reconnect path,
 //! memory hotplug with ADD_MEM_REG, both of its socket modes, packets both ways through a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Deployment as an orchestrator does it (issue 12): the vhost-user socket and the TAP
 //! handed down as fds to a daemon with no privilege at all, a connected socket served
 //! once, systemd socket activation (the variables set by hand and by

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A broken or hostile frontend (issue 10), through the real socket against the real
 //! daemon on the loopback uplink: for every case the daemon survives, refuses what it
 //! must with an error reply (or ends only that connection), counts it, and then serves

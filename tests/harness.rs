@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Self-tests of the harness, without the daemon: the driver-side ring writer and reader
 //! checked against `virtio_queue::Queue` acting as the device over the same memory, and
 //! the memfd layout (two regions of one memfd, the second at a non-zero offset).

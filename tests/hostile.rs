@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A hostile guest (issue 2, point 7), one case per test, each against its own daemon
 //! with two queue pairs on the loopback uplink. For every case: the daemon does not
 //! crash, the chain comes back on the used ring with length 0 (or the ring stops, for

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Data path scenarios over the loopback uplink (`--uplink loopback`: TX reflected to RX
 //! on the same pair): fast, unprivileged, independent of the TAP. Every payload is checked
 //! byte for byte; counters are checked in the daemon's stats file.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Live migration, the backend's side: the dirty log (every byte the backend writes
 //! into guest memory while LOG_ALL is acked has its page's bit set, and pages whose bits
 //! stay clear are untouched), a bad log refused without disturbing anything, the RARP

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! virtio-net offload features (issue 2, point 4) proven through the real daemon and a
 //! real TAP inside a network namespace each test creates: what the guest transmits with
 //! HOST_TSO6, HOST_ECN or CSUM reaches the TAP with its offload metadata intact (seen by

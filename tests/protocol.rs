@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! vhost-user protocol scenarios against the real daemon (loopback uplink): what is
 //! offered, QEMU 7.2's message order, malformed messages, ring stop/restart, client mode.
 

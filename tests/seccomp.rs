@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! seccomp: a syscall outside a thread's allowlist kills the daemon with the default
 //! `--seccomp kill`, and goes through with `--seccomp log`, named in the kernel log.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Scenarios through a real TAP inside a network namespace each test creates (and
 //! deletes): the daemon runs in the namespace (`ip netns exec`), its socket stays
 //! reachable from here, and frames are captured and injected with AF_PACKET sockets

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A TAP deleted under a running backend (`ip link del`): the worker must notice, say
 //! so once, stop polling it (no spinning core), return and count guest TX, and carry
 //! traffic again once a TAP of the same name exists; an interface of that name that is

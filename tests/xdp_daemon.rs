@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The daemon with its AF_XDP uplink (`--xdp`) on a veth pair inside a namespace the
 //! test creates: guest frames reach the peer byte for byte, frames from the peer reach
 //! guest buffers, and a TX ring that cannot drain (link down) holds packets back

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! AF_XDP uplink against a real veth pair.
 //!
 //! Each test creates its own network namespace and veth pair (names carry the pid and

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Write the seed corpus: `cargo run --manifest-path fuzz/Cargo.toml --example seeds`
 //! (from the repository root) fills `fuzz/corpus/<target>/seed-<name>`.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! (b) The chain walker: `ChainWalker::walk` over random descriptor tables, through
 //! both of its memories (the netmem `GuestPageMap` the data path uses, and vm-memory's
 //! `GuestMemoryMmap`).

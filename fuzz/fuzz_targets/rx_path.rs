@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! (b) The RX path: `RxPath::process` over a synthetic guest memory with a random
 //! descriptor table and avail ring, from a scripted uplink (packets of any length up
 //! to 128 KiB, errors, nothing), with and without MRG_RXBUF, then `release`.

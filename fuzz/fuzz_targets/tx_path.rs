@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! (b) The TX path: `TxPath::process` over a synthetic guest memory with a random
 //! descriptor table and avail ring, into a scripted uplink (which may accept, hold in
 //! flight, block, refuse or fail each packet), then `finish`.

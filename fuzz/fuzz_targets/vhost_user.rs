@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! (a) The vhost-user control plane: a stream of messages (header, body, attached
 //! memfds and eventfds; see `vnm_fuzz::vhost`) written by a frontend thread into a
 //! socketpair and served by the daemon's own connection loop (`serve_connection`,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! (c) The virtio-net header: `VirtioNetHdr::from_bytes` / `to_bytes` and
 //! `validate_tx` against random feature sets and packet lengths.
 //!

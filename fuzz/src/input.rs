@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A cursor over fuzz input: integers are little-endian, and reads past the end give
 //! zeros (so every input, however short, decodes to something).
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Glue shared by the fuzz targets of vhost-netmem (`fuzz_targets/`), kept out of the
 //! main crate so that its build is not affected.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Synthetic guest memory for the data-path targets.
 //!
 //! The crate's `GuestPageMap` is only built by `SharedPageMap` from memfd-backed

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A reference model of one split virtqueue, written from the virtio spec's rules
 //! (and the crate's documented choices) rather than from the crate's code, so that the
 //! targets can compare what the data path did with what it should have done.

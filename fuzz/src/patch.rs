@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Sparse memory images: a list of patches `(offset: u32, len: u16, bytes)`, so that an
 //! input carries only the bytes that matter (descriptors, ring entries, headers), not
 //! the zeros between them.

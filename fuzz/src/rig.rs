@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The input format shared by the TX and RX path targets, and the `Ring` it builds.
 //!
 //! Layout of an input (little-endian):

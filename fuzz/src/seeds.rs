@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The seed corpus: a few well-formed inputs per target that reach deep into the code
 //! (rings with real chains, a QEMU-like vhost-user setup), from which the fuzzer
 //! mutates. `examples/seeds.rs` writes them under `corpus/<target>/`.

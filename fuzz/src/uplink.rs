@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Scripted uplink queues: each answer comes from the fuzz input, each call is
 //! recorded so that a target can check the data path's counters and ring writes
 //! against what the uplink saw.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The `vhost_user` target's input: a stream of vhost-user messages, each with the
 //! file descriptors it carries, and the frontend thread that writes the stream into
 //! the handler's socket (and drains the replies, so neither side can block the other).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Inputs the data-path fuzz targets (`fuzz/fuzz_targets/{tx,rx}_path.rs`) found, as
 //! regression tests against the real TX and RX paths. Each test names the input it
 //! came from (in the fuzz crate's format, see `fuzz/src/rig.rs`) and rebuilds the

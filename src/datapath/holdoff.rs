@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The TX kick holdoff's timer (`--tx-holdoff`): after a TX batch the guest's kicks
 //! stay off and this timer brings the worker back to the ring.
 //!

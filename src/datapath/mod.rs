@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The data path: one worker thread per queue pair.
 //!
 //! - [`worker`]: the thread, its loop and its start/stop handle.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A worker's epoll instance: its event ids and the uplink interest that follows the
 //! TX and RX states.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A virtqueue as a worker sees it.
 
 use std::num::Wrapping;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! RX: uplink -> guest RX buffers.
 //!
 //! The worker only reads from the uplink while the guest has posted buffers. Popped

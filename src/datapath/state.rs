@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The states of a queue pair worker: one value per direction, and every event a
 //! pure transition of it.
 //!

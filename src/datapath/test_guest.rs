@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The guest of the data path's unit tests.
 //!
 //! - [`TestGuest`]: guest memory mapped the way the daemon maps it (regions of one

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! TX: guest TX ring -> `FragList` over guest pages -> uplink.
 //!
 //! Per chain: walk it, check every buffer is device-readable, read the 12-byte

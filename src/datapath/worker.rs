@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The queue pair worker thread: the loop that turns readiness on the pair's kick
 //! eventfds, the uplink queue fd, the holdoff timer and an exit eventfd into events of
 //! the pair's TX and RX states ([`super::state`]), looks at the rings the states ask

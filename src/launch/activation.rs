@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! systemd socket activation (`sd_listen_fds(3)`): the service manager passes the
 //! sockets it listens on as fds 3, 4, ... and says so in `LISTEN_FDS` (how many),
 //! `LISTEN_PID` (the process they are meant for) and `LISTEN_FDNAMES` (their

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! QEMU's conventions for vhost-user backend programs (QEMU's
 //! `docs/interop/vhost-user.rst`, "Backend program conventions", and
 //! `docs/interop/vhost-user.json`): `--socket-path`, `--fd` and

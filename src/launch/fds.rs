@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! File descriptors handed over by the caller: checked before they are used, then
 //! owned by the backend (close-on-exec set: they go no further).
 //!

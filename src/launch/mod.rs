@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! How an orchestrator starts the backend: file descriptors it hands over (the
 //! vhost-user socket, a TAP's queues), systemd socket activation, the privilege drop
 //! after the uplink is set up, and QEMU's conventions for backend programs.

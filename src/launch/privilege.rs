@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `--user` / `--group`: once the uplink is set up (the TAP opened, the AF_XDP
 //! sockets bound), the backend becomes that user and group and keeps only the
 //! capabilities its uplink still needs: none for a TAP, `CAP_NET_RAW` and

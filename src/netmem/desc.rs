@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `NetmemDesc`: the page-like descriptor of one page of guest memory.
 //!
 //! The analogue of `struct netmem_desc` (pp, pp_ref_count, flags). Eight bytes, so a

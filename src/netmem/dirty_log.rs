@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! DOC: the migration dirty log
 //!
 //! While a guest migrates, the frontend copies its memory to the destination again and

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Guest memory faults: a frontend that shrinks a region's file after handing it over.
 //!
 //! Every region is checked against `fstat` of its file when it arrives

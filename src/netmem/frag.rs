@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `Frag` and `FragList`: a packet as an ordered list of contiguous pieces.
 //!
 //! `Frag` is `skb_frag_t` {netmem, offset, len}; `FragList` is the frag array of

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The netmem memory model (after Linux's `include/net/netmem.h` and `page_pool`).
 //!
 //! - `netmem_ref`: [`NetmemRef`], tagged handle to a page of guest memory or a net_iov.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `NetIovArea` and `NetIov`: fixed-size chunks of a device region.
 //!
 //! The analogue of Linux's `struct net_iov_area` and `struct net_iov`: memory that

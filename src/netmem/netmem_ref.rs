@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `NetmemRef`: a copyable handle to one unit of network memory.
 //!
 //! The analogue of Linux's `netmem_ref`: a 64-bit value whose low bit tags what it

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `GuestPageMap`: guest memory as regions of page descriptors (Linux: the memmap).
 //!
 //! `vm-memory` is the source of truth for mappings and bounds; `GuestPageMap` sits on top

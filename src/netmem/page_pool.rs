@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! DOC: page_pool allocator
 //!
 //! A recycling allocator of netmems for one RX queue, after Linux's

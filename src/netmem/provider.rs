@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `MemoryProvider`: where a page pool's memory comes from (Linux: `memory_provider_ops`).
 //!
 //! A provider owns one [`NetIovArea`] and hands its chunks to exactly one

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The process sandbox: a seccomp filter per kind of thread.
 //!
 //! Each thread enters its filter with one call to [`enter`] at the start of its run

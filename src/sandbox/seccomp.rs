@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! seccomp filters, one per kind of thread, built with rust-vmm's `seccompiler`.
 //!
 //! Allowlists: a syscall not listed is refused with `kill` (the whole process ends

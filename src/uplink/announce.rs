@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Announcing a guest on the network after it moved (VHOST_USER_SEND_RARP): the frame
 //! QEMU's own networking sends when a guest cannot announce itself, a RARP request from
 //! the guest's MAC to everyone, so that switches learn the guest's new port at once.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Uplinks: where guest packets go and where inbound packets come from.
 //!
 //! [`Uplink`] is the device (a TAP, an AF_XDP socket set, the null or loopback test

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Test and benchmark uplinks: `null` discards every transmitted packet and never
 //! receives; `loopback` reflects each transmitted packet back to the same queue
 //! pair's RX side (bounded: beyond [`LOOPBACK_DEPTH`] packets, sends are refused and

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! TAP uplink: `/dev/net/tun` with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`
 //! (`IFF_MULTI_QUEUE` for more than one queue pair), a 12-byte vnet header, offloads
 //! following the guest's acked features, one non-blocking fd per queue pair.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The request loop of one vhost-user connection.
 //!
 //! Each message is first read whole from the frontend's socket ([`super::framing`]:

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! vhost-user message framing: whole messages out of a byte stream that a frontend may
 //! write in any number of pieces.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `NetBackend`: our vhost-user request handler (the control plane's state).
 //!
 //! It keeps the negotiated features, the memory table (through `SharedPageMap`), the

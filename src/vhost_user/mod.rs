@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The vhost-user control plane: our request handler ([`NetBackend`]) and the loop
 //! that feeds it ([`connection`]), on top of the `vhost` crate's protocol layer.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Control-plane state of one virtqueue, as set by the frontend.
 
 use vmm_sys_util::eventfd::EventFd;

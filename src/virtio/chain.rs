@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Split-ring descriptor chain walker with precise errors.
 //!
 //! `virtio-queue` manages the avail and used rings; this walker follows one chain from

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! virtio-net device configuration space (`struct virtio_net_config`).
 
 use virtio_bindings::virtio_net::VIRTIO_NET_S_LINK_UP;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `virtio_net_hdr_v1`: the 12-byte header in front of every packet on the rings.
 
 use vm_memory::ByteValued;

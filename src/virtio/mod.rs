@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! virtio-net wire formats: the packet header, feature bits, config space and the
 //! split-ring descriptor chain walker.
 

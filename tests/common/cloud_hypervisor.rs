@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! cloud-hypervisor's way of driving a vhost-user-net backend, message for message: its
 //! `virtio-devices/src/vhost_user/vu_common_ctrl.rs` and `net.rs` at [`CH_VERSION`],
 //! through the same `vhost::vhost_user::Frontend` its VMM uses.

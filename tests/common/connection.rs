@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The VMM's side of the vhost-user connection: the setup messages a guest's VMM sends,
 //! through `vhost::vhost_user::Frontend`, plus raw messages where the `Frontend` API
 //! refuses an order QEMU really sends (and for malformed ones).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The real `vhost-netmem` binary as a child process.
 
 use std::io::{BufRead, BufReader};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A virtio-net "guest" driver: queue pairs in guest memory, TX chains, RX buffers,
 //! kicks and calls. Its VMM's part, the vhost-user setup, is in [`super::connection`].
 

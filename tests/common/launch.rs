@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Starting the daemon the way an orchestrator does: fds handed down at chosen numbers
 //! (close-on-exec cleared in the child only), a TAP opened here in the test's
 //! namespace, an unprivileged identity (`setpriv`), and a guest on the TAP with the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! memfd-backed guest memory laid out like QEMU's: regions of one memfd at different file
 //! offsets, each with its own guest-physical base.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Integration-test harness shared by every test crate in `tests/`.
 //!
 //! Module map:

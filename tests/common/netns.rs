@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Network namespaces the tests create (and always delete), and AF_PACKET sockets opened
 //! inside them.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Frame builders and the virtio-net header as the tests see it.
 
 /// A local experimental EtherType (IEEE 802 "local experimental 1") for raw test frames.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! One virtqueue of the guest driver: its split ring in guest memory, its kick and call
 //! eventfds, and the waits for used entries (as a driver that sleeps on calls, or as a
 //! plain poll); an RX and a TX queue make a queue pair.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A raw vhost-user frontend: messages built byte by byte, written in any pieces with
 //! any fds attached, for frontends that misbehave on purpose. Also the daemon's fd
 //! count and RSS from /proc.

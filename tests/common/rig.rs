@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Rigs: the real daemon and a guest connected to it, on the loopback uplink, or on a
 //! TAP or an AF_XDP veth inside a fresh network namespace with AF_PACKET sockets on the
 //! peer's end of the link.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The driver side of a split virtqueue, in guest memory.
 //!
 //! Layout (virtio 1.x, 2.7): descriptor table (16 bytes per entry), available ring

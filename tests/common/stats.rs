@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The daemon's `--stats-file`: `{"total": {...}, "queues": [{...}, ...]}`, each entry
 //! the queue counters plus the uplink's counter groups as objects (`"page_pool"`,
 //! `"xdp"`).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `Ring` against a driver ring in a test guest: popping, returning, publishing and
 //! notifying, and what a hostile or broken ring does to it.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `RxPath::process` over a driver ring in a test guest and an uplink that delivers
 //! scripted packets: one chain per packet, MRG_RXBUF gathering, the stash, giving
 //! chains back, too few or hostile buffers, notification suppression.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `TxPath::process` over a driver ring in a test guest and a scripted uplink: chain
 //! shapes, every drop reason, a blocked or zero-copy uplink, batching.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Parked pools: those destroyed while netmems were still in flight (Linux: a pool
 //! `page_pool_destroy` could not release at once, which a delayed work retries and
 //! the netlink page-pool dump still lists, detached, with its inflight count).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Page pool statistics (Linux: `struct page_pool_stats`, `page_pool_get_stats`).
 //!
 //! [`PagePoolStats`] is a snapshot with the kernel's counter names. The live counters

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Tests of the page pool: each path and counter on its own, over a checking provider
 //! (no netmem handed out twice, none returned that was not out).
 //!

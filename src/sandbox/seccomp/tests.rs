@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 use super::*;
 
 /// Fork; the child installs `prog` and makes the forbidden call, exiting 0 if it went

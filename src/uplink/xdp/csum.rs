@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Software completion of a partial checksum (`VIRTIO_NET_HDR_F_NEEDS_CSUM`).
 //!
 //! A guest that negotiated `VIRTIO_NET_F_CSUM` may hand over a packet whose L4

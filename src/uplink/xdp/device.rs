@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The AF_XDP device: [`Xdp`] opens an interface (name and queue checks, the XSKMAP
 //! redirect program, one [`XdpQueue`] per queue pair) and is the [`Uplink`] the control
 //! plane sees; [`XdpOptions`] are its choices and [`XDP_UNSUPPORTED_FEATURES`] what it

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! [`XdpError`]: everything that can go wrong setting up the AF_XDP uplink, from the
 //! interface name to the socket binds.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Zero-copy TX from guest memory (`--xdp-zerocopy-tx`): the guest's memory regions
 //! registered as a second UMEM, and guest packets sent straight from their pages.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! AF_XDP uplink: one XDP queue per queue pair, bound to the interface queue of the
 //! same index, each with its own UMEM (an RX socket, polled and in the XSKMAP, and a TX
 //! socket sharing its UMEM), and the XSKMAP redirect program in front.

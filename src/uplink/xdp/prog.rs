@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The XDP side of the AF_XDP uplink: an `XSKMAP` and the classic redirect program,
 //! loaded and attached with the `bpf(2)` syscall directly (no libbpf, no C toolchain).
 //!

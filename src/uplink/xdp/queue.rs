@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! One queue pair's AF_XDP queue, [`XdpQueue`]: RX and copy TX over the queue's own
 //! UMEM (zero-copy TX from guest memory is `zerocopy`'s), and the UMEM's frame budgets.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! One AF_XDP socket (XSK) with its own UMEM, set up with `xdpilone`: UMEM
 //! registration, fill/completion rings, RX/TX rings, bind to `(ifindex, queue)`.
 //! Zero-copy is asked for first; where the driver refuses, the whole socket is set

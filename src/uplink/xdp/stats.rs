@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! [`XdpQueueStats`]: the counters of one AF_XDP queue, exported beside its page pool's.
 
 use crate::metrics::{Counter, CounterGroup};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The UMEM of one AF_XDP queue: a [`NetIovArea`] whose chunks are the frames, handed
 //! out by the queue's own [`PagePool`].
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Zero-copy TX (`--xdp-zerocopy-tx`): a queue's [`ZeroCopyTx`] registers each guest
 //! memory snapshot its worker attaches as a second UMEM ([`GuestUmem`], on its own
 //! interface queue) and sends packets straight from it. Such a packet is in flight, its

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! The page pool's books under concurrency: the owner allocates (whole netmems and
 //! frags) and puts while another thread returns netmems through a recycler. A model of
 //! who holds what catches a netmem or frag handed out while still held, and whenever
