@@ -44,10 +44,15 @@ fuzz_target!(|data: &[u8]| {
         indirect,
     };
     let want = model::walk(mem, &map, &geom, head, &mut Ranges::default());
-    assert_eq!(got, want, "walker disagrees with the model (head {head}, size {size})");
+    assert_eq!(
+        got, want,
+        "walker disagrees with the model (head {head}, size {size})"
+    );
 
     let mut segs2 = Segments::new();
-    let via_mmap = walker.walk(map.mem(), head, &mut segs2).map(|()| segs2.to_vec());
+    let via_mmap = walker
+        .walk(map.mem(), head, &mut segs2)
+        .map(|()| segs2.to_vec());
     if via_mmap != got {
         // The only allowed difference: the page map refuses a descriptor that straddles
         // two adjacent regions, which vm-memory reads across.

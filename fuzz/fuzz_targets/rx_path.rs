@@ -91,7 +91,8 @@ fuzz_target!(|data: &[u8]| {
     let used_ok = mem.in_one_region(used_at, used_len);
     // Nothing the model read is rewritten, and no packet lands on the used ring (which
     // is read back below).
-    let clean = !reads.overlaps(&writes) && !reads.overlaps(&used_ring) && !writes.overlaps(&used_ring);
+    let clean =
+        !reads.overlaps(&writes) && !reads.overlaps(&used_ring) && !writes.overlaps(&used_ring);
 
     let m = QueueMetrics::default();
     let mut up = RxUplink::new(&inp.script);
@@ -105,23 +106,37 @@ fuzz_target!(|data: &[u8]| {
     if vnm_fuzz::debug() {
         eprintln!("model: {avail:?}\nchains: {expect:?}\nclean: {clean} used_ok: {used_ok}");
         eprintln!("uplink: {:?}\nmetrics: {:?}", up.received, m.snapshot());
-        eprintln!("indices: {:?} used: {:?}", ring.indices(), model::used_entries(&map, &geom, inp.next_used, end_used));
+        eprintln!(
+            "indices: {:?} used: {:?}",
+            ring.indices(),
+            model::used_entries(&map, &geom, inp.next_used, end_used)
+        );
     }
     let popped = end_avail.wrapping_sub(inp.next_avail);
     let returned = end_used.wrapping_sub(inp.next_used);
-    assert!(returned <= popped, "returned {returned} chains, popped {popped}");
+    assert!(
+        returned <= popped,
+        "returned {returned} chains, popped {popped}"
+    );
     if !clean {
         return;
     }
     // The guest (or a device write over its avail ring) did not add buffers meanwhile.
-    assert!(popped <= geom.size, "popped {popped} heads from a ring of {}", geom.size);
+    assert!(
+        popped <= geom.size,
+        "popped {popped} heads from a ring of {}",
+        geom.size
+    );
     if avail.broken {
         assert_eq!((popped, counter(&m, "ring_errors")), (0, 1));
         assert!(up.received.is_empty());
         return;
     }
     let popped = usize::from(popped);
-    assert!(popped <= expect.len(), "popped beyond the readable avail entries");
+    assert!(
+        popped <= expect.len(),
+        "popped beyond the readable avail entries"
+    );
 
     for name in [
         "rx_drop_bad_chain",
@@ -153,7 +168,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(counter(&m, "rx_uplink_errors"), up.errors);
 
     if used_ok {
-        assert!(ring.fault.is_none(), "ring broken although its used ring is in memory");
+        assert!(
+            ring.fault.is_none(),
+            "ring broken although its used ring is in memory"
+        );
         let used = model::used_entries(&map, &geom, inp.next_used, end_used);
         let want: Vec<u32> = avail.heads[..popped]
             .iter()
@@ -161,7 +179,11 @@ fuzz_target!(|data: &[u8]| {
             .map(|&h| u32::from(h))
             .collect();
         let ids: Vec<u32> = used.iter().map(|e| e.0).collect();
-        assert_eq!(sorted(&ids), sorted(&want), "used ids differ from popped heads");
+        assert_eq!(
+            sorted(&ids),
+            sorted(&want),
+            "used ids differ from popped heads"
+        );
         let caps: HashMap<u16, u64> = avail
             .heads
             .iter()

@@ -30,7 +30,10 @@ use vnm_fuzz::uplink::{TxAnswer, TxUplink};
 /// What the model expects the TX path to do with one chain.
 #[derive(Debug)]
 enum Expect {
-    Send { hdr: VirtioNetHdr, pkt: Vec<u8> },
+    Send {
+        hdr: VirtioNetHdr,
+        pkt: Vec<u8>,
+    },
     /// Dropped and counted under this counter.
     Drop(&'static str),
 }
@@ -128,17 +131,35 @@ fuzz_target!(|data: &[u8]| {
     let (end_avail, end_used) = ring.indices();
     if vnm_fuzz::debug() {
         eprintln!("model: {avail:?}\nchains: {expect:?}\nclean: {clean} used_ok: {used_ok}");
-        eprintln!("uplink: {:?}\nmetrics: {:?}", up.sent.iter().map(|s| (s.pkt.len(), s.answer)).collect::<Vec<_>>(), m.snapshot());
-        eprintln!("indices: {:?} used: {:?}", ring.indices(), model::used_entries(&map, &geom, inp.next_used, end_used));
+        eprintln!(
+            "uplink: {:?}\nmetrics: {:?}",
+            up.sent
+                .iter()
+                .map(|s| (s.pkt.len(), s.answer))
+                .collect::<Vec<_>>(),
+            m.snapshot()
+        );
+        eprintln!(
+            "indices: {:?} used: {:?}",
+            ring.indices(),
+            model::used_entries(&map, &geom, inp.next_used, end_used)
+        );
     }
     let popped = end_avail.wrapping_sub(inp.next_avail);
     let returned = end_used.wrapping_sub(inp.next_used);
-    assert!(returned <= popped, "returned {returned} chains, popped {popped}");
+    assert!(
+        returned <= popped,
+        "returned {returned} chains, popped {popped}"
+    );
     if !clean {
         return;
     }
     // The guest (or a device write over its avail ring) did not add buffers meanwhile.
-    assert!(popped <= geom.size, "popped {popped} heads from a ring of {}", geom.size);
+    assert!(
+        popped <= geom.size,
+        "popped {popped} heads from a ring of {}",
+        geom.size
+    );
 
     if avail.broken {
         assert_eq!((popped, counter(&m, "ring_errors")), (0, 1));
@@ -146,7 +167,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let popped = usize::from(popped);
-    assert!(popped <= expect.len(), "popped beyond the readable avail entries");
+    assert!(
+        popped <= expect.len(),
+        "popped beyond the readable avail entries"
+    );
 
     // The uplink saw the model's packets, in order; drops in between.
     let mut k = 0;
@@ -161,8 +185,16 @@ fuzz_target!(|data: &[u8]| {
         skip_drops(&mut k, &mut drops);
         match expect.get(k) {
             Some(Expect::Send { hdr, pkt }) => {
-                assert_eq!(&s.hdr, hdr, "header of the packet of head {}", avail.heads[k]);
-                assert!(&s.pkt == pkt, "bytes of the packet of head {}", avail.heads[k]);
+                assert_eq!(
+                    &s.hdr, hdr,
+                    "header of the packet of head {}",
+                    avail.heads[k]
+                );
+                assert!(
+                    &s.pkt == pkt,
+                    "bytes of the packet of head {}",
+                    avail.heads[k]
+                );
             }
             other => panic!("uplink got a packet, the model expected {other:?}"),
         }
@@ -175,7 +207,10 @@ fuzz_target!(|data: &[u8]| {
         .last()
         .is_some_and(|s| s.answer == TxAnswer::Status(SendStatus::WouldBlock));
     if blocked {
-        assert_eq!(k, popped, "a blocked packet's chain must stay on the avail side");
+        assert_eq!(
+            k, popped,
+            "a blocked packet's chain must stay on the avail side"
+        );
     } else {
         skip_drops(&mut k, &mut drops);
         assert_eq!(k, expect.len(), "ring not drained");
@@ -191,7 +226,8 @@ fuzz_target!(|data: &[u8]| {
         let want = drops.iter().filter(|d| **d == name).count() as u64;
         assert_eq!(counter(&m, name), want, "{name}");
     }
-    let count = |f: &dyn Fn(TxAnswer) -> bool| up.sent.iter().filter(|s| f(s.answer)).count() as u64;
+    let count =
+        |f: &dyn Fn(TxAnswer) -> bool| up.sent.iter().filter(|s| f(s.answer)).count() as u64;
     let went = |a: TxAnswer| {
         matches!(
             a,
@@ -208,7 +244,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(counter(&m, "tx_packets"), count(&went));
     assert_eq!(counter(&m, "tx_bytes"), went_bytes);
     assert_eq!(counter(&m, "tx_eagain"), count(&is(SendStatus::WouldBlock)));
-    assert_eq!(counter(&m, "tx_drop_uplink_down"), count(&is(SendStatus::Down)));
+    assert_eq!(
+        counter(&m, "tx_drop_uplink_down"),
+        count(&is(SendStatus::Down))
+    );
     assert_eq!(
         counter(&m, "tx_drop_uplink"),
         count(&|a| a == TxAnswer::Status(SendStatus::Dropped) || a == TxAnswer::Error)
@@ -216,7 +255,10 @@ fuzz_target!(|data: &[u8]| {
 
     // Every popped chain with a valid head went back once, with length 0.
     if used_ok {
-        assert!(ring.fault.is_none(), "ring broken although its used ring is in memory");
+        assert!(
+            ring.fault.is_none(),
+            "ring broken although its used ring is in memory"
+        );
         let used = model::used_entries(&map, &geom, inp.next_used, end_used);
         let want: Vec<u32> = avail.heads[..popped]
             .iter()
@@ -224,7 +266,11 @@ fuzz_target!(|data: &[u8]| {
             .map(|&h| u32::from(h))
             .collect();
         let ids: Vec<u32> = used.iter().map(|e| e.0).collect();
-        assert_eq!(sorted(&ids), sorted(&want), "used ids differ from popped heads");
+        assert_eq!(
+            sorted(&ids),
+            sorted(&want),
+            "used ids differ from popped heads"
+        );
         assert!(used.iter().all(|e| e.1 == 0), "TX used length not 0");
         if !used.is_empty() {
             let idx: u16 = map.mem().read_obj(GuestAddress(geom.used + 2)).unwrap_or(0);

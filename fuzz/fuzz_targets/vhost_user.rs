@@ -68,19 +68,18 @@ fuzz_target!(|data: &[u8]| {
     let msgs = vhost::decode(data);
     let fds_before = open_fds();
     {
-        let uplink: Arc<dyn Uplink> = Arc::new(
-            TestUplink::new(TestUplinkKind::Loopback, PAIRS).expect("loopback uplink"),
-        );
+        let uplink: Arc<dyn Uplink> =
+            Arc::new(TestUplink::new(TestUplinkKind::Loopback, PAIRS).expect("loopback uplink"));
         let metrics = Arc::new(DeviceMetrics::new(PAIRS));
         let backend = Arc::new(Mutex::new(NetBackend::new(
             Arc::clone(&fixed.config),
             SUPPORTED & !uplink.unsupported_features(),
             Arc::clone(&uplink),
-            metrics,
+            Arc::clone(&metrics),
         )));
         let (ours, theirs) = UnixStream::pair().expect("socketpair");
         let frontend = vhost::spawn_frontend(ours, msgs);
-        let _end = serve_connection(theirs, Arc::clone(&backend), &fixed.stop);
+        let _end = serve_connection(theirs, Arc::clone(&backend), metrics.control(), &fixed.stop);
         backend.lock().unwrap_or_else(|e| e.into_inner()).shutdown();
         frontend.join().expect("frontend thread");
         {
@@ -98,5 +97,9 @@ fuzz_target!(|data: &[u8]| {
         }
         assert_eq!(Arc::strong_count(&backend), 1, "backend still referenced");
     }
-    assert_eq!(open_fds(), fds_before, "file descriptors leaked by the connection");
+    assert_eq!(
+        open_fds(),
+        fds_before,
+        "file descriptors leaked by the connection"
+    );
 });

@@ -54,7 +54,11 @@ fuzz_target!(|data: &[u8]| {
 
     let h = VirtioNetHdr::from_bytes(&wire);
     assert_eq!(h.to_bytes(), wire, "wire format does not round-trip");
-    assert_eq!(h.as_slice(), &wire[..], "ByteValued view differs from the wire format");
+    assert_eq!(
+        h.as_slice(),
+        &wire[..],
+        "ByteValued view differs from the wire format"
+    );
 
     for features in [
         Features::from_bits(raw_features),
@@ -75,7 +79,11 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!((hdr_len, l), (h.hdr_len, len));
                 assert!(usize::from(hdr_len) > l);
             }
-            Err(HeaderError::Csum { start, offset, len: l }) => {
+            Err(HeaderError::Csum {
+                start,
+                offset,
+                len: l,
+            }) => {
                 assert_eq!((start, offset, l), (h.csum_start, h.csum_offset, len));
             }
             Err(HeaderError::GsoSize) => assert_eq!(h.gso_size, 0),

@@ -116,11 +116,8 @@ impl GuestMem {
 
     /// Whether `gpa..gpa + len` lies inside a single region.
     pub fn in_one_region(&self, gpa: u64, len: u64) -> bool {
-        gpa.checked_add(len).is_some_and(|end| {
-            self.regions
-                .iter()
-                .any(|r| r.0 <= gpa && end <= r.0 + r.1)
-        })
+        gpa.checked_add(len)
+            .is_some_and(|end| self.regions.iter().any(|r| r.0 <= gpa && end <= r.0 + r.1))
     }
 }
 

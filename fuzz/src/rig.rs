@@ -146,6 +146,7 @@ impl RingInput {
             call: (self.flags & 4 != 0).then(|| call.try_clone().expect("dup eventfd")),
             event_idx: self.flags & 1 != 0,
             indirect: self.flags & 2 != 0,
+            log: None,
         };
         // Keep the shared call eventfd from overflowing its counter.
         let _ = call.read();

@@ -4,9 +4,9 @@
 //! mutates. `examples/seeds.rs` writes them under `corpus/<target>/`.
 
 use vhost_netmem::virtio::features::{
-    self, VIRTIO_F_VERSION_1, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM,
-    VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_MRG_RXBUF,
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VHOST_USER_F_PROTOCOL_FEATURES,
+    self, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_NET_F_CSUM,
+    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_HOST_TSO4,
+    VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use vhost_netmem::virtio::VirtioNetHdr;
 
@@ -163,7 +163,11 @@ pub fn chain_walk() -> Vec<(&'static str, Vec<u8>)> {
         w.0
     };
     let mut direct = RingImage::new(16, 0, 0x100, 0x200);
-    direct.chain(&[(0x1000, 12, false), (0x1100, 100, false), (0x1200, 64, true)]);
+    direct.chain(&[
+        (0x1000, 12, false),
+        (0x1100, 100, false),
+        (0x1200, 64, true),
+    ]);
     let mut ind = RingImage::new(16, 0, 0x100, 0x200);
     ind.indirect(0x400, &[(0x1000, 12, false), (0x8000 - 8, 16, false)]);
     let mut looped = RingImage::new(16, 0, 0x100, 0x200);
@@ -225,7 +229,10 @@ pub fn tx_path() -> Vec<(&'static str, Vec<u8>)> {
     for h in [a, b, c] {
         mix.post(h);
     }
-    seeds.push(("mixed", ring_input(0, all, 2 | 4, &[0, 3, 4, 0, 1, 0], &mix)));
+    seeds.push((
+        "mixed",
+        ring_input(0, all, 2 | 4, &[0, 3, 4, 0, 1, 0], &mix),
+    ));
 
     // Chains the path must refuse: a writable buffer, a zero-length one, a loop,
     // outside memory, shorter than the header.
@@ -448,7 +455,12 @@ pub fn vhost_user() -> Vec<(&'static str, Vec<u8>)> {
         .u32(1)
         .u32(0)
         .bytes(&region(0, u64::from(MEM_PAGES) * 4096, USER_ADDR, 0));
-    qemu.push(Message::new(SET_MEM_TABLE, FLAG_NEED_REPLY, &table.0, vec![memfd()]));
+    qemu.push(Message::new(
+        SET_MEM_TABLE,
+        FLAG_NEED_REPLY,
+        &table.0,
+        vec![memfd()],
+    ));
     qemu.extend(ring_setup(0, 0));
     qemu.extend(ring_setup(1, 0x1000));
     let mut cfg = Writer::default();
@@ -467,7 +479,12 @@ pub fn vhost_user() -> Vec<(&'static str, Vec<u8>)> {
     one.u64(0)
         .bytes(&region(0, u64::from(MEM_PAGES) * 4096, USER_ADDR, 0));
     for _ in 0..2 {
-        slots.push(Message::new(ADD_MEM_REG, FLAG_NEED_REPLY, &one.0, vec![memfd()]));
+        slots.push(Message::new(
+            ADD_MEM_REG,
+            FLAG_NEED_REPLY,
+            &one.0,
+            vec![memfd()],
+        ));
     }
     slots.extend(ring_setup(2, 0));
     slots.extend(ring_setup(3, 0x1000));

@@ -59,9 +59,17 @@ impl UplinkQueue for TxUplink {
 
     fn send(&mut self, hdr: &VirtioNetHdr, pkt: &FragList<'_>) -> Result<SendStatus, UplinkError> {
         let mut bytes = vec![0u8; pkt.len()];
-        assert_eq!(pkt.copy_to(&mut bytes), pkt.len(), "frag list shorter than its length");
+        assert_eq!(
+            pkt.copy_to(&mut bytes),
+            pkt.len(),
+            "frag list shorter than its length"
+        );
         let iov_sum: usize = pkt.iovecs().iter().map(|v| v.iov_len).sum();
-        assert_eq!(iov_sum, pkt.len(), "iovecs do not add up to the frag list length");
+        assert_eq!(
+            iov_sum,
+            pkt.len(),
+            "iovecs do not add up to the frag list length"
+        );
         let answer = match self.script.pop_front().unwrap_or(0) % 8 {
             0..=2 => TxAnswer::Status(SendStatus::Sent),
             3 => TxAnswer::Status(SendStatus::InFlight),
@@ -182,7 +190,11 @@ impl UplinkQueue for RxUplink {
         for b in pkt.iter_mut().take(VNET_HDR_LEN) {
             *b = 0;
         }
-        assert_eq!(bufs.copy_from(&pkt), written, "frag list shorter than its length");
+        assert_eq!(
+            bufs.copy_from(&pkt),
+            written,
+            "frag list shorter than its length"
+        );
         self.received.push(Received {
             offered: bufs.len(),
             len,

@@ -141,18 +141,15 @@ fn make_fd(spec: &FdSpec) -> File {
             let f = memfd(size);
             crate::patch::apply(content, |at, bytes| {
                 let n = size.saturating_sub(at).min(bytes.len() as u64);
-                f.write_all_at(&bytes[..n as usize], at).expect("fill the memfd");
+                f.write_all_at(&bytes[..n as usize], at)
+                    .expect("fill the memfd");
             });
             f
         }
         FdSpec::EventFd(count) => {
             // SAFETY: eventfd(2) with a valid flag set; the result is checked.
-            let fd = unsafe {
-                libc::eventfd(
-                    u32::from(*count),
-                    libc::EFD_NONBLOCK | libc::EFD_CLOEXEC,
-                )
-            };
+            let fd =
+                unsafe { libc::eventfd(u32::from(*count), libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
             assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
             // SAFETY: `fd` is a fresh descriptor that nothing else owns.
             unsafe { File::from_raw_fd(fd) }
