@@ -203,7 +203,10 @@ impl RxPath {
         // as chains are used, so a small packet does not re-translate the whole stash.
         let mut frags = FragList::new();
         let mut covered = 0usize;
-        while packets < RX_BATCH as u64 {
+        // Packets read from the uplink, delivered or dropped: the batch budget, so a
+        // flood of packets that do not fit cannot keep the worker here.
+        let mut read = 0usize;
+        while read < RX_BATCH {
             // Top up the stash until it holds a whole packet's worth of buffers.
             let mut starved = false;
             while self.stash.is_empty() || (mrg && self.stash_cap < need) {
@@ -267,6 +270,7 @@ impl RxPath {
                     break;
                 }
             };
+            read += 1;
             if let Some(log) = ring.log() {
                 // Whatever the uplink wrote (a truncated packet's prefix too).
                 log_written(log, &self.stash, chains, (n as u64).min(offered));

@@ -320,6 +320,22 @@ fn a_truncated_packet_is_dropped_and_its_buffers_kept() {
 }
 
 #[test]
+fn packets_that_do_not_fit_count_against_the_batch_budget() {
+    let mut t = Rx::new(8, PLAIN);
+    t.post(&[256]);
+    let big = packet(1000, 1);
+    let flood: Vec<&Vec<u8>> = (0..RX_BATCH + 5).map(|_| &big).collect();
+    t.deliver(&flood);
+    assert_eq!(
+        t.process(),
+        RxOutcome::Budget,
+        "the worker gets back to its loop"
+    );
+    assert_eq!(t.r.m.rx_drop_truncated.get(), RX_BATCH as u64);
+    assert_eq!(t.r.up.inbound.len(), 5, "the rest waits for the next look");
+}
+
+#[test]
 fn hostile_rx_chains_are_dropped_and_counted() {
     let mut t = Rx::new(16, PLAIN);
     let w = |addr: u64, len: u32| Desc {
