@@ -15,6 +15,12 @@
 # VNM-POWEROFF. After boot the guest reads commands from the console, one a line:
 #   ping <name> <size> <count>       ping the host, result <name>
 #   iperf-mq <name> <seconds>        one iperf3 client per vCPU (pinned), ports 5201+cpu
+#   xfer <name> <port> <bytes> <sha256>
+#                                    two TCP transfers with the host, in the background
+#                                    (the `migrate` scenario): host -> guest from <port>
+#                                    (the received data's sha256 must be <sha256>), and
+#                                    guest -> host to <port>+1 of a fresh random file of
+#                                    <bytes> whose sha256 is printed first
 #   info                             print VNM-INFO again
 #   poweroff                         power off
 export PATH=/bin
@@ -111,6 +117,26 @@ do_iperf_mq() {
     if [ -z "$bad" ]; then pass "$name"; else fail "$name" "iperf3 failed on$bad"; fi
 }
 
+# xfer <name> <port> <bytes> <sha256>: results <name>-h2g (checked here) and <name>-g2h-sent
+# (the host checks the sha256 of what it received against the VNM-INFO line).
+do_xfer() {
+    name="$1" port="$2" bytes="$3" want="$4"
+    head -c "$bytes" /dev/urandom > /tmp/g2h
+    echo "VNM-INFO xfer $name g2h-sha256=$(sha256sum /tmp/g2h | cut -d' ' -f1)"
+    (
+        got="$(nc "$vnm_host" "$port" < /dev/null | sha256sum | cut -d' ' -f1)"
+        if [ "$got" = "$want" ]; then pass "$name-h2g"; else fail "$name-h2g" "sha256 $got"; fi
+    ) &
+    (
+        if nc "$vnm_host" $((port + 1)) < /tmp/g2h > /dev/null; then
+            pass "$name-g2h-sent"
+        else
+            fail "$name-g2h-sent" "nc exit $?"
+        fi
+    ) &
+    pass "$name-started"
+}
+
 do_ping ping-guest-to-host 56 3
 
 if ! iperf3 -s -D > /dev/null 2>&1; then
@@ -119,13 +145,14 @@ fi
 
 echo "VNM-READY"
 while true; do
-    if ! read -r -t "$vnm_idle" cmd a b c; then
+    if ! read -r -t "$vnm_idle" cmd a b c d; then
         fail idle "no command for $vnm_idle s"
         bye
     fi
     case "$cmd" in
         ping) do_ping "$a" "$b" "$c" ;;
         iperf-mq) do_iperf_mq "$a" "$b" ;;
+        xfer) do_xfer "$a" "$b" "$c" "$d" ;;
         info) info ;;
         poweroff) bye ;;
         "") ;;
