@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 # /init of the guest-test guest (busybox sh).
 #
 # Kernel command line `key=value` pairs arrive as environment:

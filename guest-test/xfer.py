@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 """The host end of the `migrate` scenario's two paced TCP transfers (run in its namespace).
 
     xfer.py ADDR PORT FILE BYTES RATE TIMEOUT
