@@ -209,14 +209,22 @@ impl RxPath {
         while read < RX_BATCH {
             // Top up the stash until it holds a whole packet's worth of buffers.
             let mut starved = false;
+            // Turning kicks on found chains, yet none could be popped: do not ask again
+            // until one is (an index that promises what the ring cannot give would
+            // otherwise keep the worker here for ever; found by fuzzing).
+            let mut rechecked = false;
             while self.stash.is_empty() || (mrg && self.stash_cap < need) {
-                if !self.stash_one(ring, map, m) {
-                    if ring.fault.is_some() || !ring.enable_notification(mem) {
-                        starved = true;
-                        break;
-                    }
-                    ring.disable_notification(mem);
+                if self.stash_one(ring, map, m) {
+                    rechecked = false;
+                    continue;
                 }
+                if ring.fault.is_some() || !ring.enable_notification(mem) || rechecked {
+                    // Kicks are on (or the ring is broken): wait for the guest.
+                    starved = true;
+                    break;
+                }
+                rechecked = true;
+                ring.disable_notification(mem);
             }
             // A guest whose whole ring holds less than a maximal frame still gets
             // packets (a larger one would be truncated by the uplink).
