@@ -292,8 +292,24 @@ impl NetBackend {
         }
         self.uplink.detach_memory();
         self.memory.clear();
-        self.log = None;
+        self.replace_log(None);
         self.log_fd = None;
+    }
+
+    /// Put `new` in place of the dirty log (None: the connection ends), reporting the
+    /// writes the old one could not log: the frontend would otherwise migrate stale
+    /// pages without anyone saying so.
+    fn replace_log(&mut self, new: Option<Arc<DirtyLog>>) {
+        let Some(old) = std::mem::replace(&mut self.log, new) else {
+            return;
+        };
+        if old.missed() > 0 {
+            log::error!(
+                "{} page writes were beyond the dirty log (it covers guest memory up to {:#x}) and could not be logged",
+                old.missed(),
+                old.covers()
+            );
+        }
     }
 
     fn eventfd(file: Option<File>) -> Option<EventFd> {
@@ -599,14 +615,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
             log.mmap_size,
             new.covers()
         );
-        if let Some(old) = self.log.replace(Arc::new(new)) {
-            if old.missed() > 0 {
-                log::error!(
-                    "{} page writes were beyond the previous dirty log and could not be logged",
-                    old.missed()
-                );
-            }
-        }
+        self.replace_log(Some(Arc::new(new)));
         // Running rings move to the new log.
         self.sync_all();
         Ok(())
