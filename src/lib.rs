@@ -15,6 +15,7 @@
 //! - [`uplink`]: `trait Uplink`; TAP, AF_XDP, null and loopback.
 //! - [`log_limit`]: rate-limited logging for guest- and frontend-triggered events.
 //! - [`metrics`]: per-queue-pair counters and their JSON exposition.
+//! - [`ratelimit`]: per-queue-pair token-bucket limits, shared by control and workers.
 //! - [`sandbox`]: a seccomp filter per kind of thread (`--seccomp`).
 
 pub mod config;
@@ -24,6 +25,7 @@ pub mod launch;
 pub mod log_limit;
 pub mod metrics;
 pub mod netmem;
+pub mod ratelimit;
 pub mod sandbox;
 pub mod uplink;
 pub mod vhost_user;
