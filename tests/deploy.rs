@@ -21,23 +21,14 @@ use common::launch::{
     PassedTapRig, UNPRIVILEGED,
 };
 use common::netns::NetNs;
-use common::packet::{guest_frames, test_frame, GUEST_MAC, PEER_MAC};
+use common::packet::guest_frames;
 use common::{privileged, unique, STATS_TIMEOUT, TIMEOUT};
 
 const TAP: &str = "vnmfd0";
 
-/// Frames from the peer towards the guest.
+/// Frames from the peer towards the guest, 97 bytes longer each from 60.
 fn peer_frames(seed: u32, n: usize) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|i| {
-            test_frame(
-                GUEST_MAC,
-                PEER_MAC,
-                seed + u32::try_from(i).unwrap(),
-                60 + 97 * i,
-            )
-        })
-        .collect()
+    common::packet::peer_frames(seed, n, 60, 60 + 97 * n.saturating_sub(1))
 }
 
 fn socket_path() -> PathBuf {

@@ -12,7 +12,7 @@ use std::os::unix::fs::FileExt;
 
 use common::guest::{bit, Guest, GuestConfig, TxLayout, BASE_FEATURES};
 use common::memory::REGIONS;
-use common::packet::{guest_frames, VnetHdr, GUEST_MAC};
+use common::packet::{guest_frames, peer_frames, VnetHdr, ETH_P_TEST, GUEST_MAC};
 use common::raw::memfd;
 use common::rig::Rig;
 use common::ring::Used;
@@ -338,4 +338,34 @@ fn send_rarp_without_the_feature_is_refused() {
     r.conn().send_raw(REQ_SEND_RARP, 1, 8, &mac_u64(GUEST_MAC));
     r.g.loopback_roundtrip(0, &guest_frames(4300, 2, 60, 200));
     r.d.wait_stderr("protocol feature RARP not acked", TIMEOUT);
+}
+
+/// Issue 11: a ring set that resumes a running guest (RX base not zero: the destination
+/// of a migration, a reconnect) announces `--mac` at once, without SEND_RARP (QEMU
+/// sends none once GUEST_ANNOUNCE is acked); a fresh start (base zero) does not.
+#[test]
+fn a_resumed_ring_announces_the_guest_at_once() {
+    let test = "a_resumed_ring_announces_the_guest_at_once";
+    let Some(mut r) = Rig::on_tap(test, GuestConfig::default(), "vnmrarp1") else {
+        return;
+    };
+    let cap = r.ns().packet_socket("vnmrarp1", ETH_P_RARP, false);
+    r.g.post_rx(0, 8, 2048);
+    let frames = peer_frames(4400, 4, 60, 600);
+    r.inject(&frames, ETH_P_TEST);
+    assert_eq!(r.g.recv(0, frames.len(), TIMEOUT).len(), frames.len());
+    assert!(
+        cap.recv(std::time::Duration::from_millis(300)).is_none(),
+        "a ring set starting from base 0 announced the guest"
+    );
+    r.reconnect();
+    let got = cap
+        .recv(TIMEOUT)
+        .unwrap_or_else(|| r.d.fail("no RARP on the TAP after the rings resumed"));
+    assert_eq!(&got[..6], &[0xff; 6], "a broadcast");
+    assert_eq!(&got[6..12], &GUEST_MAC, "from the guest's MAC");
+    assert_eq!(&got[12..14], &[0x80, 0x35], "a RARP");
+    r.d.wait_stderr("announced 52:54:00", TIMEOUT);
+    // The resumed rings carry traffic.
+    r.send_to_peer(0, &guest_frames(4500, 2, 60, 200));
 }

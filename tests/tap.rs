@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::guest::{bit, GuestConfig, BASE_FEATURES};
 use common::packet::{
-    assert_bytes, guest_frames, ipv4_tcp_frame, ipv4_udp_frame, pattern, test_frame, total_len,
+    assert_bytes, guest_frames, ipv4_tcp_frame, ipv4_udp_frame, pattern, peer_frames, total_len,
     VnetHdr, ETH_P_IP, ETH_P_TEST, GUEST_MAC, PEER_MAC, VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
 };
@@ -31,16 +31,6 @@ const TAP: &str = "vnmtap0";
 /// `None` when not root.
 fn tap_rig(test: &str, cfg: GuestConfig) -> Option<Rig> {
     Rig::on_tap(test, cfg, TAP)
-}
-
-/// `n` raw frames towards the guest.
-fn peer_frames(seed: u32, n: usize, min_len: usize, max_len: usize) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|i| {
-            let len = min_len + (max_len - min_len) * i / n.max(2).saturating_sub(1);
-            test_frame(GUEST_MAC, PEER_MAC, seed + u32::try_from(i).unwrap(), len)
-        })
-        .collect()
 }
 
 #[test]

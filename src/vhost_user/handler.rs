@@ -63,6 +63,8 @@ pub struct NetBackend {
     log: Option<Arc<DirtyLog>>,
     /// SET_LOG_FD's file.
     log_fd: Option<File>,
+    /// Whether the guest was announced since the device last started (`announce_resume`).
+    announced: bool,
 }
 
 impl NetBackend {
@@ -86,6 +88,7 @@ impl NetBackend {
             workers: (0..pairs).map(|_| None).collect(),
             log: None,
             log_fd: None,
+            announced: false,
             config,
         }
     }
@@ -260,6 +263,7 @@ impl NetBackend {
                 return;
             }
         };
+        let resumed = rx.as_ref().is_some_and(|r| r.next_avail != 0);
         let spec = WorkerSpec {
             pair,
             rx,
@@ -275,7 +279,38 @@ impl NetBackend {
         };
         match PairWorker::spawn(spec) {
             Ok(w) => self.workers[pair] = Some(w),
-            Err(e) => log::error!("queue pair {pair}: cannot start worker: {e}"),
+            Err(e) => {
+                log::error!("queue pair {pair}: cannot start worker: {e}");
+                return;
+            }
+        }
+        if resumed {
+            self.announce_resume();
+        }
+    }
+
+    /// A receive ring that starts from a non-zero base resumes a running guest: the
+    /// destination of a live migration, or a frontend reconnecting to a restarted
+    /// backend. Its MAC now sits behind this uplink, and the switches do not know it:
+    /// announce it with a RARP broadcast at once, once per device start. QEMU does that
+    /// itself only for guests without GUEST_ANNOUNCE (SEND_RARP); with it, the guest
+    /// announces itself, which under load or TCG comes tens to hundreds of
+    /// milliseconds later, and every packet for the guest until then goes to the old
+    /// port. The MAC is the configured one (`--mac`), the one the frontend's device
+    /// must carry.
+    fn announce_resume(&mut self) {
+        if self.announced {
+            return;
+        }
+        self.announced = true;
+        match self.send_rarp(self.config.mac) {
+            Ok(()) => {}
+            Err(crate::uplink::UplinkError::Io(e))
+                if e.kind() == std::io::ErrorKind::Unsupported =>
+            {
+                log::debug!("resumed guest not announced: {e}")
+            }
+            Err(e) => log::warn!("cannot announce the resumed guest: {e}"),
         }
     }
 
@@ -461,8 +496,11 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
         let i = self.ring_index(index)?;
         let pair = i / 2;
         self.stop_pair(pair);
-        // The ring is stopped until its next SET_VRING_KICK.
+        // The ring is stopped until its next SET_VRING_KICK; the device stops with it
+        // (the source of a migration), so a later resume announces again (a cancelled
+        // migration moves the guest back here).
         self.vrings[i].kick = None;
+        self.announced = false;
         self.sync_pair(pair);
         Ok(VhostUserVringState::new(
             index,

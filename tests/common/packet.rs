@@ -199,9 +199,10 @@ pub fn assert_bytes(got: &[u8], want: &[u8], what: &str) {
     }
 }
 
-/// `n` raw test frames from the guest (broadcast), seeds `seed..seed+n`, lengths spread
-/// over `min_len..=max_len`.
-pub fn guest_frames(seed: u32, n: usize, min_len: usize, max_len: usize) -> Vec<Vec<u8>> {
+/// `n` test frames from `src` to `dst`, seeds `seed..seed+n`, lengths spread over
+/// `min_len..=max_len`.
+fn frames(dst: [u8; 6], src: [u8; 6], seed: u32, n: usize, lens: (usize, usize)) -> Vec<Vec<u8>> {
+    let (min_len, max_len) = lens;
     (0..n)
         .map(|i| {
             let len = if n > 1 {
@@ -210,9 +211,20 @@ pub fn guest_frames(seed: u32, n: usize, min_len: usize, max_len: usize) -> Vec<
                 min_len
             };
             let s = seed + u32::try_from(i).expect("fits");
-            test_frame(BROADCAST, GUEST_MAC, s, len)
+            test_frame(dst, src, s, len)
         })
         .collect()
+}
+
+/// `n` raw test frames from the guest (broadcast), seeds `seed..seed+n`, lengths spread
+/// over `min_len..=max_len`.
+pub fn guest_frames(seed: u32, n: usize, min_len: usize, max_len: usize) -> Vec<Vec<u8>> {
+    frames(BROADCAST, GUEST_MAC, seed, n, (min_len, max_len))
+}
+
+/// `n` raw test frames from the peer to the guest, as [`guest_frames`].
+pub fn peer_frames(seed: u32, n: usize, min_len: usize, max_len: usize) -> Vec<Vec<u8>> {
+    frames(GUEST_MAC, PEER_MAC, seed, n, (min_len, max_len))
 }
 
 /// Total length of `frames`.
