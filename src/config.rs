@@ -10,6 +10,8 @@ use crate::launch::activation::ActivatedSocket;
 use crate::sandbox::SeccompMode;
 use crate::uplink::tap::valid_ifname;
 
+pub mod file;
+
 /// Errors in the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -235,6 +237,12 @@ pub struct Cli {
     /// conventions: {"type": "net"}) and exit; other options are ignored.
     #[arg(long)]
     pub print_capabilities: bool,
+
+    /// Read options from this TOML file first: each key is a long option's name
+    /// (`queues = 2`, `once = true`, `tap-fd = [3, 4]`); options given on the command
+    /// line override the file's.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     /// seccomp filter per thread (control loop, queue workers, stats writer): what a
     /// syscall outside the thread's allowlist gets.

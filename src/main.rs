@@ -3,13 +3,14 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use vhost_netmem::config::{Cli, NetConfig};
+use vhost_netmem::config::file::{self, Parsed};
+use vhost_netmem::config::NetConfig;
 use vhost_netmem::daemon;
 use vhost_netmem::launch::activation::ListenEnv;
 use vhost_netmem::launch::conventions;
 
-fn report(e: &dyn std::error::Error) -> ExitCode {
+/// `e` and its sources, each once.
+fn message(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {
@@ -20,7 +21,11 @@ fn report(e: &dyn std::error::Error) -> ExitCode {
         }
         src = s.source();
     }
-    eprintln!("vhost-netmem: error: {msg}");
+    msg
+}
+
+fn report(e: &dyn std::error::Error) -> ExitCode {
+    eprintln!("vhost-netmem: error: {}", message(e));
     ExitCode::FAILURE
 }
 
@@ -32,9 +37,14 @@ fn main() -> ExitCode {
     }
     // Still one thread: the environment may be changed.
     let listen_env = ListenEnv::take();
-    let cli = Cli::parse();
+    let (cli, origins) = match file::parse(std::env::args_os().collect()) {
+        Parsed::Cli(cli, origins) => (*cli, origins),
+        Parsed::Clap(e) => e.exit(),
+        Parsed::File(e) => return report(&e),
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
+        .format_timestamp_millis()
         .init();
     let activated = if cli.has_socket_option() {
         if listen_env.fds.is_some() {
@@ -49,7 +59,10 @@ fn main() -> ExitCode {
     };
     let config = match NetConfig::from_cli_with(cli, activated) {
         Ok(c) => c,
-        Err(e) => return report(&e),
+        Err(e) => {
+            eprintln!("vhost-netmem: error: {}", origins.explain(&message(&e)));
+            return ExitCode::FAILURE;
+        }
     };
     match daemon::run(config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -353,3 +353,77 @@ fn help_names_the_deployment_options() {
         assert!(help.contains(opt), "--help does not name {opt}:\n{help}");
     }
 }
+
+/// Issue 13: `--config FILE` is written to a temp file removed on drop.
+struct ConfigFile(std::path::PathBuf);
+
+impl ConfigFile {
+    fn new(text: &str) -> Self {
+        let path = std::path::PathBuf::from(format!("{}.toml", unique("/tmp/vnm-config")));
+        std::fs::write(&path, text).unwrap();
+        ConfigFile(path)
+    }
+
+    fn arg(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Issue 13: a config file's errors name the file, the line and the key, and a check
+/// made after parsing (a multicast MAC) is traced back to the file's line.
+#[test]
+fn config_file_errors_name_the_file_line_and_key() {
+    let sock = socket();
+    let cases = [
+        (
+            format!("socket = \"{sock}\"\nuplink = \"null\"\nqeueus = 2\n"),
+            "line 3, key `qeueus`",
+        ),
+        (
+            format!("socket = \"{sock}\"\nuplink = \"null\"\n\nqueues = \"two\"\n"),
+            "line 4, key `queues`",
+        ),
+        (
+            format!("socket = \"{sock}\"\nuplink = \"null\"\nmac = \"01:00:00:00:00:01\"\n"),
+            "line 3, key `mac`",
+        ),
+        ("socket = \n".to_string(), "line 1"),
+        ("once = 1\n".to_string(), "key `once`"),
+    ];
+    for (text, mention) in cases {
+        let f = ConfigFile::new(&text);
+        let arg = f.arg();
+        refused(&["--config", &arg], mention);
+        refused(&["--config", &arg], &arg);
+    }
+    refused(
+        &["--config", "/nonexistent/vnm.toml"],
+        "/nonexistent/vnm.toml",
+    );
+}
+
+/// Issue 13: a daemon runs from a config file, and the command line overrides it.
+#[test]
+fn a_daemon_runs_from_its_config_file_and_the_command_line_overrides_it() {
+    let sock = socket();
+    let f = ConfigFile::new(&format!(
+        "# vhost-netmem test configuration\nsocket = \"{sock}\"\nuplink = \"null\"\nqueues = 4\nmtu = 9000\n"
+    ));
+    let arg = f.arg();
+    let mut d = Daemon::spawn_raw(&["--config", &arg, "--queues", "2"]);
+    d.socket = sock.clone().into();
+    let log = d.wait_stderr("queue pair(s)", TIMEOUT);
+    assert!(
+        log.contains("2 queue pair(s)"),
+        "the command line's --queues wins:\n{log}"
+    );
+    assert!(log.contains(&sock), "the file's socket is used:\n{log}");
+    d.wait_socket_file(TIMEOUT);
+    d.assert_running("serving from a config file");
+}
