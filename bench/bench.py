@@ -41,7 +41,7 @@ FRONT_CPU = 0
 BACK_CPU = 1
 GUEST_MAC = "52:54:00:12:34:56"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-RING_RX_BURST = 128  # packets circulating in the ring-rx (reflect) rows
+RING_IO_BURST = 128  # packets circulating in the ring-io (reflect) rows
 
 
 class BenchError(Exception):
@@ -259,10 +259,16 @@ WORKLOADS = [
              "`--uplink null`, DPDK vhost PMD rxonly; counted: packets the backend took "
              "(vhost-netmem tx_packets, testpmd RX-packets of the vhost port)"),
     Workload("ring-rx", "ring", "rx",
-             "guest RX through the ring path, reflected: frontend io with --tx-first "
-             f"--burst={RING_RX_BURST} ({RING_RX_BURST} packets circulating); vhost-netmem `--uplink loopback`, DPDK vhost "
+             "guest RX through the ring path alone, each backend building packets from a "
+             "template: vhost-netmem `--uplink generator --generator-size SIZE`, DPDK vhost "
+             "PMD testpmd txonly `--txpkts=SIZE` (both a UDP/IPv4 frame of SIZE bytes); "
+             "frontend rxonly; counted: packets the frontend received"),
+    Workload("ring-io", "ring", "io",
+             "guest TX and RX through the ring path, reflected: frontend io with --tx-first "
+             f"--burst={RING_IO_BURST} ({RING_IO_BURST} packets circulating); vhost-netmem `--uplink loopback`, DPDK vhost "
              "PMD io forwarding back to the same port; counted: packets the frontend "
-             "received. Each packet crosses the TX ring and the RX ring once"),
+             "received. Each packet crosses the TX ring and the RX ring once, and "
+             "vhost-netmem's loopback copies it out of guest memory and back in"),
     Workload("tap-tx", "tap", "tx",
              "guest TX to a TAP in the namespace: frontend txonly; counted: the TAP's "
              "rx_packets (what reached the kernel)"),
@@ -305,10 +311,12 @@ class Backend:
             return False, "a --peer command has only {socket} and {tap}: TAP rows only"
         return True, ""
 
-    def argv(self, wl, ctx, cfg):
+    def argv(self, wl, ctx, cfg, size):
         if self.kind == "vhost-netmem":
             a = [cfg.bin, "--socket", ctx.socket, "--mac", GUEST_MAC, "--stats-file", ctx.stats]
-            a += {"ring": ["--uplink", "null" if wl.direction == "tx" else "loopback"],
+            ring = {"tx": ["--uplink", "null"], "io": ["--uplink", "loopback"],
+                    "rx": ["--uplink", "generator", "--generator-size", str(size)]}[wl.direction]
+            a += {"ring": ring,
                   "tap": ["--tap", ctx.tap], "xdp": ["--xdp", ctx.veth]}[wl.uplink]
             return a + self.extra
         if self.kind == "dpdk":
@@ -322,6 +330,8 @@ class Backend:
             a += ["--", "--nb-cores=1", "--total-num-mbufs=16384", "--stats-period=1"]
             if wl.uplink == "ring" and wl.direction == "tx":
                 a.append("--forward-mode=rxonly")
+            elif wl.uplink == "ring" and wl.direction == "rx":
+                a += ["--forward-mode=txonly", f"--txpkts={size}"]
             elif wl.uplink == "ring":
                 a += ["--forward-mode=io", "--port-topology=loop"]
             else:
@@ -339,8 +349,8 @@ def frontend_argv(wl, ctx, size):
          "--", "--nb-cores=1", "--total-num-mbufs=16384", "--stats-period=1", f"--txpkts={size}"]
     if wl.direction == "tx":
         a.append("--forward-mode=txonly")
-    elif wl.uplink == "ring":
-        a += ["--forward-mode=io", "--port-topology=loop", "--tx-first", f"--burst={RING_RX_BURST}"]
+    elif wl.direction == "io":
+        a += ["--forward-mode=io", "--port-topology=loop", "--tx-first", f"--burst={RING_IO_BURST}"]
     else:
         a.append("--forward-mode=rxonly")
     return a
@@ -406,7 +416,7 @@ def run_one(cfg, backend, wl, size, rep, tmp, logdir, serial):
             run_cmd(["ip", "-n", ns, "link", "add", ctx.veth, "type", "veth", "peer", "name", ctx.peer])
             for dev in (ctx.veth, ctx.peer):
                 run_cmd(["ip", "-n", ns, "link", "set", dev, "up"])
-        be_argv = pinned(BACK_CPU, backend.argv(wl, ctx, cfg), ns)
+        be_argv = pinned(BACK_CPU, backend.argv(wl, ctx, cfg, size), ns)
         be_log = os.path.join(logdir, tag + ".backend.log")
         is_testpmd = backend.kind == "dpdk"
         be = PROCS.start(f"backend {backend.name}", be_argv, be_log, stdout_pipe=is_testpmd)
@@ -451,7 +461,7 @@ def run_one(cfg, backend, wl, size, rep, tmp, logdir, serial):
                 return stats.sample(port, "rx")
             return count
 
-        if wl.direction == "rx":
+        if wl.direction in ("rx", "io"):
             count = fresh_testpmd(fe_stats, 0)
         elif wl.uplink == "ring" and backend.kind == "dpdk":
             count = fresh_testpmd(be_stats, 0)

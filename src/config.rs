@@ -30,6 +30,9 @@ pub enum ConfigError {
     /// Bad MTU.
     #[error("invalid --mtu {0}: must be 68 to 65535")]
     Mtu(u32),
+    /// A generator frame length out of range.
+    #[error("invalid --generator-size {0}: must be 60 up to the MTU plus 14 ({1})")]
+    GeneratorSize(u32, u32),
     /// Bad AF_XDP interface name.
     #[error("invalid --xdp {0:?}: an interface name of 1 to 15 characters")]
     XdpName(String),
@@ -106,6 +109,10 @@ pub enum TestUplinkArg {
     Null,
     /// Reflect every transmitted packet back to the guest on the same queue pair.
     Loopback,
+    /// Receive a fixed UDP frame (--generator-size bytes) whenever the guest has a
+    /// buffer; discard every transmitted packet (DPDK testpmd's txonly, seen from the
+    /// guest's RX ring).
+    Generator,
 }
 
 /// vhost-user-net backend: moves a VM's virtio-net traffic between a vhost-user socket
@@ -173,6 +180,11 @@ pub struct Cli {
     /// Test/benchmark uplink instead of a TAP.
     #[arg(long, value_enum, value_name = "KIND")]
     pub uplink: Option<TestUplinkArg>,
+
+    /// With --uplink generator: the length of each generated frame, Ethernet header to
+    /// payload end (no FCS), 60 up to the MTU plus 14.
+    #[arg(long, default_value_t = 64, value_name = "BYTES")]
+    pub generator_size: u32,
 
     /// Queue pairs offered to the guest (one worker thread each).
     #[arg(long, default_value_t = 1, value_name = "N")]
@@ -333,12 +345,24 @@ pub struct NetConfig {
     pub tx_holdoff: Option<std::time::Duration>,
     /// AF_XDP zero-copy TX from guest memory.
     pub xdp_zerocopy_tx: bool,
+    /// Frame length of the generator test uplink.
+    pub generator_size: usize,
     /// Ceiling on the total guest memory of a connection, in bytes.
     pub max_guest_memory: u64,
     /// `--user` and `--group`, resolved when the daemon starts.
     pub user: Option<(String, Option<String>)>,
     /// seccomp mode for every thread's filter.
     pub seccomp: SeccompMode,
+}
+
+/// `--generator-size` checked against the MTU.
+fn generator_size(size: u32, mtu: u32) -> Result<usize, ConfigError> {
+    let max = mtu.saturating_add(14);
+    let min = u32::try_from(crate::uplink::generator::MIN_FRAME).unwrap_or(60);
+    if size < min || size > max {
+        return Err(ConfigError::GeneratorSize(size, max));
+    }
+    usize::try_from(size).map_err(|_| ConfigError::GeneratorSize(size, max))
 }
 
 /// `mac` as text, `52:54:00:12:34:56`.
@@ -481,6 +505,7 @@ impl NetConfig {
             tx_holdoff: (cli.tx_holdoff > 0)
                 .then(|| std::time::Duration::from_micros(u64::from(cli.tx_holdoff))),
             xdp_zerocopy_tx: cli.xdp_zerocopy_tx,
+            generator_size: generator_size(cli.generator_size, cli.mtu)?,
             max_guest_memory,
             user,
             seccomp: cli.seccomp,

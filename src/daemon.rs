@@ -14,6 +14,7 @@ use crate::config::{NetConfig, SocketConfig, TestUplinkArg, UplinkConfig};
 use crate::launch::fds::{PassedFdError, PassedSocket};
 use crate::launch::privilege::{self, PrivilegeError, Retained};
 use crate::metrics::DeviceMetrics;
+use crate::uplink::generator::Generator;
 use crate::uplink::null::{TestUplink, TestUplinkKind};
 use crate::uplink::tap::Tap;
 use crate::uplink::xdp::{Xdp, XdpOptions};
@@ -96,6 +97,9 @@ pub fn open_uplink(config: &NetConfig) -> Result<Arc<dyn Uplink>, UplinkError> {
         }
         UplinkConfig::Test(TestUplinkArg::Loopback) => {
             Arc::new(TestUplink::new(TestUplinkKind::Loopback, pairs)?)
+        }
+        UplinkConfig::Test(TestUplinkArg::Generator) => {
+            Arc::new(Generator::new(pairs, config.generator_size)?)
         }
         UplinkConfig::Xdp(iface) => Arc::new(Xdp::open_with(
             iface,

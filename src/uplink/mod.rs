@@ -1,14 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Uplinks: where guest packets go and where inbound packets come from.
 //!
-//! [`Uplink`] is the device (a TAP, an AF_XDP socket set, the null or loopback test
-//! uplinks); it hands out one [`UplinkQueue`] per queue pair, which the pair's worker
+//! [`Uplink`] is the device (a TAP, an AF_XDP socket set, the null, loopback and
+//! generator test uplinks); it hands out one [`UplinkQueue`] per queue pair, which the pair's worker
 //! owns while it runs. TX takes a parsed virtio-net header and the packet as a
 //! [`FragList`] over guest pages; RX writes one packet (virtio header first) into a
 //! [`FragList`] over guest buffers. [`announce`] builds the RARP frame a migrated
 //! guest is announced with ([`Uplink::announce`]).
 
 pub mod announce;
+pub mod generator;
 pub mod null;
 pub mod tap;
 pub mod xdp;
