@@ -19,7 +19,7 @@ fi
 
 # Debian packages: QEMU, the guest's iperf3 and busybox, the host's ping, ip, ethtool and
 # sysctl (the AF_XDP scenario's veth), libvirtd and virsh (the libvirt scenario starts a
-# libvirtd of its own; the package's services are not started in a container).
+# libvirtd of its own and leaves any system libvirt alone).
 pkgs=(qemu-system-x86 iperf3 busybox-static iputils-ping iproute2 ethtool procps python3
       libvirt-daemon-system libvirt-clients)
 missing=()
