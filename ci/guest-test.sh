@@ -18,8 +18,10 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # Debian packages: QEMU, the guest's iperf3 and busybox, the host's ping, ip, ethtool and
-# sysctl (the AF_XDP scenario's veth).
-pkgs=(qemu-system-x86 iperf3 busybox-static iputils-ping iproute2 ethtool procps python3)
+# sysctl (the AF_XDP scenario's veth), libvirtd and virsh (the libvirt scenario starts a
+# libvirtd of its own and leaves any system libvirt alone).
+pkgs=(qemu-system-x86 iperf3 busybox-static iputils-ping iproute2 ethtool procps python3
+      libvirt-daemon-system libvirt-clients)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
