@@ -493,7 +493,18 @@ def run_one(cfg, backend, wl, size, rep, tmp, logdir, serial):
         fe0 = fe_stats.sample(0, "tx")
         nm0 = read_stats_file(ctx.stats) if backend.kind == "vhost-netmem" else None
         dev0 = netdev(be.pid, uplink_dev) if uplink_dev else None
+        prof = None
+        if cfg.perf and backend.kind == "vhost-netmem":
+            # The backend's profile over the measurement window (cpu-clock sampling:
+            # this machine has no hardware counters), reported after the run.
+            prof_data = os.path.join(logdir, tag + ".perf.data")
+            prof = subprocess.Popen(["perf", "record", "-q", "-g", "-F", "999", "-p", str(be.pid),
+                                     "-o", prof_data, "--", "sleep", str(cfg.duration)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(cfg.duration)
+        if prof is not None:
+            prof.wait(timeout=cfg.duration + 30)
+            res["profile"] = perf_top(prof_data, os.path.join(logdir, tag + ".perf.txt"))
         c1, cpu1, t1 = count(), proc_cpu_seconds(be.pid), time.monotonic()
         fe1 = fe_stats.sample(0, "tx")
         nm1 = read_stats_file(ctx.stats) if backend.kind == "vhost-netmem" else None
@@ -583,6 +594,23 @@ def run_one(cfg, backend, wl, size, rep, tmp, logdir, serial):
 # --------------------------------------------------------------------------- report
 
 
+def perf_top(data, out, n=12):
+    """`perf report` of `data` into `out` (flat, self time); the `n` hottest symbols as
+    (percent, symbol) pairs."""
+    rep = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "-g", "none",
+                          "--percent-limit", "0.5", "--sort", "symbol"],
+                         capture_output=True, text=True, timeout=120)
+    with open(out, "w") as f:
+        f.write(rep.stdout)
+    top = []
+    for line in rep.stdout.splitlines():
+        m = re.match(r"\s*([0-9.]+)%\s+\S+\s+(.*)$", line)
+        if m:
+            sym = re.sub(r"(\s+-)+\s*$", "", m.group(2)).strip()
+            top.append((float(m.group(1)), sym[:90]))
+    return top[:n]
+
+
 def median(xs):
     return statistics.median(xs) if xs else None
 
@@ -622,6 +650,9 @@ def summarize(runs, backends, sizes):
                 notes = sorted({n for r in mine for n in r.get("notes", [])})
                 if notes:
                     row["notes"] = notes
+                profiled = [r["profile"] for r in ok if r.get("profile")]
+                if profiled:
+                    row["profile"] = profiled[0]
                 if mine:
                     rows.append(row)
     return rows
@@ -714,6 +745,12 @@ def table_md(doc):
     L.append("- bpN rows: vhost-netmem with `--busy-poll N` (microseconds).")
     for s in doc["meta"].get("skipped_reasons", []):
         L.append(f"- {s}")
+    profiled = [r for r in doc["rows"] if r.get("profile")]
+    if profiled:
+        L.append("\n## Where vhost-netmem's time goes (perf, cpu-clock, self time, first repeat)\n")
+        for r in profiled:
+            top = ", ".join(f"{sym} {pct:.1f} %" for pct, sym in r["profile"][:8])
+            L.append(f"- {r['workload']} {r['size']} B, {r['backend']}: {top}")
     notes = [(r, n) for r in doc["rows"] for n in r.get("notes", [])]
     L.append("\n## Problems seen\n")
     if notes:
@@ -787,6 +824,9 @@ def main():
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/vhost-netmem"))
     ap.add_argument("--only", default="", help="comma-separated workloads (default all)")
     ap.add_argument("--sizes", default="64,1500")
+    ap.add_argument("--perf", action="store_true",
+                    help="profile vhost-netmem in every row with perf (cpu-clock); the hottest "
+                         "symbols go into table.md, full reports into logs/*.perf.txt")
     ap.add_argument("--busy-poll-usecs", type=int, default=50)
     ap.add_argument("--flood-batch", type=int, default=64)
     ap.add_argument("--flood-gap-us", type=float, default=20)

@@ -10,6 +10,8 @@
 # --repeat N   repeats per row, backends alternating (default 3, quick 1); medians reported
 # --bin PATH   the vhost-netmem binary to measure (default: target/release/vhost-netmem,
 #              built first); python3 bench/bench.py --help lists the finer options
+# --perf       profile vhost-netmem in every row (perf record, cpu-clock): the hottest
+#              symbols go into table.md, whole reports into DIR/logs/*.perf.txt
 # --out DIR    output folder (default results/<timestamp>/); results/latest/ gets a copy
 #              of table.md, results.json and chart.svg of a full default-folder run
 #
@@ -28,7 +30,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --out) [ $# -ge 2 ] || die "--out needs a folder"; OUT="$2"; shift 2 ;;
         --out=*) OUT="${1#--out=}"; shift ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) args+=("$1"); shift ;;
     esac
 done
@@ -46,6 +48,15 @@ if ! command -v dpdk-testpmd >/dev/null; then
         || die "cannot install dpdk (apt-get install dpdk dpdk-dev)"
 fi
 command -v dpdk-testpmd >/dev/null || die "dpdk-testpmd not found after installing dpdk"
+
+for a in "${args[@]+"${args[@]}"}"; do
+    if [ "$a" = --perf ] && ! command -v perf >/dev/null; then
+        echo "ci/bench.sh: installing linux-perf for --perf"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq && apt-get install -y -qq linux-perf >/dev/null \
+            || die "cannot install linux-perf (apt-get install linux-perf)"
+    fi
+done
 
 own_bin=0
 for a in "${args[@]+"${args[@]}"}"; do case "$a" in --bin|--bin=*) own_bin=1 ;; esac; done
