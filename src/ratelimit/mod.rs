@@ -12,6 +12,10 @@
 //! compares the generation on its way round and rebuilds its buckets when it moved,
 //! so a change takes effect without a reconnect.
 
+mod bucket;
+
+pub use bucket::{Limiter, TokenBucket};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
