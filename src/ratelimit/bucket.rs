@@ -215,13 +215,19 @@ impl Limiter {
     /// [`refill`](Self::refill)): `Ok`, or `Err` with the nanoseconds until they will
     /// (nothing taken).
     pub fn admit(&mut self, bytes: u64) -> Result<(), u64> {
+        self.check(bytes)?;
+        self.charge(bytes);
+        Ok(())
+    }
+
+    /// Whether both buckets allow one packet of `bytes` bytes (after
+    /// [`refill`](Self::refill)), taking nothing: `Err` with the nanoseconds until
+    /// they will.
+    pub fn check(&self, bytes: u64) -> Result<(), u64> {
         let wait_bytes = self.bytes.as_ref().map_or(Ok(()), |b| b.check(bytes));
         let wait_packets = self.packets.as_ref().map_or(Ok(()), |b| b.check(1));
         match (wait_bytes, wait_packets) {
-            (Ok(()), Ok(())) => {
-                self.charge(bytes);
-                Ok(())
-            }
+            (Ok(()), Ok(())) => Ok(()),
             (Err(a), Err(b)) => Err(a.max(b)),
             (Err(a), _) | (_, Err(a)) => Err(a),
         }
@@ -231,7 +237,10 @@ impl Limiter {
     /// [`refill`](Self::refill)): both buckets hold a token. `Err`: nanoseconds until
     /// they do.
     pub fn ready(&self) -> Result<(), u64> {
-        let a = self.bytes.as_ref().map_or(0, TokenBucket::ns_until_positive);
+        let a = self
+            .bytes
+            .as_ref()
+            .map_or(0, TokenBucket::ns_until_positive);
         let b = self
             .packets
             .as_ref()
@@ -317,7 +326,11 @@ mod tests {
         assert_eq!((b.burst(), b.level()), (0, 3));
         b.refill(1_000 * MS);
         assert_eq!((b.burst(), b.level()), (0, 10), "the burst is not refilled");
-        assert_eq!(b.reduce(11, 1_000 * MS), Ok(()), "full takes an oversized one");
+        assert_eq!(
+            b.reduce(11, 1_000 * MS),
+            Ok(()),
+            "full takes an oversized one"
+        );
         assert_eq!(b.level(), -1);
     }
 
@@ -404,7 +417,11 @@ mod tests {
         // Only the packets bucket changes: it starts full, the bytes one keeps its state.
         limits.ops = Some(cfg(10, 5, 100));
         let l = Limiter::reconfigure(Some(l), &limits, MS).unwrap();
-        assert_eq!(l.bytes().unwrap().level(), 0, "the bytes bucket kept its level");
+        assert_eq!(
+            l.bytes().unwrap().level(),
+            0,
+            "the bytes bucket kept its level"
+        );
         assert_eq!(l.packets().unwrap().level(), 10);
         assert_eq!(l.packets().unwrap().burst(), 5);
         // The same settings again change nothing.

@@ -13,8 +13,12 @@
 //! so a change takes effect without a reconnect.
 
 mod bucket;
+mod gate;
+mod spec;
 
 pub use bucket::{Limiter, TokenBucket};
+pub use gate::{Gate, Unlimited};
+pub use spec::LimitSpecError;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
