@@ -612,3 +612,6 @@ fn run(spec: WorkerSpec, exit: EventFd) -> StoppedWorker {
     }
     p.finish()
 }
+
+#[cfg(test)]
+mod tests;
