@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{ArgAction, Parser, ValueEnum};
 
 use crate::launch::activation::ActivatedSocket;
+use crate::ratelimit::{LimitConfig, LimitSpecError, PairLimits};
 use crate::sandbox::SeccompMode;
 use crate::uplink::tap::valid_ifname;
 
@@ -70,6 +71,16 @@ pub enum ConfigError {
     /// Bad guest memory ceiling.
     #[error("invalid --max-guest-memory {0:?}: a size like 64G, 512M or 1T, at least 1M")]
     MaxGuestMemory(String),
+    /// Bad rate limit.
+    #[error("invalid --{option} {value:?}: {source}")]
+    RateLimit {
+        /// `tx-rate-limit` or `rx-rate-limit`.
+        option: &'static str,
+        /// What was given.
+        value: String,
+        /// What is wrong with it.
+        source: LimitSpecError,
+    },
 }
 
 /// Headroom the kernel keeps in front of each AF_XDP frame (XDP_PACKET_HEADROOM).
@@ -260,6 +271,33 @@ pub struct Cli {
     /// syscall outside the thread's allowlist gets.
     #[arg(long, value_enum, default_value_t = SeccompMode::Kill, value_name = "MODE")]
     pub seccomp: SeccompMode,
+
+    /// Rate limit of every queue pair's TX (guest to uplink), token buckets with
+    /// Firecracker's semantics: bandwidth=SIZE/REFILL_MS[+BURST] allows SIZE bytes
+    /// every REFILL_MS milliseconds (plus BURST bytes once), ops=SIZE/REFILL_MS[+BURST]
+    /// as many packets; either or both, comma-separated; none for no limit (default).
+    /// A throttled TX leaves packets on the guest's ring: nothing is dropped.
+    /// Example, 200 Mbit/s: --tx-rate-limit bandwidth=2500000/100
+    #[arg(long, value_name = "LIMIT")]
+    pub tx_rate_limit: Option<String>,
+
+    /// Rate limit of every queue pair's RX (uplink to guest), as --tx-rate-limit; a
+    /// throttled RX leaves packets in the uplink's queue.
+    /// Example, 10 kpps with a burst of 5000: --rx-rate-limit ops=1000/100+5000
+    #[arg(long, value_name = "LIMIT")]
+    pub rx_rate_limit: Option<String>,
+}
+
+/// `--{option} value`, parsed (no option: no limit).
+fn rate_limit(option: &'static str, value: Option<&str>) -> Result<LimitConfig, ConfigError> {
+    let Some(value) = value else {
+        return Ok(LimitConfig::default());
+    };
+    LimitConfig::parse(value).map_err(|source| ConfigError::RateLimit {
+        option,
+        value: value.to_string(),
+        source,
+    })
 }
 
 impl Cli {
@@ -353,6 +391,8 @@ pub struct NetConfig {
     pub user: Option<(String, Option<String>)>,
     /// seccomp mode for every thread's filter.
     pub seccomp: SeccompMode,
+    /// Every queue pair's rate limits at start-up.
+    pub rate_limits: PairLimits,
 }
 
 /// `--generator-size` checked against the MTU.
@@ -490,6 +530,10 @@ impl NetConfig {
             (None, Some(_)) => return Err(ConfigError::GroupWithoutUser),
             (None, None) => None,
         };
+        let rate_limits = PairLimits {
+            tx: rate_limit("tx-rate-limit", cli.tx_rate_limit.as_deref())?,
+            rx: rate_limit("rx-rate-limit", cli.rx_rate_limit.as_deref())?,
+        };
         Ok(NetConfig {
             socket,
             uplink,
@@ -509,6 +553,7 @@ impl NetConfig {
             max_guest_memory,
             user,
             seccomp: cli.seccomp,
+            rate_limits,
         })
     }
 }
@@ -521,6 +566,29 @@ mod tests {
         let cli = Cli::try_parse_from(std::iter::once("vhost-netmem").chain(args.iter().copied()))
             .map_err(|e| e.to_string())?;
         NetConfig::from_cli(cli).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn rate_limits_set_every_pair_and_bad_ones_name_their_option() {
+        let c = parse(&["--socket", "/tmp/s"]).unwrap();
+        assert_eq!(c.rate_limits, PairLimits::default());
+        let c = parse(&[
+            "--socket",
+            "/tmp/s",
+            "--tx-rate-limit",
+            "bandwidth=2500000/100",
+            "--rx-rate-limit",
+            "ops=1000/100+5000",
+        ])
+        .unwrap();
+        assert_eq!(c.rate_limits.tx.bandwidth.map(|b| b.size), Some(2_500_000));
+        assert_eq!(c.rate_limits.tx.ops, None);
+        assert_eq!(c.rate_limits.rx.ops.map(|b| b.one_time_burst), Some(5000));
+        let e = parse(&["--socket", "/tmp/s", "--rx-rate-limit", "ops=-1/100"]).unwrap_err();
+        assert!(
+            e.contains("--rx-rate-limit") && e.contains("SIZE/REFILL_MS"),
+            "{e}"
+        );
     }
 
     #[test]

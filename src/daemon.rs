@@ -14,6 +14,7 @@ use crate::config::{NetConfig, SocketConfig, TestUplinkArg, UplinkConfig};
 use crate::launch::fds::{PassedFdError, PassedSocket};
 use crate::launch::privilege::{self, PrivilegeError, Retained};
 use crate::metrics::DeviceMetrics;
+use crate::ratelimit::RateLimits;
 use crate::uplink::generator::Generator;
 use crate::uplink::null::{TestUplink, TestUplinkKind};
 use crate::uplink::tap::Tap;
@@ -312,6 +313,10 @@ pub fn run(config: NetConfig) -> Result<(), DaemonError> {
         DeviceMetrics::new(usize::from(config.queue_pairs))
             .with_groups(|pair| uplink.queue_counters(pair)),
     );
+    let rate_limits = Arc::new(RateLimits::new(
+        usize::from(config.queue_pairs),
+        config.rate_limits,
+    ));
     let done = Arc::new(AtomicBool::new(false));
     if let Some(path) = &config.stats_file {
         spawn_stats_writer(Arc::clone(&metrics), path.clone(), Arc::clone(&done));
@@ -330,7 +335,14 @@ pub fn run(config: NetConfig) -> Result<(), DaemonError> {
         uplink.describe()
     );
     let mut endpoint = endpoint;
-    let result = serve(&config, &mut endpoint, &stop, &uplink, &metrics);
+    let result = serve(
+        &config,
+        &mut endpoint,
+        &stop,
+        &uplink,
+        &metrics,
+        &rate_limits,
+    );
     done.store(true, Ordering::Release);
     if let Some(path) = &config.stats_file {
         if let Err(e) = metrics.write_file(path) {
@@ -389,6 +401,7 @@ fn serve(
     stop: &UnixStream,
     uplink: &Arc<dyn Uplink>,
     metrics: &Arc<DeviceMetrics>,
+    rate_limits: &Arc<RateLimits>,
 ) -> Result<(), DaemonError> {
     loop {
         let Some(stream) = next_stream(config, endpoint, stop)? else {
@@ -401,6 +414,7 @@ fn serve(
             SUPPORTED & !uplink.unsupported_features(),
             Arc::clone(uplink),
             Arc::clone(metrics),
+            Arc::clone(rate_limits),
         )));
         let end = serve_connection(stream, Arc::clone(&backend), metrics.control(), stop);
         backend.lock().unwrap_or_else(|e| e.into_inner()).shutdown();

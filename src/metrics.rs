@@ -143,6 +143,14 @@ queue_metrics! {
     uplink_lost,
     /// Times a gone uplink queue was reopened (its TAP came back under the same name).
     uplink_reopened,
+    /// Times TX became throttled by its rate limit (chains left on the guest's ring).
+    tx_throttled,
+    /// Nanoseconds TX spent throttled.
+    tx_throttled_ns,
+    /// Times RX became throttled by its rate limit (packets left in the uplink's queue).
+    rx_throttled,
+    /// Nanoseconds RX spent throttled.
+    rx_throttled_ns,
 }
 
 impl QueueSnapshot {

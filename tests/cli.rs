@@ -427,3 +427,67 @@ fn a_daemon_runs_from_its_config_file_and_the_command_line_overrides_it() {
     d.wait_socket_file(TIMEOUT);
     d.assert_running("serving from a config file");
 }
+
+/// Issue 13: a rate limit that is negative, empty, out of range or not a limit at all
+/// is refused, naming its option.
+#[test]
+fn bad_rate_limits_are_refused_by_option() {
+    for (option, value) in [
+        ("--tx-rate-limit", "ops=-1/100"),
+        ("--tx-rate-limit", "bandwidth=0/100"),
+        ("--rx-rate-limit", "bandwidth=1000/3600001"),
+        ("--rx-rate-limit", "ops=100/0"),
+        ("--rx-rate-limit", "speed=1/1"),
+        ("--tx-rate-limit", "bandwidth=100"),
+        ("--tx-rate-limit", ""),
+        ("--tx-rate-limit", "ops=99999999999999999999999/100"),
+    ] {
+        let s = socket();
+        refused(&["--socket", &s, "--uplink", "null", option, value], option);
+    }
+}
+
+/// The `--tx-rate-limit` / `--rx-rate-limit` options of the README's rate limits
+/// example.
+fn readme_rate_limit_args() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let section = readme
+        .split("### Rate limits")
+        .nth(1)
+        .expect("README has a Rate limits section");
+    let block = section
+        .split("```")
+        .nth(1)
+        .expect("a command in the Rate limits section");
+    let words: Vec<&str> = block.split_whitespace().collect();
+    assert_eq!(words.first(), Some(&"vhost-netmem"), "{block}");
+    let mut args = Vec::new();
+    for w in words.windows(2) {
+        if w[0].ends_with("-rate-limit") {
+            args.extend([w[0].to_string(), w[1].to_string()]);
+        }
+    }
+    assert_eq!(args.len(), 4, "both options in the example: {block}");
+    args
+}
+
+#[test]
+fn the_readme_rate_limit_example_runs_and_help_shows_it() {
+    let args = readme_rate_limit_args();
+    let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut r = Rig::loopback(GuestConfig::default(), &extra);
+    r.g.loopback_roundtrip(0, &guest_frames(700, 8, 60, 1514));
+    let s =
+        r.d.wait_stats("8 packets each way", common::STATS_TIMEOUT, |s| {
+            s.queue(0, "tx_packets") == 8 && s.queue(0, "rx_packets") == 8
+        });
+    assert_eq!(s.queue(0, "tx_throttled"), 0, "{s}");
+    let out = std::process::Command::new(common::daemon::BIN)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(help.contains(&format!("{} {}", args[0], args[1])), "{help}");
+}

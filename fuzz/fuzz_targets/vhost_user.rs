@@ -18,6 +18,7 @@ use clap::Parser;
 use libfuzzer_sys::fuzz_target;
 use vhost_netmem::config::{Cli, NetConfig};
 use vhost_netmem::metrics::DeviceMetrics;
+use vhost_netmem::ratelimit::RateLimits;
 use vhost_netmem::uplink::null::{TestUplink, TestUplinkKind};
 use vhost_netmem::uplink::Uplink;
 use vhost_netmem::vhost_user::{serve_connection, NetBackend};
@@ -76,6 +77,7 @@ fuzz_target!(|data: &[u8]| {
             SUPPORTED & !uplink.unsupported_features(),
             Arc::clone(&uplink),
             Arc::clone(&metrics),
+            Arc::new(RateLimits::new(PAIRS, fixed.config.rate_limits)),
         )));
         let (ours, theirs) = UnixStream::pair().expect("socketpair");
         let frontend = vhost::spawn_frontend(ours, msgs);

@@ -9,6 +9,11 @@
 //! the header; the rest stay stashed for the next packet. Without MRG_RXBUF each packet
 //! takes exactly one chain. When the worker stops, stashed chains go back to the avail
 //! side untouched.
+//!
+//! Under a rate limit ([`RxPath::process_gated`]) a packet is read only while the limit
+//! has a token left (its size is known only once it is read); it is then charged in
+//! full, into the limit's debt if need be, and a look that finds the limit dry ends
+//! [`RxOutcome::Throttled`] without reading: the packet waits in the uplink's queue.
 
 use std::collections::VecDeque;
 
@@ -18,6 +23,7 @@ use super::ring::Ring;
 use crate::log_limit::LogLimiter;
 use crate::metrics::QueueMetrics;
 use crate::netmem::{DirtyLog, FragList, GuestPageMap};
+use crate::ratelimit::{Gate, Unlimited};
 use crate::uplink::UplinkQueue;
 use crate::virtio::chain::Segments;
 use crate::virtio::features::VIRTIO_NET_F_MRG_RXBUF;
@@ -38,6 +44,8 @@ pub enum RxOutcome {
     NoBuffers,
     /// The batch budget ran out; more work may be pending.
     Budget,
+    /// The rate limit allows the next packet only in this many nanoseconds.
+    Throttled(u64),
 }
 
 #[derive(Debug)]
@@ -189,6 +197,21 @@ impl RxPath {
         mtu: u16,
         m: &QueueMetrics,
     ) -> RxOutcome {
+        self.process_gated(ring, map, uplink, features, mtu, m, &mut Unlimited)
+    }
+
+    /// [`process`](Self::process) under a rate limit: each read asks `gate` first.
+    #[allow(clippy::too_many_arguments)] // process's, and the gate
+    pub fn process_gated<G: Gate>(
+        &mut self,
+        ring: &mut Ring,
+        map: &GuestPageMap,
+        uplink: &mut dyn UplinkQueue,
+        features: Features,
+        mtu: u16,
+        m: &QueueMetrics,
+        gate: &mut G,
+    ) -> RxOutcome {
         let mem = map.mem();
         let mrg = features.has(VIRTIO_NET_F_MRG_RXBUF);
         let need = if mrg {
@@ -207,6 +230,10 @@ impl RxPath {
         // flood of packets that do not fit cannot keep the worker here.
         let mut read = 0usize;
         while read < RX_BATCH {
+            if let Err(ns) = gate.ready() {
+                outcome = RxOutcome::Throttled(ns);
+                break;
+            }
             // Top up the stash until it holds a whole packet's worth of buffers.
             let mut starved = false;
             // Turning kicks on found chains, yet none could be popped: do not ask again
@@ -279,6 +306,8 @@ impl RxPath {
                 }
             };
             read += 1;
+            // Every packet read is charged, delivered or not.
+            gate.charge((n as u64).saturating_sub(VNET_HDR_LEN as u64));
             if let Some(log) = ring.log() {
                 // Whatever the uplink wrote (a truncated packet's prefix too).
                 log_written(log, &self.stash, chains, (n as u64).min(offered));

@@ -15,6 +15,16 @@
 //! empty look that the timer asked for turns kicks on again. RX: the uplink is read
 //! only while the guest has buffers ([`RxState::Pending`], [`RxState::Waiting`]);
 //! without them the worker waits for a kick ([`RxState::NoBuffers`]).
+//!
+//! Rate limits: a look that finds a direction's token bucket dry stops there and
+//! throttles it ([`TxState::Throttled`], [`RxState::Throttled`]) until a clock reading
+//! (nanoseconds on the worker's clock); [`sleep`] wakes the worker then, and the
+//! throttle ends on [`TxEvent::ThrottleEnded`] or at once when the limits change
+//! ([`TxEvent::LimitChanged`]). A throttled TX pops no chains and leaves the guest's
+//! kicks off: they could only wake the worker to do nothing, one VM exit per packet,
+//! while the guest's ring fills (its queue backs up: backpressure, nothing dropped).
+//! A throttled RX does not read or poll the uplink, whose queue fills as the kernel's
+//! TAP queue would.
 
 /// The TX side of a queue pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +48,11 @@ pub enum TxState {
     /// The ring misbehaved (an impossible avail index, unreadable memory): left alone
     /// until the control plane sets it up again.
     Broken,
+    /// A rate limit ran dry: no chain is popped and kicks stay off until `until`.
+    Throttled {
+        /// When the limit allows the next packet (ns on the worker's clock).
+        until: u64,
+    },
 }
 
 /// What happened to the TX side.
@@ -65,6 +80,15 @@ pub enum TxEvent {
     BusyPoll,
     /// The uplink is gone: its sends are counted drops from now on, nothing blocks.
     UplinkLost,
+    /// A look stopped on the rate limit (the chain stays on the ring).
+    Throttled {
+        /// When the limit allows the next packet (ns on the worker's clock).
+        until: u64,
+    },
+    /// The throttle's time is up.
+    ThrottleEnded,
+    /// The pair's rate limits were changed (or removed).
+    LimitChanged,
 }
 
 /// What the loop must do on entering the new TX state.
@@ -99,6 +123,14 @@ impl TxState {
         self == TxState::Blocked
     }
 
+    /// Until when TX is throttled, if it is.
+    pub fn throttled_until(self) -> Option<u64> {
+        match self {
+            TxState::Throttled { until } => Some(until),
+            _ => None,
+        }
+    }
+
     /// The successor of `self` on `ev`, and what to do on entering it. `holdoff`:
     /// a TX holdoff is configured.
     pub fn on(self, ev: TxEvent, holdoff: bool) -> (TxState, TxAction) {
@@ -114,6 +146,12 @@ impl TxState {
             (_, E::Broke) => (S::Broken, A::None),
             // The uplink's writability brings TX back, not the holdoff timer.
             (_, E::Blocked) => (S::Blocked, A::None),
+            // Kicks stay off while throttled (the look turned them off): the timer, not
+            // the guest, brings the next look. A holdoff running meanwhile is over.
+            (_, E::Throttled { until }) => (S::Throttled { until }, A::None),
+            // A removed or changed limit may allow packets now: look, and throttle again
+            // if it does not.
+            (S::Throttled { .. }, E::ThrottleEnded | E::LimitChanged) => (S::Pending, A::None),
             (s, E::Budget) => (s, A::None),
             (S::HeldOff { .. }, E::Drained { .. }) => (S::HeldOff { due: false }, A::None),
             (_, E::Drained { worked: true }) if holdoff => {
@@ -129,12 +167,21 @@ impl TxState {
             // A gone uplink never turns writable: the kept chain is dropped and counted
             // by the next look, like every chain until the uplink is back.
             (S::Blocked, E::UplinkLost) => (S::Pending, A::None),
-            // Everything else changes nothing: a kick while blocked waits for the
-            // uplink, a stale timer fires after the holdoff ended, the uplink reports
-            // writability while TX is not blocked.
-            (s, E::Kick | E::BusyPoll | E::HoldoffExpired | E::UplinkWritable | E::UplinkLost) => {
-                (s, A::None)
-            }
+            // Everything else changes nothing: a kick while blocked or throttled waits
+            // for the uplink or the timer, a stale timer fires after the holdoff ended,
+            // the uplink reports writability while TX is not blocked, a throttled TX
+            // whose uplink went away drops its chains after the throttle, a limit
+            // changes while TX is not throttled.
+            (
+                s,
+                E::Kick
+                | E::BusyPoll
+                | E::HoldoffExpired
+                | E::UplinkWritable
+                | E::UplinkLost
+                | E::ThrottleEnded
+                | E::LimitChanged,
+            ) => (s, A::None),
         }
     }
 }
@@ -154,6 +201,11 @@ pub enum RxState {
     Broken,
     /// The uplink is gone: nothing to read until it is reopened.
     UplinkDown,
+    /// A rate limit ran dry: the uplink is neither read nor polled until `until`.
+    Throttled {
+        /// When the limit allows the next packet (ns on the worker's clock).
+        until: u64,
+    },
 }
 
 /// What happened to the RX side.
@@ -177,6 +229,15 @@ pub enum RxEvent {
     UplinkLost,
     /// The uplink was reopened.
     UplinkBack,
+    /// A look stopped on the rate limit.
+    Throttled {
+        /// When the limit allows the next packet (ns on the worker's clock).
+        until: u64,
+    },
+    /// The throttle's time is up.
+    ThrottleEnded,
+    /// The pair's rate limits were changed (or removed).
+    LimitChanged,
 }
 
 impl RxState {
@@ -201,6 +262,14 @@ impl RxState {
         matches!(self, RxState::Pending | RxState::Waiting)
     }
 
+    /// Until when RX is throttled, if it is.
+    pub fn throttled_until(self) -> Option<u64> {
+        match self {
+            RxState::Throttled { until } => Some(until),
+            _ => None,
+        }
+    }
+
     /// The successor of `self` on `ev`.
     pub fn on(self, ev: RxEvent) -> RxState {
         use RxEvent as E;
@@ -214,7 +283,12 @@ impl RxState {
             (S::UplinkDown, E::UplinkBack) => S::Pending,
             // Nothing is read from a gone uplink, whatever the guest does.
             (S::UplinkDown, _) => S::UplinkDown,
-            (s, E::UplinkBack) => s,
+            (_, E::Throttled { until }) => S::Throttled { until },
+            (S::Throttled { .. }, E::ThrottleEnded | E::LimitChanged) => S::Pending,
+            // Throttled: buffers posted, the uplink ready or busy-polling wait for the
+            // timer.
+            (s @ S::Throttled { .. }, _) => s,
+            (s, E::UplinkBack | E::ThrottleEnded | E::LimitChanged) => s,
             (_, E::NoBuffers) => S::NoBuffers,
             (_, E::Drained) => S::Waiting,
             (s, E::Budget) => s,
@@ -259,6 +333,10 @@ pub const IN_FLIGHT_POLL_MS: i32 = 1;
 /// While the uplink is gone, try to reopen it this often (ms).
 pub const UPLINK_REOPEN_MS: i32 = 1000;
 
+/// While throttled, look at the pair's rate limits at least this often (ms), so a
+/// limit changed or removed during a long throttle takes effect at once.
+pub const THROTTLE_RECHECK_MS: i32 = 10;
+
 /// Whether the pair's uplink queue works.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UplinkState {
@@ -268,23 +346,45 @@ pub enum UplinkState {
     Down,
 }
 
-/// How long the worker sleeps, given its states and whether TX packets are in flight.
-pub fn sleep(tx: TxState, rx: RxState, uplink: UplinkState, in_flight: bool) -> Sleep {
+/// Milliseconds from `now` until `until`, rounded up (a wake-up before the throttle
+/// ends would find it still on), at most [`THROTTLE_RECHECK_MS`].
+fn ms_until(until: u64, now: u64) -> i32 {
+    let ns = until.saturating_sub(now);
+    let ms = ns.div_ceil(1_000_000);
+    i32::try_from(ms).map_or(THROTTLE_RECHECK_MS, |ms| ms.min(THROTTLE_RECHECK_MS))
+}
+
+/// How long the worker sleeps, given its states, whether TX packets are in flight
+/// and the time on the worker's clock (ns).
+pub fn sleep(tx: TxState, rx: RxState, uplink: UplinkState, in_flight: bool, now: u64) -> Sleep {
     if tx.wants_look() || rx.wants_look() {
         return Sleep::No;
     }
+    let mut ms: Option<i32> = None;
+    let mut at_most = |t: i32| ms = Some(ms.map_or(t, |m| m.min(t)));
     if in_flight {
-        return Sleep::Ms(IN_FLIGHT_POLL_MS);
+        at_most(IN_FLIGHT_POLL_MS);
     }
     // A blocked uplink normally reports writability; some only drain when kicked
     // (an AF_XDP TX ring filled while its link was down), so retry anyway.
     if tx == TxState::Blocked {
-        return Sleep::Ms(TX_BLOCKED_RETRY_MS);
+        at_most(TX_BLOCKED_RETRY_MS);
     }
     if uplink == UplinkState::Down {
-        return Sleep::Ms(UPLINK_REOPEN_MS);
+        at_most(UPLINK_REOPEN_MS);
     }
-    Sleep::Forever
+    // The earliest throttle's end.
+    for until in [tx.throttled_until(), rx.throttled_until()]
+        .into_iter()
+        .flatten()
+    {
+        at_most(ms_until(until, now));
+    }
+    match ms {
+        None => Sleep::Forever,
+        Some(0) => Sleep::No,
+        Some(ms) => Sleep::Ms(ms),
+    }
 }
 
 #[cfg(test)]
@@ -294,7 +394,10 @@ mod tests {
     use TxEvent as E;
     use TxState as S;
 
-    const ALL_TX_EVENTS: [TxEvent; 10] = [
+    const ALL_TX_EVENTS: [TxEvent; 13] = [
+        E::Throttled { until: 5 },
+        E::ThrottleEnded,
+        E::LimitChanged,
         E::UplinkLost,
         E::Kick,
         E::Drained { worked: false },
@@ -307,7 +410,8 @@ mod tests {
         E::BusyPoll,
     ];
 
-    const ALL_TX_STATES: [TxState; 7] = [
+    const ALL_TX_STATES: [TxState; 8] = [
+        S::Throttled { until: 5 },
         S::Off,
         S::Idle,
         S::Pending,
@@ -490,7 +594,7 @@ mod tests {
     }
 
     fn sleep4(tx: TxState, rx: RxState, in_flight: bool) -> Sleep {
-        sleep(tx, rx, UplinkState::Up, in_flight)
+        sleep(tx, rx, UplinkState::Up, in_flight, 0)
     }
 
     #[test]
@@ -520,11 +624,14 @@ mod tests {
         // Down: the worker wakes up to try to reopen it, unless it has work.
         let (tx, rx) = (S::Idle, RxState::UplinkDown);
         assert_eq!(
-            sleep(tx, rx, UplinkState::Down, false),
+            sleep(tx, rx, UplinkState::Down, false, 0),
             Sleep::Ms(UPLINK_REOPEN_MS)
         );
-        assert_eq!(sleep(S::Pending, rx, UplinkState::Down, false), Sleep::No);
-        assert_eq!(sleep(tx, rx, UplinkState::Up, false), Sleep::Forever);
+        assert_eq!(
+            sleep(S::Pending, rx, UplinkState::Down, false, 0),
+            Sleep::No
+        );
+        assert_eq!(sleep(tx, rx, UplinkState::Up, false, 0), Sleep::Forever);
     }
 
     #[test]
@@ -546,5 +653,117 @@ mod tests {
         assert_eq!(sleep4(S::Blocked, rx, true), Sleep::Ms(IN_FLIGHT_POLL_MS));
         assert_eq!(Sleep::Forever.timeout_ms(), -1);
         assert_eq!(Sleep::No.timeout_ms(), 0);
+    }
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn a_dry_bucket_throttles_tx_and_only_its_timer_or_a_new_limit_ends_it() {
+        let until = 7 * MS;
+        let t = S::Throttled { until };
+        for s in [S::Pending, S::HeldOff { due: true }] {
+            for holdoff in [false, true] {
+                assert_eq!(s.on(E::Throttled { until }, holdoff), (t, A::None), "{s:?}");
+            }
+        }
+        // Throttled: no look, no writability, and no kicks turned on (A::None): the
+        // guest's ring fills, nothing is popped or dropped.
+        assert!(!t.wants_look() && !t.wants_writable());
+        assert_eq!(t.throttled_until(), Some(until));
+        for ev in [
+            E::Kick,
+            E::BusyPoll,
+            E::HoldoffExpired,
+            E::UplinkWritable,
+            E::UplinkLost,
+        ] {
+            assert_eq!(t.on(ev, true), (t, A::None), "{ev:?}");
+        }
+        assert_eq!(t.on(E::ThrottleEnded, true), (S::Pending, A::None));
+        // A limit removed (or changed) at run time ends the throttle at once.
+        assert_eq!(t.on(E::LimitChanged, false), (S::Pending, A::None));
+        // Outside a throttle neither changes anything.
+        for s in [S::Idle, S::Pending, S::HeldOff { due: false }, S::Blocked] {
+            for ev in [E::ThrottleEnded, E::LimitChanged] {
+                assert_eq!(s.on(ev, true), (s, A::None), "{s:?} {ev:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_broken_ring_stays_broken_whatever_the_limits_do() {
+        for ev in [E::Throttled { until: 1 }, E::ThrottleEnded, E::LimitChanged] {
+            assert_eq!(S::Broken.on(ev, false), (S::Broken, A::None), "{ev:?}");
+            assert_eq!(RxState::Broken.on(rx_of(ev)), RxState::Broken, "{ev:?}");
+        }
+        // A throttled TX whose ring then breaks (the timer's look) is broken.
+        let (s, _) = S::Throttled { until: 1 }.on(E::ThrottleEnded, false);
+        assert_eq!(s.on(E::Broke, false), (S::Broken, A::None));
+    }
+
+    fn rx_of(ev: TxEvent) -> RxEvent {
+        match ev {
+            E::Throttled { until } => RxEvent::Throttled { until },
+            E::ThrottleEnded => RxEvent::ThrottleEnded,
+            _ => RxEvent::LimitChanged,
+        }
+    }
+
+    #[test]
+    fn a_throttled_rx_neither_reads_nor_polls_the_uplink() {
+        use RxEvent as R;
+        use RxState as X;
+        let t = X::Throttled { until: 3 * MS };
+        for s in [X::Pending, X::Waiting] {
+            assert_eq!(s.on(R::Throttled { until: 3 * MS }), t);
+        }
+        assert!(
+            !t.wants_look() && !t.wants_readable(),
+            "polling it would spin"
+        );
+        for ev in [R::Kick, R::UplinkReadable, R::BusyPoll, R::UplinkBack] {
+            assert_eq!(t.on(ev), t, "{ev:?}");
+        }
+        assert_eq!(t.on(R::ThrottleEnded), X::Pending);
+        assert_eq!(t.on(R::LimitChanged), X::Pending);
+        // A gone uplink or a broken ring win over the throttle.
+        assert_eq!(t.on(R::UplinkLost), X::UplinkDown);
+        assert_eq!(t.on(R::Broke), X::Broken);
+        assert_eq!(X::UplinkDown.on(R::LimitChanged), X::UplinkDown);
+        for s in [X::Waiting, X::NoBuffers] {
+            assert_eq!(s.on(R::LimitChanged), s);
+            assert_eq!(s.on(R::ThrottleEnded), s);
+        }
+    }
+
+    #[test]
+    fn the_worker_wakes_when_the_earliest_throttle_ends() {
+        let up = UplinkState::Up;
+        let tx = S::Throttled { until: 5 * MS };
+        let rx = RxState::Throttled { until: 3 * MS + 1 };
+        // Rounded up: waking before the end would find the throttle still on.
+        assert_eq!(sleep(tx, rx, up, false, 0), Sleep::Ms(4));
+        assert_eq!(sleep(tx, RxState::Waiting, up, false, 0), Sleep::Ms(5));
+        assert_eq!(
+            sleep(tx, RxState::Waiting, up, false, 4 * MS + 1),
+            Sleep::Ms(1)
+        );
+        // Over: do not sleep (the loop ends the throttle).
+        assert_eq!(sleep(tx, rx, up, false, 5 * MS), Sleep::No);
+        // In flight packets still get their 1 ms.
+        assert_eq!(sleep(tx, rx, up, true, 0), Sleep::Ms(IN_FLIGHT_POLL_MS));
+        // A long throttle still wakes the worker often enough to see a changed limit,
+        // and a stop (the exit fd) always wakes it: a stop while throttled is at once.
+        let long = S::Throttled { until: u64::MAX };
+        assert_eq!(
+            sleep(long, RxState::Waiting, up, false, 0),
+            Sleep::Ms(THROTTLE_RECHECK_MS)
+        );
+        assert_eq!(
+            sleep(long, RxState::UplinkDown, UplinkState::Down, false, 0),
+            Sleep::Ms(THROTTLE_RECHECK_MS)
+        );
+        // A look due wins over everything.
+        assert_eq!(sleep(long, RxState::Pending, up, false, 0), Sleep::No);
     }
 }

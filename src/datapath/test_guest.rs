@@ -52,7 +52,7 @@ pub(crate) struct TestGuest {
     /// The current snapshot (what a worker loads per batch).
     pub(crate) map: Arc<GuestPageMap>,
     /// Publishes new snapshots on memory updates.
-    shared: SharedPageMap,
+    shared: Arc<SharedPageMap>,
     /// Bump-allocator cursor per region (offset from the region base).
     next: [Cell<u64>; 2],
 }
@@ -76,13 +76,18 @@ impl TestGuest {
                 spec
             })
             .collect();
-        let shared = SharedPageMap::new();
+        let shared = Arc::new(SharedPageMap::new());
         shared.set_table(specs).expect("map the test guest");
         TestGuest {
             map: shared.load(),
             shared,
             next: [Cell::new(0), Cell::new(0)],
         }
+    }
+
+    /// The published snapshots, as a worker is handed them.
+    pub(crate) fn shared(&self) -> Arc<SharedPageMap> {
+        Arc::clone(&self.shared)
     }
 
     /// Remove region `i` (REM_MEM_REG) and take the new snapshot.

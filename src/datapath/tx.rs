@@ -10,6 +10,12 @@
 //! the uplink transmits straight from the guest's pages ([`SendStatus::InFlight`]):
 //! then the chain waits, in send order, until the uplink reports the packet complete,
 //! so the guest cannot rewrite a buffer the device still reads.
+//!
+//! Under a rate limit ([`TxPath::process_gated`]) each packet is checked against the
+//! limit once it is built (its size known) and before it is sent; a packet the limit
+//! does not allow yet goes back to the avail side like one the uplink has no room for,
+//! and the look ends [`TxOutcome::Throttled`]. What the uplink took (sent, in flight,
+//! or refused) is charged; a chain dropped before the uplink is not.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -20,6 +26,7 @@ use super::ring::Ring;
 use crate::log_limit::LogLimiter;
 use crate::metrics::QueueMetrics;
 use crate::netmem::{FragList, GuestPageMap, PageMapError};
+use crate::ratelimit::{Gate, Unlimited};
 use crate::uplink::{SendStatus, UplinkQueue};
 use crate::virtio::chain::Segments;
 use crate::virtio::{ChainError, Features, HeaderError, VirtioNetHdr, VNET_HDR_LEN};
@@ -39,6 +46,8 @@ pub enum TxOutcome {
     Budget,
     /// The uplink has no room: wait for it to be writable.
     Blocked,
+    /// The rate limit allows the next packet only in this many nanoseconds.
+    Throttled(u64),
 }
 
 /// Why a guest TX chain was dropped (each reason has its own counter).
@@ -240,6 +249,19 @@ impl TxPath {
         features: Features,
         m: &QueueMetrics,
     ) -> TxOutcome {
+        self.process_gated(ring, map, uplink, features, m, &mut Unlimited)
+    }
+
+    /// [`process`](Self::process) under a rate limit: each packet asks `gate` first.
+    pub fn process_gated<G: Gate>(
+        &mut self,
+        ring: &mut Ring,
+        map: &GuestPageMap,
+        uplink: &mut dyn UplinkQueue,
+        features: Features,
+        m: &QueueMetrics,
+        gate: &mut G,
+    ) -> TxOutcome {
         let mut done = 0usize;
         let mut packets = 0u64;
         let mut bytes = 0u64;
@@ -263,15 +285,26 @@ impl TxPath {
             done += 1;
             let mut frags = FragList::new();
             let mut held = false;
-            match self.build(ring, map, head, features, &mut frags) {
+            let built = self.build(ring, map, head, features, &mut frags);
+            if built.is_ok() {
+                if let Err(ns) = gate.check(frags.len() as u64) {
+                    // Not yet: the chain waits on the ring, nothing is lost.
+                    ring.unpop(1);
+                    done -= 1;
+                    break TxOutcome::Throttled(ns);
+                }
+            }
+            match built {
                 Ok(hdr) => match uplink.send(&hdr, &frags) {
                     Ok(SendStatus::Sent) => {
                         packets += 1;
                         bytes += frags.len() as u64;
+                        gate.charge(frags.len() as u64);
                     }
                     Ok(SendStatus::InFlight) => {
                         packets += 1;
                         bytes += frags.len() as u64;
+                        gate.charge(frags.len() as u64);
                         self.in_flight.push_back(head);
                         held = true;
                     }
@@ -283,6 +316,7 @@ impl TxPath {
                     // Logged once by the worker when the uplink went away.
                     Ok(SendStatus::Down) => m.tx_drop_uplink_down.inc(),
                     Ok(SendStatus::Dropped) => {
+                        gate.charge(frags.len() as u64);
                         m.tx_drop_uplink.inc();
                         crate::log_limited!(
                             self.log,
@@ -292,6 +326,7 @@ impl TxPath {
                         );
                     }
                     Err(e) => {
+                        gate.charge(frags.len() as u64);
                         m.tx_drop_uplink.inc();
                         crate::log_limited!(
                             self.log,

@@ -6,6 +6,11 @@
 //!
 //! A ring starts working as soon as the worker starts (the guest may have posted RX
 //! buffers long ago and will not kick again).
+//!
+//! Rate limits: the worker holds one [`Limiter`] per limited direction, built from
+//! [`RateLimits`]; each round it loads the pair's generation (one atomic load) and
+//! rebuilds them when it moved. An unlimited direction has none, and its batches run
+//! the paths with [`crate::ratelimit::Unlimited`].
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -25,6 +30,7 @@ use super::state::{
 use super::tx::{TxOutcome, TxPath};
 use crate::metrics::QueueMetrics;
 use crate::netmem::{GuestPageMap, SharedPageMap};
+use crate::ratelimit::{Limiter, RateLimits};
 use crate::uplink::UplinkQueue;
 use crate::virtio::Features;
 
@@ -55,6 +61,8 @@ pub struct WorkerSpec {
     pub busy_poll: Option<Duration>,
     /// How long guest TX kicks stay off after a TX batch (None: re-enabled at once).
     pub tx_holdoff: Option<Duration>,
+    /// Every pair's rate limits (this worker follows entry `pair`).
+    pub rate_limits: Arc<RateLimits>,
 }
 
 /// What a stopped worker hands back.
@@ -130,6 +138,22 @@ struct Pair {
     /// it could not be (each new reason is logged once).
     reopen_at: Instant,
     reopen_error: Option<String>,
+    /// The rate limits, the generation the limiters were built from, and the limiters
+    /// (None: that direction is not limited).
+    limits: Arc<RateLimits>,
+    limits_generation: u64,
+    tx_limiter: Option<Limiter>,
+    rx_limiter: Option<Limiter>,
+    /// The worker's clock: throttles end at nanoseconds since this instant.
+    origin: Instant,
+    /// When each direction's current throttle began (meaningful while throttled).
+    tx_throttled_at: u64,
+    rx_throttled_at: u64,
+}
+
+/// Nanoseconds since `origin` (the worker's clock).
+fn ns_since(origin: Instant) -> u64 {
+    u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Pair {
@@ -148,11 +172,40 @@ impl Pair {
         map
     }
 
+    /// A direction (`tx` or RX) became throttled (`on`) or stopped being: count it,
+    /// and the time it spent throttled.
+    fn throttle_changed(&mut self, tx: bool, on: bool) {
+        let now = ns_since(self.origin);
+        let m = &*self.metrics;
+        let (count, ns, since) = if tx {
+            (
+                &m.tx_throttled,
+                &m.tx_throttled_ns,
+                &mut self.tx_throttled_at,
+            )
+        } else {
+            (
+                &m.rx_throttled,
+                &m.rx_throttled_ns,
+                &mut self.rx_throttled_at,
+            )
+        };
+        if on {
+            count.inc();
+            *since = now;
+        } else {
+            ns.add(now.saturating_sub(*since));
+        }
+    }
+
     /// Move the TX state on `ev` and carry out what the transition asks for.
     fn tx_event(&mut self, ev: TxEvent) -> io::Result<()> {
         let mut ev = ev;
         loop {
             let (next, action) = self.tx.on(ev, self.holdoff.is_some());
+            if self.tx.throttled_until().is_some() != next.throttled_until().is_some() {
+                self.throttle_changed(true, next.throttled_until().is_some());
+            }
             self.tx = next;
             match action {
                 TxAction::None => return Ok(()),
@@ -179,7 +232,45 @@ impl Pair {
     }
 
     fn rx_event(&mut self, ev: RxEvent) {
-        self.rx = self.rx.on(ev);
+        let next = self.rx.on(ev);
+        if self.rx.throttled_until().is_some() != next.throttled_until().is_some() {
+            self.throttle_changed(false, next.throttled_until().is_some());
+        }
+        self.rx = next;
+    }
+
+    /// Rebuild the limiters if the pair's rate limits changed since they were built
+    /// (one atomic load when they did not), and tell both states.
+    fn sync_limits(&mut self, pair: usize) -> io::Result<()> {
+        let generation = self.limits.generation(pair);
+        if generation == self.limits_generation {
+            return Ok(());
+        }
+        self.limits_generation = generation;
+        let limits = self.limits.get(pair).unwrap_or_default();
+        let now = ns_since(self.origin);
+        self.tx_limiter = Limiter::reconfigure(self.tx_limiter.take(), &limits.tx, now);
+        self.rx_limiter = Limiter::reconfigure(self.rx_limiter.take(), &limits.rx, now);
+        log::info!("queue pair {pair}: rate limits now {limits:?}");
+        self.tx_event(TxEvent::LimitChanged)?;
+        self.rx_event(RxEvent::LimitChanged);
+        Ok(())
+    }
+
+    /// End the throttles whose time is up.
+    fn end_throttles(&mut self) -> io::Result<()> {
+        let (tx, rx) = (self.tx.throttled_until(), self.rx.throttled_until());
+        if tx.is_none() && rx.is_none() {
+            return Ok(());
+        }
+        let now = ns_since(self.origin);
+        if tx.is_some_and(|until| now >= until) {
+            self.tx_event(TxEvent::ThrottleEnded)?;
+        }
+        if rx.is_some_and(|until| now >= until) {
+            self.rx_event(RxEvent::ThrottleEnded);
+        }
+        Ok(())
     }
 
     /// One look at the TX ring: up to a batch of chains to the uplink.
@@ -190,10 +281,23 @@ impl Pair {
         let m = &*self.metrics;
         ring.disable_notification(map.mem());
         let batches = m.tx_batches.get();
-        match self
-            .tx_path
-            .process(ring, map, self.uplink.as_mut(), self.features, m)
-        {
+        let uplink = self.uplink.as_mut();
+        // The one branch a batch pays for rate limiting.
+        let (outcome, now) = match self.tx_limiter.as_mut() {
+            None => (self.tx_path.process(ring, map, uplink, self.features, m), 0),
+            Some(l) => {
+                let now = ns_since(self.origin);
+                l.refill(now);
+                let o = self
+                    .tx_path
+                    .process_gated(ring, map, uplink, self.features, m, l);
+                (o, now)
+            }
+        };
+        match outcome {
+            TxOutcome::Throttled(ns) => TxEvent::Throttled {
+                until: now.saturating_add(ns),
+            },
             TxOutcome::Blocked => TxEvent::Blocked,
             TxOutcome::Budget => TxEvent::Budget,
             // A broken ring's avail index may say there is always work.
@@ -210,11 +314,24 @@ impl Pair {
             return RxEvent::Broke;
         };
         let m = &*self.metrics;
-        let outcome =
-            self.rx_path
-                .process(ring, map, self.uplink.as_mut(), self.features, self.mtu, m);
+        let uplink = self.uplink.as_mut();
+        let (features, mtu) = (self.features, self.mtu);
+        let (outcome, now) = match self.rx_limiter.as_mut() {
+            None => (self.rx_path.process(ring, map, uplink, features, mtu, m), 0),
+            Some(l) => {
+                let now = ns_since(self.origin);
+                l.refill(now);
+                let o = self
+                    .rx_path
+                    .process_gated(ring, map, uplink, features, mtu, m, l);
+                (o, now)
+            }
+        };
         match outcome {
             _ if ring.fault.is_some() => RxEvent::Broke,
+            RxOutcome::Throttled(ns) => RxEvent::Throttled {
+                until: now.saturating_add(ns),
+            },
             RxOutcome::NoBuffers => RxEvent::NoBuffers,
             RxOutcome::Drained => RxEvent::Drained,
             RxOutcome::Budget => RxEvent::Budget,
@@ -317,6 +434,7 @@ impl Pair {
         }
         let mut last_work = Instant::now();
         loop {
+            self.sync_limits(pair)?;
             let before = self.moved();
             self.work()?;
             self.check_uplink(pair, &mut poller)?;
@@ -332,7 +450,10 @@ impl Pair {
                 self.rx_event(RxEvent::BusyPoll);
             }
             let in_flight = self.tx_path.in_flight() > 0;
-            let sleep = state::sleep(self.tx, self.rx, self.uplink_state, in_flight);
+            let throttled =
+                self.tx.throttled_until().is_some() || self.rx.throttled_until().is_some();
+            let now = if throttled { ns_since(self.origin) } else { 0 };
+            let sleep = state::sleep(self.tx, self.rx, self.uplink_state, in_flight, now);
             let mut woken = false;
             for ready in poller.wait(sleep.timeout_ms())? {
                 woken = true;
@@ -377,6 +498,7 @@ impl Pair {
             if in_flight {
                 self.poll_in_flight();
             }
+            self.end_throttles()?;
             self.check_uplink(pair, &mut poller)?;
             self.try_reopen(pair, &mut poller);
             // A timed sleep that ended with nothing (the blocked retry, the in-flight
@@ -391,6 +513,13 @@ impl Pair {
     /// The worker stops: stashed RX chains go back, TX packets in flight are waited
     /// for (bounded) and their chains returned.
     fn finish(mut self) -> StoppedWorker {
+        // A throttle in progress counts its time up to now.
+        if self.tx.throttled_until().is_some() {
+            self.throttle_changed(true, false);
+        }
+        if self.rx.throttled_until().is_some() {
+            self.throttle_changed(false, false);
+        }
         if let Some(ring) = self.rx_ring.as_mut() {
             let map = self.memory.load();
             self.rx_path.release(ring, &map);
@@ -423,6 +552,7 @@ fn run(spec: WorkerSpec, exit: EventFd) -> StoppedWorker {
         uplink,
         busy_poll,
         tx_holdoff,
+        rate_limits,
     } = spec;
     crate::sandbox::enter_or_exit(crate::sandbox::ThreadKind::Worker);
     let rx_ring = make_ring(rx, max_queue_size, pair, "RX");
@@ -449,6 +579,9 @@ fn run(spec: WorkerSpec, exit: EventFd) -> StoppedWorker {
     if uplink_state == UplinkState::Down {
         rx_state = rx_state.on(RxEvent::UplinkLost);
     }
+    let origin = Instant::now();
+    let limits_generation = rate_limits.generation(pair);
+    let limits = rate_limits.get(pair).unwrap_or_default();
     let mut p = Pair {
         features,
         mtu,
@@ -466,9 +599,19 @@ fn run(spec: WorkerSpec, exit: EventFd) -> StoppedWorker {
         uplink_state,
         reopen_at: Instant::now(),
         reopen_error: None,
+        tx_limiter: Limiter::new(&limits.tx, 0),
+        rx_limiter: Limiter::new(&limits.rx, 0),
+        limits: rate_limits,
+        limits_generation,
+        origin,
+        tx_throttled_at: 0,
+        rx_throttled_at: 0,
     };
     if let Err(e) = p.run(pair, &exit, busy_poll) {
         log::error!("queue pair {pair}: worker stopped: {e}");
     }
     p.finish()
 }
+
+#[cfg(test)]
+mod tests;

@@ -12,6 +12,14 @@
 //! compares the generation on its way round and rebuilds its buckets when it moved,
 //! so a change takes effect without a reconnect.
 
+mod bucket;
+mod gate;
+mod spec;
+
+pub use bucket::{Limiter, TokenBucket};
+pub use gate::{Gate, Unlimited};
+pub use spec::LimitSpecError;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 

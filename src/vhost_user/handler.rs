@@ -25,6 +25,7 @@ use crate::config::NetConfig;
 use crate::datapath::{PairWorker, RingSetup, WorkerSpec};
 use crate::metrics::DeviceMetrics;
 use crate::netmem::{DirtyLog, RegionSpec, SharedPageMap, MAX_REGIONS};
+use crate::ratelimit::RateLimits;
 use crate::uplink::Uplink;
 use crate::virtio::features::{
     VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_RING_F_EVENT_IDX,
@@ -54,6 +55,7 @@ pub struct NetBackend {
     uplink: Arc<dyn Uplink>,
     memory: Arc<SharedPageMap>,
     metrics: Arc<DeviceMetrics>,
+    rate_limits: Arc<RateLimits>,
     acked_features: Option<u64>,
     acked_protocol: u64,
     status: u8,
@@ -68,12 +70,14 @@ pub struct NetBackend {
 }
 
 impl NetBackend {
-    /// A backend for one connection, offering `offered` virtio features.
+    /// A backend for one connection, offering `offered` virtio features; its workers
+    /// follow `rate_limits`.
     pub fn new(
         config: Arc<NetConfig>,
         offered: u64,
         uplink: Arc<dyn Uplink>,
         metrics: Arc<DeviceMetrics>,
+        rate_limits: Arc<RateLimits>,
     ) -> Self {
         let pairs = usize::from(config.queue_pairs);
         NetBackend {
@@ -81,6 +85,7 @@ impl NetBackend {
             uplink,
             memory: Arc::new(SharedPageMap::with_limit(config.max_guest_memory)),
             metrics,
+            rate_limits,
             acked_features: None,
             acked_protocol: 0,
             status: 0,
@@ -276,6 +281,7 @@ impl NetBackend {
             uplink,
             busy_poll: self.config.busy_poll,
             tx_holdoff: self.config.tx_holdoff,
+            rate_limits: Arc::clone(&self.rate_limits),
         };
         match PairWorker::spawn(spec) {
             Ok(w) => self.workers[pair] = Some(w),

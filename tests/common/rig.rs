@@ -88,11 +88,16 @@ impl Rig {
     /// connected to it and the peer's sockets on the TAP; `None` when the test cannot run
     /// here (not root).
     pub fn on_tap(test: &str, cfg: GuestConfig, tap: &str) -> Option<Rig> {
+        Self::on_tap_with(test, cfg, tap, &[])
+    }
+
+    /// As [`on_tap`](Self::on_tap), the daemon started with `extra` options too.
+    pub fn on_tap_with(test: &str, cfg: GuestConfig, tap: &str, extra: &[&str]) -> Option<Rig> {
         if !privileged(test) {
             return None;
         }
         let ns = NetNs::new();
-        let d = Self::spawn_daemon(&cfg, &["--tap", tap], &[], Some(&ns));
+        let d = Self::spawn_daemon(&cfg, &["--tap", tap], extra, Some(&ns));
         let mut r = Self::attach(d, cfg);
         ns.wait_link(tap, &mut r.d, TIMEOUT);
         ns.link_up(tap);

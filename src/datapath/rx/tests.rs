@@ -518,3 +518,53 @@ fn with_mrg_rxbuf_a_hostile_chain_between_good_ones_costs_only_itself() {
     assert_eq!(got, delivered(&a, 2));
     assert_eq!(t.r.m.rx_drop_bad_memory.get(), 2);
 }
+
+#[test]
+fn a_dry_limit_stops_reading_the_uplink_and_charges_whole_packets() {
+    use crate::ratelimit::{BucketConfig, LimitConfig, Limiter};
+    let mut t = Rx::new(8, PLAIN);
+    let heads: Vec<u16> = (0..4).map(|_| t.post(&[2048])).collect();
+    let pkts: Vec<Vec<u8>> = (0..4u8).map(|i| packet(1000, i)).collect();
+    t.deliver(&pkts.iter().collect::<Vec<_>>());
+    // 1500 bytes per 100 ms: the first packet fits, the second goes into debt (it is
+    // read while a token is left), the third waits for the debt to be paid.
+    let mut l = Limiter::new(
+        &LimitConfig {
+            bandwidth: Some(BucketConfig {
+                size: 1500,
+                one_time_burst: 0,
+                refill_time_ms: 100,
+            }),
+            ops: None,
+        },
+        0,
+    )
+    .unwrap();
+    let r = &mut t.r;
+    let o = t.rx.process_gated(
+        &mut r.dev, &r.g.map, &mut r.up, t.features, MTU, &r.m, &mut l,
+    );
+    // 500 bytes of debt, 15 per ms: 501 bytes' time until a token.
+    assert_eq!(o, RxOutcome::Throttled(501 * 100_000_000 / 1500));
+    assert_eq!(l.bytes().unwrap().level(), -500);
+    let used = t.r.used();
+    assert_eq!(
+        used.iter().map(|u| u.id).collect::<Vec<_>>(),
+        vec![heads[0], heads[1]]
+    );
+    assert_eq!(
+        t.r.up.inbound.len(),
+        2,
+        "the rest wait in the uplink's queue"
+    );
+    l.refill(1_000_000_000);
+    let r = &mut t.r;
+    let o = t.rx.process_gated(
+        &mut r.dev, &r.g.map, &mut r.up, t.features, MTU, &r.m, &mut l,
+    );
+    assert!(matches!(o, RxOutcome::Throttled(_)), "{o:?}");
+    assert_eq!(t.r.used().len(), 2);
+    assert!(t.r.up.inbound.is_empty());
+    assert_eq!(t.r.m.rx_packets.get(), 4);
+    assert_eq!(t.r.m.snapshot().drops(), 0);
+}

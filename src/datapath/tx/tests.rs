@@ -741,3 +741,105 @@ fn an_avail_ring_entry_outside_guest_memory_stops_the_ring() {
     assert_eq!(t.process(), TxOutcome::Drained);
     assert_counters(&t.r.m, &[("ring_errors", 1)]);
 }
+
+/// A limiter of `ops` packets and `bytes` bytes per 100 ms, full at time 0.
+fn limiter(ops: Option<u64>, bytes: Option<u64>) -> crate::ratelimit::Limiter {
+    use crate::ratelimit::{BucketConfig, LimitConfig, Limiter};
+    let b = |size| BucketConfig {
+        size,
+        one_time_burst: 0,
+        refill_time_ms: 100,
+    };
+    Limiter::new(
+        &LimitConfig {
+            bandwidth: bytes.map(b),
+            ops: ops.map(b),
+        },
+        0,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_dry_limit_leaves_the_chains_on_the_ring_and_says_how_long_to_wait() {
+    let mut t = Tx::new(16, PLAIN);
+    let payloads: Vec<Vec<u8>> = (0..5u8).map(|i| pattern(100, i)).collect();
+    let heads: Vec<u16> = payloads
+        .iter()
+        .map(|p| {
+            let bufs = [t.hdr(VirtioNetHdr::default()), t.data(1, p)];
+            t.r.post(&bufs)
+        })
+        .collect();
+    // 2 packets per 100 ms: one more every 50 ms.
+    let mut l = limiter(Some(2), None);
+    let r = &mut t.r;
+    let o =
+        t.tx.process_gated(&mut r.dev, &r.g.map, &mut r.up, t.features, &r.m, &mut l);
+    assert_eq!(o, TxOutcome::Throttled(50_000_000));
+    assert_eq!(t.r.used_heads(), vec![(heads[0], 0), (heads[1], 0)]);
+    assert_eq!(
+        t.r.dev.available(&t.r.g.map, &t.r.m),
+        Some(3),
+        "the throttled chains wait on the ring"
+    );
+    assert_counters(
+        &t.r.m,
+        &[
+            ("tx_packets", 2),
+            ("tx_bytes", 200),
+            ("tx_batches", 1),
+            ("notifications", 1),
+        ],
+    );
+    // Still dry: a look moves nothing, counts no batch.
+    let r = &mut t.r;
+    let o =
+        t.tx.process_gated(&mut r.dev, &r.g.map, &mut r.up, t.features, &r.m, &mut l);
+    assert_eq!(o, TxOutcome::Throttled(50_000_000));
+    assert_eq!(t.r.m.tx_batches.get(), 1);
+    // 100 ms later: two more, then dry again; the rest keep their order.
+    l.refill(100_000_000);
+    let r = &mut t.r;
+    let o =
+        t.tx.process_gated(&mut r.dev, &r.g.map, &mut r.up, t.features, &r.m, &mut l);
+    assert!(matches!(o, TxOutcome::Throttled(_)), "{o:?}");
+    l.refill(1_000_000_000);
+    let r = &mut t.r;
+    let o =
+        t.tx.process_gated(&mut r.dev, &r.g.map, &mut r.up, t.features, &r.m, &mut l);
+    assert_eq!(o, TxOutcome::Drained);
+    let sent: Vec<Vec<u8>> = t.taken().into_iter().map(|(_, b)| b).collect();
+    assert_eq!(sent, payloads, "every packet went, in order, none dropped");
+    assert_eq!(t.r.m.snapshot().drops(), 0);
+}
+
+#[test]
+fn a_bytes_limit_charges_what_the_uplink_took_and_not_what_it_gave_back() {
+    let mut t = Tx::new(8, PLAIN);
+    t.r.up.answers.extend([
+        Answer::Status(SendStatus::WouldBlock),
+        Answer::Status(SendStatus::Sent),
+    ]);
+    for i in 0..2u8 {
+        let bufs = [t.hdr(VirtioNetHdr::default()), t.data(1, &pattern(600, i))];
+        t.r.post(&bufs);
+    }
+    let mut l = limiter(None, Some(1000));
+    let r = &mut t.r;
+    let o =
+        t.tx.process_gated(&mut r.dev, &r.g.map, &mut r.up, t.features, &r.m, &mut l);
+    assert_eq!(o, TxOutcome::Blocked);
+    assert_eq!(
+        l.bytes().unwrap().level(),
+        1000,
+        "a refused send is not charged"
+    );
+    let r = &mut t.r;
+    let o =
+        t.tx.process_gated(&mut r.dev, &r.g.map, &mut r.up, t.features, &r.m, &mut l);
+    // 400 bytes left for a 600-byte packet: 200 more at 10 per ms.
+    assert_eq!(o, TxOutcome::Throttled(20_000_000));
+    assert_eq!(l.bytes().unwrap().level(), 400);
+    assert_eq!(t.r.m.tx_packets.get(), 1);
+}
