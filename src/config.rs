@@ -281,9 +281,9 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = SeccompMode::Kill, value_name = "MODE")]
     pub seccomp: SeccompMode,
 
-    /// Serve the counters in Prometheus' text format (GET /metrics) on ADDR: a
-    /// loopback TCP address, 127.0.0.1:PORT or [::1]:PORT (other addresses are
-    /// refused: put a proxy in front for remote scrapes), or unix:PATH.
+    /// Serve the counters in Prometheus' text format (GET /metrics) on ADDR:
+    /// 127.0.0.1:PORT or [::1]:PORT (only loopback addresses are served: put a proxy
+    /// in front for remote scrapes), or unix:PATH. An address in use stops the start.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
 
