@@ -276,14 +276,14 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// seccomp filter per thread (control loop, queue workers, stats writer): what a
-    /// syscall outside the thread's allowlist gets.
+    /// seccomp filter per thread (control loop, queue workers, stats writer, API
+    /// server): what a syscall outside the thread's allowlist gets.
     #[arg(long, value_enum, default_value_t = SeccompMode::Kill, value_name = "MODE")]
     pub seccomp: SeccompMode,
 
     /// Serve the counters in Prometheus' text format (GET /metrics) on ADDR:
-    /// 127.0.0.1:PORT or [::1]:PORT (only loopback addresses are served: put a proxy
-    /// in front for remote scrapes), or unix:PATH. An address in use stops the start.
+    /// `127.0.0.1:PORT` or `[::1]:PORT` (only loopback addresses are served: put a
+    /// proxy in front for remote scrapes), or `unix:PATH`. An address in use stops the start.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
 

@@ -256,6 +256,50 @@ fn ctl_prints_replies_and_fails_with_the_servers_message() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["rx"]["bandwidth"]["size"], 50000);
 
+    // The README's example, as written there.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let operating = &readme[readme
+        .find("## Operating")
+        .expect("README: no Operating section")..];
+    let start = operating
+        .find("rate-limit set 1 \\\n")
+        .expect("README: no rate-limit set 1 example");
+    let quoted = &operating[start..];
+    let json = quoted
+        .split('\'')
+        .nth(1)
+        .expect("README: the example's JSON in single quotes");
+    let out = ctl(api, &["rate-limit", "set", "1", json]);
+    assert!(out.status.success(), "the README's rate limit: {out:?}");
+    let out = ctl(api, &["rate-limit", "get", "1"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::from_str::<Value>(json)
+            .unwrap()
+            .as_object()
+            .map(|o| {
+                let mut o = o.clone();
+                o["rx"]["ops"]["one_time_burst"] = json!(50);
+                o["tx"]["bandwidth"]["one_time_burst"] = json!(0);
+                Value::Object(o)
+            })
+            .unwrap()
+    );
+    for cmd in [
+        "ctl --api-socket /tmp/vnm.api stats",
+        "ctl --api-socket /tmp/vnm.api metrics",
+        "ctl --api-socket /tmp/vnm.api config",
+        "ctl --api-socket /tmp/vnm.api rate-limit get 0",
+        "--metrics 127.0.0.1:9464 --api-socket /tmp/vnm.api",
+    ] {
+        assert!(
+            operating.contains(cmd),
+            "README's Operating section lacks {cmd:?}"
+        );
+    }
+
     for (args, msg) in [
         (
             vec!["rate-limit", "get", "7"],

@@ -212,7 +212,7 @@ impl Server {
         }
     }
 
-    /// Serve until `stop` is set (looked at every [`TICK`] at least).
+    /// Serve until `stop` is set (looked at every 200 ms at least).
     pub fn run(&mut self, stop: &AtomicBool) {
         while !stop.load(Ordering::Acquire) {
             if let Err(e) = self.turn() {
