@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use super::http::{self, HttpError, Response, MAX_BODY, MAX_HEAD};
 use super::listen::Listener;
 use super::routes::{ApiState, Role};
+use crate::log_limit::LogLimiter;
 
 /// Connections open at once.
 pub const MAX_CONNECTIONS: usize = 32;
@@ -28,6 +29,9 @@ pub const DEADLINE: Duration = Duration::from_secs(5);
 pub const LINGER: Duration = Duration::from_secs(1);
 /// Reads from one connection in one turn of the loop.
 const READS_PER_TURN: usize = 16;
+/// How long the listeners are left alone after an accept failed (out of fds, ...), so
+/// that a listener that stays readable does not spin the loop.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// Longest sleep between looks at the stop flag.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -200,6 +204,9 @@ pub struct Server {
     listeners: Vec<(Listener, Role)>,
     connections: Vec<Connection>,
     state: Arc<ApiState>,
+    /// No accepting before this (after an accept failed).
+    accept_after: Option<Instant>,
+    accept_errors: LogLimiter,
 }
 
 impl Server {
@@ -209,6 +216,8 @@ impl Server {
             listeners,
             connections: Vec::new(),
             state,
+            accept_after: None,
+            accept_errors: LogLimiter::new(1),
         }
     }
 
@@ -225,7 +234,8 @@ impl Server {
     /// One poll and what it found.
     fn turn(&mut self) -> io::Result<()> {
         let now = Instant::now();
-        let accepting = self.connections.len() < MAX_CONNECTIONS;
+        let accepting = self.connections.len() < MAX_CONNECTIONS
+            && self.accept_after.map_or(true, |t| now >= t);
         let mut fds: Vec<libc::pollfd> = Vec::new();
         if accepting {
             for (l, _) in &self.listeners {
@@ -238,7 +248,9 @@ impl Server {
         let wait = self
             .connections
             .iter()
-            .map(|c| c.deadline.saturating_duration_since(now))
+            .map(|c| c.deadline)
+            .chain(self.accept_after)
+            .map(|t| t.saturating_duration_since(now))
             .min()
             .unwrap_or(TICK)
             .min(TICK);
@@ -287,7 +299,8 @@ impl Server {
                     }),
                     Ok(None) => break,
                     Err(e) => {
-                        log::warn!("api: accept failed: {e}");
+                        crate::log_limited!(self.accept_errors, warn, "api: accept failed: {e}");
+                        self.accept_after = Some(now + ACCEPT_PAUSE);
                         break;
                     }
                 }
@@ -325,4 +338,60 @@ fn poll(fds: &mut [libc::pollfd], wait: Duration) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use clap::Parser;
+
+    use super::*;
+    use crate::api::listen::ListenAddr;
+    use crate::config::{Cli, NetConfig};
+    use crate::metrics::DeviceMetrics;
+    use crate::ratelimit::{PairLimits, RateLimits};
+
+    /// A request sent in pieces beside a silent connection is served at once; the
+    /// silent one gets 408 at its deadline.
+    #[test]
+    fn connections_are_served_side_by_side() {
+        let dir = std::env::temp_dir().join(format!("vnm-server-{}", std::process::id()));
+        let _ = std::fs::create_dir(&dir);
+        let path = dir.join("api.sock");
+        let listener = Listener::bind("--api-socket", &ListenAddr::Unix(path.clone())).unwrap();
+        let cli = Cli::try_parse_from(["vnm", "--socket", "/tmp/s", "--uplink", "null"]).unwrap();
+        let state = ApiState::new(
+            Arc::new(NetConfig::from_cli(cli).unwrap()),
+            Arc::new(DeviceMetrics::new(1)),
+            Arc::new(RateLimits::new(1, PairLimits::default())),
+        );
+        let mut server = Server::new(vec![(listener, Role::Api)], Arc::new(state));
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let t = std::thread::spawn(move || {
+            server.run(&flag);
+            server
+        });
+        let mut silent = UnixStream::connect(&path).unwrap();
+        let start = Instant::now();
+        let mut c = UnixStream::connect(&path).unwrap();
+        for piece in [&b"GET /sta"[..], b"ts HTTP/1.1\r\n", b"\r\n"] {
+            c.write_all(piece).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+        assert!(start.elapsed() < Duration::from_secs(1));
+        let mut reply = String::new();
+        silent.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 408 "), "{reply}");
+        assert!(start.elapsed() >= DEADLINE);
+        stop.store(true, Ordering::Release);
+        let server = t.join().unwrap();
+        server.remove_files();
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir(&dir);
+    }
 }
