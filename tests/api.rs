@@ -438,3 +438,29 @@ fn the_api_thread_is_sandboxed() {
     assert_eq!(st.signal(), Some(libc::SIGSYS), "{st}\n{}", d.stderr());
     let _ = std::fs::remove_file(&api);
 }
+
+/// `--config FILE` takes both options as keys, as it takes every long option.
+#[test]
+fn the_options_can_come_from_a_config_file() {
+    let api = SocketFile::new(".api");
+    let sock = SocketFile::new(".sock");
+    let port = http::free_port();
+    let file = PathBuf::from(format!("{}.toml", unique("/tmp/vnmt")));
+    std::fs::write(
+        &file,
+        format!(
+            "socket = \"{}\"\nuplink = \"null\"\napi-socket = \"{}\"\nmetrics = \"127.0.0.1:{port}\"\n",
+            sock.arg(),
+            api.arg()
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::spawn_raw(&["--config", &file.display().to_string()]);
+    d.wait_stderr("serving the API on", TIMEOUT);
+    let r = unix(&api.0, "GET", "/config", "");
+    assert_eq!(r.json()["metrics"], format!("127.0.0.1:{port}"));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(http::tcp_get(addr, "/metrics").status, 200);
+    d.assert_running("after serving both");
+    let _ = std::fs::remove_file(&file);
+}
