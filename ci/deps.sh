@@ -4,7 +4,7 @@
 # something is missing.
 set -euo pipefail
 pkgs=(iproute2 iputils-ping qemu-system-x86 iperf3 busybox-static dpdk dpdk-dev python3 procps
-    systemd util-linux)
+    systemd util-linux prometheus)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Parser, ValueEnum};
 
+use crate::api::ctl::CtlArgs;
+use crate::api::listen::{ListenAddr, ListenAddrError};
 use crate::launch::activation::ActivatedSocket;
 use crate::ratelimit::{LimitConfig, LimitSpecError, PairLimits};
 use crate::sandbox::SeccompMode;
@@ -81,6 +83,12 @@ pub enum ConfigError {
         /// What is wrong with it.
         source: LimitSpecError,
     },
+    /// Bad `--metrics` address.
+    #[error("{0}")]
+    Metrics(#[from] ListenAddrError),
+    /// `--api-socket` and `--metrics unix:` name the same path.
+    #[error("--api-socket and --metrics name the same socket {0}")]
+    SameSocket(PathBuf),
 }
 
 /// Headroom the kernel keeps in front of each AF_XDP frame (XDP_PACKET_HEADROOM).
@@ -140,9 +148,21 @@ pub enum TestUplinkArg {
 ///                                   (socket and TAP passed as fds: no privilege needed)
 ///   vhost-netmem --socket /run/vnm.sock --tap tap0 --user vhost-netmem
 ///                                   (as root: open the TAP, then become vhost-netmem)
+///   vhost-netmem --socket /tmp/vnm.sock --metrics 127.0.0.1:9464 --api-socket /tmp/vnm.api
+///   vhost-netmem ctl --api-socket /tmp/vnm.api stats
+///                                   (ask a running backend; see `vhost-netmem ctl --help`)
 #[derive(Debug, Parser)]
-#[command(name = "vhost-netmem", version, verbatim_doc_comment)]
+#[command(
+    name = "vhost-netmem",
+    version,
+    verbatim_doc_comment,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
+    /// A client command for a running backend instead of running one.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// vhost-user socket path (alias --socket-path, QEMU's name). By default the
     /// backend listens on it (QEMU's default, cloud-hypervisor's vhost_mode=client).
     #[arg(
@@ -267,8 +287,8 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// seccomp filter per thread (control loop, queue workers, stats writer): what a
-    /// syscall outside the thread's allowlist gets.
+    /// seccomp filter per thread (control loop, queue workers, stats writer, API
+    /// server): what a syscall outside the thread's allowlist gets.
     #[arg(long, value_enum, default_value_t = SeccompMode::Kill, value_name = "MODE")]
     pub seccomp: SeccompMode,
 
@@ -286,6 +306,18 @@ pub struct Cli {
     /// Example, 10 kpps with a burst of 5000: --rx-rate-limit ops=1000/100+5000
     #[arg(long, value_name = "LIMIT")]
     pub rx_rate_limit: Option<String>,
+
+    /// Serve the counters in Prometheus' text format (GET /metrics) on ADDR:
+    /// `127.0.0.1:PORT` or `[::1]:PORT` (only loopback addresses are served: put a
+    /// proxy in front for remote scrapes), or `unix:PATH`. An address in use stops the start.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+
+    /// Serve the HTTP/1.1 control API on a unix socket at PATH: GET /stats,
+    /// GET /metrics, GET /config, GET and PUT /queues/PAIR/rate-limit. The client is
+    /// `vhost-netmem ctl --api-socket PATH ...`.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
 }
 
 /// `--{option} value`, parsed (no option: no limit).
@@ -298,6 +330,13 @@ fn rate_limit(option: &'static str, value: Option<&str>) -> Result<LimitConfig, 
         value: value.to_string(),
         source,
     })
+}
+
+/// Client commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Talk to a running backend over its --api-socket.
+    Ctl(CtlArgs),
 }
 
 impl Cli {
@@ -393,6 +432,10 @@ pub struct NetConfig {
     pub seccomp: SeccompMode,
     /// Every queue pair's rate limits at start-up.
     pub rate_limits: PairLimits,
+    /// Where the Prometheus exposition is served (`--metrics`).
+    pub metrics: Option<ListenAddr>,
+    /// The API socket path (`--api-socket`).
+    pub api_socket: Option<PathBuf>,
 }
 
 /// `--generator-size` checked against the MTU.
@@ -534,6 +577,16 @@ impl NetConfig {
             tx: rate_limit("tx-rate-limit", cli.tx_rate_limit.as_deref())?,
             rx: rate_limit("rx-rate-limit", cli.rx_rate_limit.as_deref())?,
         };
+        let metrics = cli
+            .metrics
+            .as_deref()
+            .map(ListenAddr::parse_metrics)
+            .transpose()?;
+        if let (Some(ListenAddr::Unix(m)), Some(a)) = (&metrics, &cli.api_socket) {
+            if m == a {
+                return Err(ConfigError::SameSocket(a.clone()));
+            }
+        }
         Ok(NetConfig {
             socket,
             uplink,
@@ -554,6 +607,8 @@ impl NetConfig {
             user,
             seccomp: cli.seccomp,
             rate_limits,
+            metrics,
+            api_socket: cli.api_socket,
         })
     }
 }
@@ -726,6 +781,49 @@ mod tests {
             parse(&["--socket", "/s", "--user", "nobody"]).unwrap().user,
             Some(("nobody".into(), None))
         );
+    }
+
+    #[test]
+    fn metrics_and_api_socket_options() {
+        let c = parse(&[
+            "--socket",
+            "/s",
+            "--metrics",
+            "127.0.0.1:9464",
+            "--api-socket",
+            "/a",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.metrics,
+            Some(ListenAddr::Tcp("127.0.0.1:9464".parse().unwrap()))
+        );
+        assert_eq!(c.api_socket, Some(PathBuf::from("/a")));
+        let e = parse(&["--socket", "/s", "--metrics", "0.0.0.0:9464"]).unwrap_err();
+        assert!(e.contains("only loopback"), "{e}");
+        let e = parse(&[
+            "--socket",
+            "/s",
+            "--metrics",
+            "unix:/a",
+            "--api-socket",
+            "/a",
+        ])
+        .unwrap_err();
+        assert!(e.contains("same socket"), "{e}");
+        // The subcommand does not take the daemon's options, nor they it.
+        assert!(Cli::try_parse_from([
+            "vnm",
+            "--socket",
+            "/s",
+            "ctl",
+            "--api-socket",
+            "/a",
+            "stats"
+        ])
+        .is_err());
+        let cli = Cli::try_parse_from(["vnm", "ctl", "--api-socket", "/a", "stats"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Ctl(_))));
     }
 
     #[test]

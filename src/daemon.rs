@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::api::listen::ListenError;
+use crate::api::routes::ApiState;
+use crate::api::ApiThread;
 use crate::config::{NetConfig, SocketConfig, TestUplinkArg, UplinkConfig};
 use crate::launch::fds::{PassedFdError, PassedSocket};
 use crate::launch::privilege::{self, PrivilegeError, Retained};
@@ -85,6 +88,12 @@ pub enum DaemonError {
     /// The seccomp filter could not be installed.
     #[error("{0}")]
     Seccomp(#[from] crate::sandbox::SeccompError),
+    /// `--metrics` or `--api-socket` cannot be served.
+    #[error("{0}")]
+    Api(#[from] ListenError),
+    /// The API server thread could not be started.
+    #[error("cannot start the API server thread: {0}")]
+    ApiThread(io::Error),
 }
 
 /// Build the configured uplink.
@@ -309,18 +318,36 @@ pub fn run(config: NetConfig) -> Result<(), DaemonError> {
             path: Some(path),
         },
     };
-    let metrics = Arc::new(
-        DeviceMetrics::new(usize::from(config.queue_pairs))
-            .with_groups(|pair| uplink.queue_counters(pair)),
-    );
-    let rate_limits = Arc::new(RateLimits::new(
-        usize::from(config.queue_pairs),
-        config.rate_limits,
-    ));
+    // Bound as --user, like the vhost-user socket; an address in use stops the start.
+    let api_listeners = match crate::api::bind(&config) {
+        Ok(l) => l,
+        Err(e) => {
+            if let Endpoint::Listener {
+                path: Some(path), ..
+            } = &endpoint
+            {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e.into());
+        }
+    };
+    let pairs = usize::from(config.queue_pairs);
+    let metrics =
+        Arc::new(DeviceMetrics::new(pairs).with_groups(|pair| uplink.queue_counters(pair)));
+    let rate_limits = Arc::new(RateLimits::new(pairs, config.rate_limits));
     let done = Arc::new(AtomicBool::new(false));
     if let Some(path) = &config.stats_file {
         spawn_stats_writer(Arc::clone(&metrics), path.clone(), Arc::clone(&done));
     }
+    let api = ApiThread::spawn(
+        api_listeners,
+        ApiState::new(
+            Arc::clone(&config),
+            Arc::clone(&metrics),
+            Arc::clone(&rate_limits),
+        ),
+    )
+    .map_err(DaemonError::ApiThread)?;
     crate::sandbox::enter(crate::sandbox::ThreadKind::Control)?;
     log::info!(
         "vhost-netmem {} on {} ({}), {} queue pair(s), uplink: {}",
@@ -344,6 +371,9 @@ pub fn run(config: NetConfig) -> Result<(), DaemonError> {
         &rate_limits,
     );
     done.store(true, Ordering::Release);
+    if let Some(api) = api {
+        api.stop();
+    }
     if let Some(path) = &config.stats_file {
         if let Err(e) = metrics.write_file(path) {
             log::warn!("cannot write stats file {}: {e}", path.display());

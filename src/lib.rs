@@ -3,6 +3,8 @@
 //! vocabulary.
 //!
 //! Module map:
+//! - [`api`]: the HTTP servers (`--metrics`, `--api-socket`): Prometheus exposition,
+//!   stats, configuration and rate limits; the `ctl` client.
 //! - [`config`]: command line -> validated `NetConfig`.
 //! - [`daemon`]: listen or connect, serve connections one after another, signals.
 //! - [`launch`]: how an orchestrator starts the backend: passed fds, systemd socket
@@ -18,6 +20,7 @@
 //! - [`ratelimit`]: per-queue-pair token-bucket limits, shared by control and workers.
 //! - [`sandbox`]: a seccomp filter per kind of thread (`--seccomp`).
 
+pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod datapath;

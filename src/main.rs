@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use vhost_netmem::config::file::{self, Parsed};
-use vhost_netmem::config::NetConfig;
+use vhost_netmem::config::{Command, NetConfig};
 use vhost_netmem::daemon;
 use vhost_netmem::launch::activation::ListenEnv;
 use vhost_netmem::launch::conventions;
@@ -42,6 +42,9 @@ fn main() -> ExitCode {
         Parsed::Clap(e) => e.exit(),
         Parsed::File(e) => return report(&e),
     };
+    if let Some(Command::Ctl(args)) = &cli.command {
+        return vhost_netmem::api::ctl::run(args);
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .format_timestamp_millis()

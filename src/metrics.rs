@@ -86,6 +86,11 @@ macro_rules! queue_metrics {
             pub fn fields(&self) -> Vec<(&'static str, u64)> {
                 vec![$((stringify!($name), self.$name),)*]
             }
+
+            /// Every counter's name with its doc comment (the metric's help text).
+            pub fn help() -> Vec<(&'static str, &'static str)> {
+                vec![$((stringify!($name), concat!($($doc),*).trim_ascii()),)*]
+            }
         }
     };
 }

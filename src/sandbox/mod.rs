@@ -18,8 +18,8 @@ pub use seccomp::{SeccompError, SeccompMode, ThreadKind};
 /// The process's mode and its filters, compiled once by [`init`].
 struct Sandbox {
     mode: SeccompMode,
-    /// Control, worker, stats (None with `off`).
-    filters: [Option<BpfProgram>; 3],
+    /// Control, worker, stats, api (None with `off`).
+    filters: [Option<BpfProgram>; 4],
 }
 
 static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
@@ -29,6 +29,7 @@ fn slot(kind: ThreadKind) -> usize {
         ThreadKind::Control => 0,
         ThreadKind::Worker => 1,
         ThreadKind::Stats => 2,
+        ThreadKind::Api => 3,
     }
 }
 
@@ -39,6 +40,7 @@ pub fn init(mode: SeccompMode) -> Result<(), SeccompError> {
         seccomp::build(ThreadKind::Control, mode)?,
         seccomp::build(ThreadKind::Worker, mode)?,
         seccomp::build(ThreadKind::Stats, mode)?,
+        seccomp::build(ThreadKind::Api, mode)?,
     ];
     let _ = SANDBOX.set(Sandbox { mode, filters });
     Ok(())
@@ -81,7 +83,7 @@ pub fn enter_or_exit(kind: ThreadKind) {
 }
 
 /// Debug builds only: with `VNM_SECCOMP_SELFTEST` naming this thread's kind
-/// (`control`, `worker`, `stats`), call a syscall no filter allows,
+/// (`control`, `worker`, `stats`, `api`), call a syscall no filter allows,
 /// `socket(AF_INET6, SOCK_DGRAM)`, right after the filter is installed, so that a test
 /// can watch `kill` end the process and `log` let the call through.
 #[cfg(debug_assertions)]

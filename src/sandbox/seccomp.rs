@@ -14,6 +14,11 @@
 //!
 //! - [`ThreadKind::Stats`]: the stats file writer only writes a temporary file and
 //!   renames it, sleeps, and logs.
+//! - [`ThreadKind::Api`]: the HTTP server of `--metrics` and `--api-socket`: `poll`
+//!   over its listening sockets and connections, `accept4`, `FIONBIO`, `recvfrom`,
+//!   `sendto` and `shutdown` on the connections (and `fcntl(F_GETFD)`), and reading /proc/self (`openat`,
+//!   `getdents64`, `fstat`) for the process metrics. It is started before the control
+//!   thread enters its filter, so it runs under its own alone.
 //! - [`ThreadKind::Worker`]: a queue pair's epoll loop over eventfds, a timerfd and the
 //!   uplink queue: `readv`/`writev` on a TAP, `sendto` kicks, `ppoll` and `recvfrom` on
 //!   AF_XDP sockets; plus what the rare paths of a worker do: reopening a deleted TAP
@@ -70,6 +75,8 @@ pub enum ThreadKind {
     Worker,
     /// The stats file writer.
     Stats,
+    /// The HTTP server (`--metrics`, `--api-socket`).
+    Api,
 }
 
 impl ThreadKind {
@@ -79,6 +86,7 @@ impl ThreadKind {
             ThreadKind::Control => "control",
             ThreadKind::Worker => "worker",
             ThreadKind::Stats => "stats",
+            ThreadKind::Api => "api",
         }
     }
 }
@@ -206,6 +214,28 @@ fn stats_file(rules: &mut Rules) {
     allow(rules, &[libc::SYS_rename, libc::SYS_renameat]);
 }
 
+/// The HTTP server thread (see the module doc).
+fn api(rules: &mut Rules) {
+    allow(
+        rules,
+        &[
+            libc::SYS_ppoll,
+            libc::SYS_accept4,
+            libc::SYS_recvfrom,
+            libc::SYS_shutdown,
+            libc::SYS_openat,
+            libc::SYS_getdents64,
+            libc::SYS_fstat,
+            libc::SYS_newfstatat,
+        ],
+    );
+    #[cfg(target_arch = "x86_64")]
+    allow(rules, &[libc::SYS_poll]);
+    allow_arg(rules, libc::SYS_ioctl, 1, &[libc::FIONBIO]);
+    // The standard library checks an accepted socket's fd (F_GETFD) in debug builds.
+    allow_arg(rules, libc::SYS_fcntl, 1, &[u(libc::F_GETFD)]);
+}
+
 /// A queue pair's worker (see the module doc).
 fn worker(rules: &mut Rules) {
     allow(
@@ -321,6 +351,7 @@ fn rules(kind: ThreadKind) -> Rules {
         ThreadKind::Control => control(&mut rules),
         ThreadKind::Worker => worker(&mut rules),
         ThreadKind::Stats => stats_file(&mut rules),
+        ThreadKind::Api => api(&mut rules),
     }
     rules
 }

@@ -29,6 +29,10 @@
 //!   opened inside them.
 //! - [`raw`]: a raw vhost-user frontend (messages byte by byte, in any pieces, with any
 //!   fds) for frontends that misbehave on purpose; the daemon's fd count and RSS.
+//! - [`http`]: a minimal HTTP/1.1 client for the API socket, the metrics address and a
+//!   Prometheus server's query API; a free loopback port; a sample of an exposition.
+//! - [`prometheus`]: a real Prometheus server started by a test (killed by PID), and
+//!   `promtool check metrics`.
 //! - [`packet`]: Ethernet / IPv4 / IPv6 / TCP / UDP frame builders, checksum helpers
 //!   (pseudo-header sums, NEEDS_CSUM completion, a parser that verifies) and payload
 //!   patterns.
@@ -43,10 +47,12 @@ pub mod cloud_hypervisor;
 pub mod connection;
 pub mod daemon;
 pub mod guest;
+pub mod http;
 pub mod launch;
 pub mod memory;
 pub mod netns;
 pub mod packet;
+pub mod prometheus;
 pub mod queue;
 pub mod raw;
 pub mod rig;

@@ -33,7 +33,12 @@ fn build_ok(kind: ThreadKind, mode: SeccompMode) -> BpfProgram {
 
 #[test]
 fn every_filter_builds_and_off_builds_none() {
-    for kind in [ThreadKind::Control, ThreadKind::Worker, ThreadKind::Stats] {
+    for kind in [
+        ThreadKind::Control,
+        ThreadKind::Worker,
+        ThreadKind::Stats,
+        ThreadKind::Api,
+    ] {
         for mode in [SeccompMode::Kill, SeccompMode::Log] {
             assert!(!build_ok(kind, mode).is_empty());
         }
@@ -42,6 +47,7 @@ fn every_filter_builds_and_off_builds_none() {
     }
     assert!(allowed_count(ThreadKind::Stats) < allowed_count(ThreadKind::Worker));
     assert!(allowed_count(ThreadKind::Worker) < allowed_count(ThreadKind::Control));
+    assert!(allowed_count(ThreadKind::Api) < allowed_count(ThreadKind::Worker));
 }
 
 #[test]
@@ -60,7 +66,12 @@ fn control_allows_whatever_its_workers_do() {
 
 #[test]
 fn kill_ends_a_worker_that_calls_outside_its_list() {
-    for kind in [ThreadKind::Worker, ThreadKind::Control, ThreadKind::Stats] {
+    for kind in [
+        ThreadKind::Worker,
+        ThreadKind::Control,
+        ThreadKind::Stats,
+        ThreadKind::Api,
+    ] {
         let prog = build_ok(kind, SeccompMode::Kill);
         let (_, status) = forbidden_call_in_child(&prog);
         assert!(
@@ -114,7 +125,12 @@ fn log_lets_the_call_through_and_the_kernel_names_it() {
 /// executable's debug info) rather than dying of SIGSYS halfway.
 #[test]
 fn a_backtrace_still_prints_under_every_filter() {
-    for kind in [ThreadKind::Worker, ThreadKind::Control, ThreadKind::Stats] {
+    for kind in [
+        ThreadKind::Worker,
+        ThreadKind::Control,
+        ThreadKind::Stats,
+        ThreadKind::Api,
+    ] {
         let prog = build_ok(kind, SeccompMode::Kill);
         // SAFETY: glibc's fork leaves malloc usable in the child, which captures and
         // formats a backtrace, then ends with _exit without returning.
