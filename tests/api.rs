@@ -464,3 +464,46 @@ fn the_options_can_come_from_a_config_file() {
     d.assert_running("after serving both");
     let _ = std::fs::remove_file(&file);
 }
+
+/// Issue 13: a limit PUT over the API paces the very next packets, without a reconnect
+/// (the worker picks the change up at the start of the round the guest's kick brings),
+/// and removing it lets the held chains go at once; nothing is dropped.
+#[test]
+fn a_limit_put_at_run_time_paces_the_next_packets() {
+    let (mut rig, api_file) = rig_with_traffic([4, 4], &[]);
+    let api = api_file.0.as_path();
+    // A bucket of 8 packets that refills in 10 s: of a burst, 8 pass soon, no more.
+    let limits = json!({"tx": {"ops": {"size": 8, "refill_time_ms": 10000}}});
+    let r = unix(api, "PUT", "/queues/0/rate-limit", &limits.to_string());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let used = |rig: &Rig| rig.g.vq(1).ring.used_idx(&rig.g.mem);
+    let before = used(&rig);
+    rig.g.send(0, &guest_frames(60, 64, 60, 200));
+    std::thread::sleep(Duration::from_millis(300));
+    let passed = used(&rig).wrapping_sub(before);
+    assert!(
+        (8..=9).contains(&passed),
+        "{passed} of 64 chains taken under a limit of 8 per 10 s set before they were sent"
+    );
+    rig.d.wait_stats("TX throttled", STATS_TIMEOUT, |s| {
+        s.queue(0, "tx_throttled") >= 1
+    });
+    // The other pair is not limited.
+    rig.g.loopback_roundtrip(1, &guest_frames(70, 16, 60, 200));
+    // Removed: the rest go without waiting for the refill.
+    let r = unix(api, "PUT", "/queues/0/rate-limit", "{}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let start = Instant::now();
+    while used(&rig).wrapping_sub(before) < 64 {
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "{} of 64 chains taken after the limit was removed",
+            used(&rig).wrapping_sub(before)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let s = rig.d.wait_stats("all 64 sent", STATS_TIMEOUT, |s| {
+        s.queue(0, "tx_packets") == 4 + 64
+    });
+    assert_eq!(s.queue(0, "tx_drop_uplink"), 0, "nothing dropped");
+}

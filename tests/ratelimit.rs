@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::guest::GuestConfig;
-use common::packet::{guest_frames, test_frame, total_len, ETH_P_TEST, GUEST_MAC, PEER_MAC};
+use common::packet::{guest_frames, peer_frames, total_len, ETH_P_TEST};
 use common::rig::Rig;
 use common::stats::Stats;
 use common::{STATS_TIMEOUT, TIMEOUT};
@@ -25,16 +25,6 @@ const N: usize = 160;
 
 /// Bucket settings of every test: SIZE tokens per 100 ms (SIZE * 10 per second).
 const REFILL_MS: u64 = 100;
-
-/// `n` frames from the peer towards the guest, `min_len` to `max_len` bytes.
-fn peer_frames(seed: u32, n: usize, min_len: usize, max_len: usize) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|i| {
-            let len = min_len + (max_len - min_len) * i / (n - 1);
-            test_frame(GUEST_MAC, PEER_MAC, seed + u32::try_from(i).unwrap(), len)
-        })
-        .collect()
-}
 
 /// Seconds `tokens` beyond a full bucket of `size` take at `size` per [`REFILL_MS`].
 fn least_time(tokens: u64, size: u64) -> Duration {
