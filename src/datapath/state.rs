@@ -35,6 +35,11 @@ pub enum TxState {
     Idle,
     /// The ring may hold chains: look now.
     Pending,
+    /// Kicks are on, and turning them on found the avail index moved: look once,
+    /// leaving kicks on. An empty look goes idle as it is, without turning kicks on
+    /// and asking again, so a ring whose index keeps moving without chains to pop
+    /// cannot keep the worker turning; a look that moved chains ends like any other.
+    Recheck,
     /// Kicks stay off after a batch and the holdoff timer brings the next look;
     /// `due`: a look is wanted before the timer (a kick that raced with the holdoff,
     /// busy-polling).
@@ -58,8 +63,10 @@ pub enum TxState {
 /// What happened to the TX side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TxEvent {
-    /// The guest kicked, or turning kicks on found chains already there.
+    /// The guest kicked.
     Kick,
+    /// Turning kicks on found chains already there.
+    KicksOnFoundChains,
     /// A look emptied the ring; `worked`: it moved at least one chain.
     Drained {
         /// The look moved at least one chain.
@@ -96,7 +103,8 @@ pub enum TxEvent {
 pub enum TxAction {
     /// Nothing.
     None,
-    /// Turn the guest's kicks on; if chains arrived meanwhile, feed [`TxEvent::Kick`].
+    /// Turn the guest's kicks on; if chains arrived meanwhile, feed
+    /// [`TxEvent::KicksOnFoundChains`].
     EnableKicks,
     /// Start the holdoff timer.
     ArmHoldoff,
@@ -115,7 +123,10 @@ impl TxState {
 
     /// Whether the worker should look at the TX ring now.
     pub fn wants_look(self) -> bool {
-        matches!(self, TxState::Pending | TxState::HeldOff { due: true })
+        matches!(
+            self,
+            TxState::Pending | TxState::Recheck | TxState::HeldOff { due: true }
+        )
     }
 
     /// Whether the worker waits for the uplink to turn writable.
@@ -154,12 +165,17 @@ impl TxState {
             (S::Throttled { .. }, E::ThrottleEnded | E::LimitChanged) => (S::Pending, A::None),
             (s, E::Budget) => (s, A::None),
             (S::HeldOff { .. }, E::Drained { .. }) => (S::HeldOff { due: false }, A::None),
+            // The recheck found nothing: kicks are on, nothing to ask again.
+            (S::Recheck, E::Drained { worked: false }) => (S::Idle, A::None),
             (_, E::Drained { worked: true }) if holdoff => {
                 (S::HeldOff { due: false }, A::ArmHoldoff)
             }
             (_, E::Drained { .. }) => (S::Idle, A::EnableKicks),
             // Wake-ups.
             (S::Idle, E::Kick | E::BusyPoll) => (S::Pending, A::None),
+            (S::Idle, E::KicksOnFoundChains) => (S::Recheck, A::None),
+            // A real kick during the recheck: an ordinary look.
+            (S::Recheck, E::Kick) => (S::Pending, A::None),
             (S::HeldOff { .. }, E::Kick | E::BusyPoll) => (S::HeldOff { due: true }, A::None),
             // The timer's look: if it finds nothing the holdoff ends.
             (S::HeldOff { .. }, E::HoldoffExpired) => (S::Pending, A::None),
@@ -175,6 +191,7 @@ impl TxState {
             (
                 s,
                 E::Kick
+                | E::KicksOnFoundChains
                 | E::BusyPoll
                 | E::HoldoffExpired
                 | E::UplinkWritable
@@ -394,7 +411,8 @@ mod tests {
     use TxEvent as E;
     use TxState as S;
 
-    const ALL_TX_EVENTS: [TxEvent; 13] = [
+    const ALL_TX_EVENTS: [TxEvent; 14] = [
+        E::KicksOnFoundChains,
         E::Throttled { until: 5 },
         E::ThrottleEnded,
         E::LimitChanged,
@@ -410,7 +428,8 @@ mod tests {
         E::BusyPoll,
     ];
 
-    const ALL_TX_STATES: [TxState; 8] = [
+    const ALL_TX_STATES: [TxState; 9] = [
+        S::Recheck,
         S::Throttled { until: 5 },
         S::Off,
         S::Idle,
@@ -521,6 +540,33 @@ mod tests {
         assert_eq!(b.on(E::UplinkWritable, true), (S::Pending, A::None));
         // Writability while not blocked does not make a look.
         assert_eq!(S::Idle.on(E::UplinkWritable, false), (S::Idle, A::None));
+    }
+
+    /// A ring whose avail index moves when kicks are turned on but whose look finds
+    /// nothing (a guest flipping its index) must not keep the worker asking: the
+    /// empty recheck goes idle with no action, kicks left on.
+    #[test]
+    fn an_empty_recheck_goes_idle_without_asking_again() {
+        for holdoff in [false, true] {
+            let (s, a) = S::Idle.on(E::KicksOnFoundChains, holdoff);
+            assert_eq!((s, a), (S::Recheck, A::None));
+            assert!(s.wants_look());
+            assert_eq!(
+                s.on(E::Drained { worked: false }, holdoff),
+                (S::Idle, A::None)
+            );
+            // Chains found: an ordinary end of a look.
+            let worked = s.on(E::Drained { worked: true }, holdoff);
+            if holdoff {
+                assert_eq!(worked, (S::HeldOff { due: false }, A::ArmHoldoff));
+            } else {
+                assert_eq!(worked, (S::Idle, A::EnableKicks));
+            }
+            // A real kick meanwhile: an ordinary look, whose empty end turns kicks on.
+            assert_eq!(s.on(E::Kick, holdoff), (S::Pending, A::None));
+            assert_eq!(s.on(E::Broke, holdoff), (S::Broken, A::None));
+            assert_eq!(s.on(E::Budget, holdoff), (S::Recheck, A::None));
+        }
     }
 
     #[test]

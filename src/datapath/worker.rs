@@ -224,8 +224,8 @@ impl Pair {
                     if !more {
                         return Ok(());
                     }
-                    // Chains arrived while kicks were off: as good as a kick.
-                    ev = TxEvent::Kick;
+                    // Chains arrived while kicks were off: look once more.
+                    ev = TxEvent::KicksOnFoundChains;
                 }
             }
         }
@@ -279,7 +279,11 @@ impl Pair {
             return TxEvent::Broke;
         };
         let m = &*self.metrics;
-        ring.disable_notification(map.mem());
+        // A recheck looks with kicks on (they were just turned on), so that an empty
+        // look can go idle as it is; every other look turns them off while it drains.
+        if self.tx != TxState::Recheck {
+            ring.disable_notification(map.mem());
+        }
         let batches = m.tx_batches.get();
         let uplink = self.uplink.as_mut();
         // The one branch a batch pays for rate limiting.
