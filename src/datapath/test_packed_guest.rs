@@ -78,6 +78,10 @@ pub(crate) struct PackedDriver {
     free_ids: VecDeque<u16>,
     /// Ring descriptors of each id in flight.
     in_flight: HashMap<u16, u16>,
+    /// Ids in flight in the order they were made available (kept with `in_order`).
+    order: VecDeque<u16>,
+    /// VIRTIO_F_IN_ORDER: a used id means every id before it is used too.
+    in_order: bool,
 }
 
 impl PackedDriver {
@@ -95,6 +99,8 @@ impl PackedDriver {
             next_used: RingPosition::START,
             free_ids: (0..size).collect(),
             in_flight: HashMap::new(),
+            order: VecDeque::new(),
+            in_order: false,
         }
     }
 
@@ -119,8 +125,14 @@ impl PackedDriver {
             call: Some(EventFd::new(EFD_NONBLOCK).expect("call eventfd")),
             event_idx: false,
             indirect: false,
+            in_order: self.in_order,
             log: None,
         }
+    }
+
+    /// Negotiate VIRTIO_F_IN_ORDER (before [`Self::setup`]).
+    pub(crate) fn set_in_order(&mut self, on: bool) {
+        self.in_order = on;
     }
 
     /// Where the driver will make the next descriptor available.
@@ -213,8 +225,7 @@ impl PackedDriver {
             })
             .collect();
         self.put(g, &descs, true);
-        self.in_flight
-            .insert(id, u16::try_from(n).expect("chain fits u16"));
+        self.note_in_flight(id, u16::try_from(n).expect("chain fits u16"));
         id
     }
 
@@ -259,7 +270,7 @@ impl PackedDriver {
             }],
             true,
         );
-        self.in_flight.insert(id, 1);
+        self.note_in_flight(id, 1);
         id
     }
 
@@ -278,7 +289,14 @@ impl PackedDriver {
     /// Record that `id` is in flight with `n` descriptors (after [`Self::add_raw`]).
     pub(crate) fn track(&mut self, id: u16, n: u16) {
         self.free_ids.retain(|&f| f != id);
+        self.note_in_flight(id, n);
+    }
+
+    fn note_in_flight(&mut self, id: u16, n: u16) {
         self.in_flight.insert(id, n);
+        if self.in_order {
+            self.order.push_back(id);
+        }
     }
 
     /// Take the used descriptors the device has written since the last call.
@@ -292,17 +310,34 @@ impl PackedDriver {
                 return out;
             }
             fence(Ordering::Acquire);
-            let n = self
-                .in_flight
-                .remove(&d.id)
-                .unwrap_or_else(|| panic!("device used id {} not in flight", d.id));
-            self.free_ids.push_back(d.id);
-            self.next_used = self.next_used.advance(n, self.size);
-            out.push(PUsed {
-                id: d.id,
-                len: d.len,
-                written: d.flags & DESC_F_WRITE != 0,
-            });
+            assert!(
+                self.in_flight.contains_key(&d.id),
+                "device used id {} not in flight",
+                d.id
+            );
+            // In order, the ids before this one are used too (their length is the
+            // whole buffer; the device only batches read-only ones, length 0).
+            let ids: Vec<u16> = if self.in_order {
+                let upto = self
+                    .order
+                    .iter()
+                    .position(|&i| i == d.id)
+                    .expect("in order");
+                self.order.drain(..=upto).collect()
+            } else {
+                vec![d.id]
+            };
+            for id in ids {
+                let n = self.in_flight.remove(&id).expect("in flight");
+                self.free_ids.push_back(id);
+                self.next_used = self.next_used.advance(n, self.size);
+                let last = id == d.id;
+                out.push(PUsed {
+                    id,
+                    len: if last { d.len } else { 0 },
+                    written: last && d.flags & DESC_F_WRITE != 0,
+                });
+            }
         }
     }
 

@@ -25,10 +25,14 @@
 //! or in use, a chain that never ends, unreadable descriptors) breaks the ring
 //! ([`RingFault::Broken`]) until it is set up again.
 //!
-//! Used descriptors are written one by one: `len` and `id` first, then the `flags`
-//! word with a release store, so the driver that sees the flags sees the rest.
-//! Chains complete in any order; with VIRTIO_F_IN_ORDER a device could write one used
-//! descriptor for a batch, which this ring does not do yet.
+//! Used descriptors are written `len` and `id` first, then the `flags` word with a
+//! release store, so the driver that sees the flags sees the rest. Chains complete
+//! in any order. With VIRTIO_F_IN_ORDER ([`PackedSetup::in_order`]) device-readable
+//! chains returned empty in ring order (TX) are batched: one used descriptor, with
+//! the last chain's id, written when the batch ends (at [`PackedRing::signal`], or
+//! when a chain that cannot join arrives), and the driver takes the chains before it
+//! as used too. Device-writable chains (RX) are never batched: a skipped buffer
+//! counts as written completely.
 
 pub mod event;
 
@@ -166,6 +170,9 @@ pub struct PackedSetup {
     pub event_idx: bool,
     /// RING_INDIRECT_DESC negotiated.
     pub indirect: bool,
+    /// VIRTIO_F_IN_ORDER negotiated: the caller returns chains in the order they were
+    /// popped, and device-readable ones returned empty are batched.
+    pub in_order: bool,
     /// While the frontend logs dirty pages: the log (the ring's writes are logged at
     /// their guest-physical addresses).
     pub log: Option<Arc<DirtyLog>>,
@@ -231,6 +238,13 @@ pub struct PackedRing {
     next_used: RingPosition,
     /// Ring descriptors each buffer id in use occupies (0: the id is free).
     in_use: Vec<u16>,
+    /// Where each id's chain starts in the ring, and whether it has no device-writable
+    /// buffer (for in-order batching).
+    start_of: Vec<u16>,
+    readable_only: Vec<bool>,
+    in_order: bool,
+    /// The in-order batch not written yet: its last id and its ring descriptors.
+    batch: Option<(u16, u16)>,
     /// Ring descriptors of all chains in use (at most the ring size).
     in_use_descs: u32,
     /// Ids in the order they were popped, the last `size` of them (for
@@ -310,6 +324,10 @@ impl PackedRing {
             next_avail: setup.indices.avail,
             next_used: setup.indices.used,
             in_use: vec![0; usize::from(size)],
+            start_of: vec![0; usize::from(size)],
+            readable_only: vec![false; usize::from(size)],
+            in_order: setup.in_order,
+            batch: None,
             in_use_descs: 0,
             popped: VecDeque::new(),
             pending_signal: false,
@@ -331,7 +349,8 @@ impl PackedRing {
     }
 
     /// Where the ring stands (for handing it back to the control plane:
-    /// [`PackedIndices::vring_base`]).
+    /// [`PackedIndices::vring_base`]). An in-order batch not written yet is not
+    /// counted (call [`Self::signal`] first, as the worker does after every batch).
     pub fn indices(&self) -> PackedIndices {
         PackedIndices {
             avail: self.next_avail,
@@ -481,6 +500,8 @@ impl PackedRing {
             return None;
         }
         self.in_use[usize::from(id)] = count;
+        self.start_of[usize::from(id)] = head.index;
+        self.readable_only[usize::from(id)] = chain.is_ok() && out.iter().all(|s| !s.write);
         self.in_use_descs += u32::from(count);
         self.next_avail = pos;
         self.popped.push_back(id);
@@ -552,17 +573,41 @@ impl PackedRing {
 
     /// Return chain `id` to the guest with `len` bytes written: the used descriptor
     /// is written at the next used position (`len`, `id`, then `flags` with a
-    /// release store) and the position skips the chain's descriptors. False for an
-    /// id not in use (nothing to return) or a ring outside guest memory (the ring is
-    /// then broken).
+    /// release store) and the position skips the chain's descriptors; with in-order
+    /// batching a device-readable chain returned empty at the write position joins
+    /// the batch instead. False for an id not in use (nothing to return) or a ring
+    /// outside guest memory (the ring is then broken).
     pub fn add_used(&mut self, map: &GuestPageMap, id: u16, len: u32) -> bool {
-        let count = match self.in_use.get(usize::from(id)) {
+        let i = usize::from(id);
+        let count = match self.in_use.get(i) {
             Some(&c) if c > 0 => c,
             _ => return false,
         };
         if self.fault.is_some() {
             return false;
         }
+        let batched = self.batch.map_or(0, |(_, n)| n);
+        let joins = self.in_order
+            && len == 0
+            && self.readable_only[i]
+            && self.start_of[i] == self.next_used.advance(batched, self.size).index;
+        if joins {
+            self.batch = Some((id, batched + count));
+            self.in_use[i] = 0;
+            self.pending_signal = true;
+            return true;
+        }
+        if !self.flush_batch(map) || !self.write_used(map, id, len, count) {
+            return false;
+        }
+        self.in_use[i] = 0;
+        self.pending_signal = true;
+        true
+    }
+
+    /// Write one used descriptor for `id` at the next used position and skip `count`
+    /// descriptors; false (the ring broken) when the ring is not writable.
+    fn write_used(&mut self, map: &GuestPageMap, id: u16, len: u32, count: u16) -> bool {
         let at = self.desc_addr(self.next_used.index);
         let mut len_id = [0u8; 6];
         len_id[..4].copy_from_slice(&len.to_le_bytes());
@@ -580,12 +625,18 @@ impl PackedRing {
             return false;
         }
         self.mark(at + 8, DESC_SIZE - 8);
-        self.in_use[usize::from(id)] = 0;
         self.in_use_descs -= u32::from(count);
         self.next_used = self.next_used.advance(count, self.size);
         self.used_since_signal = self.used_since_signal.saturating_add(u32::from(count));
-        self.pending_signal = true;
         true
+    }
+
+    /// Write the in-order batch's one used descriptor, if there is a batch.
+    fn flush_batch(&mut self, map: &GuestPageMap) -> bool {
+        match self.batch.take() {
+            Some((id, count)) => self.write_used(map, id, 0, count),
+            None => true,
+        }
     }
 
     /// Whether the guest wants an interrupt for the used descriptors written since
@@ -613,6 +664,10 @@ impl PackedRing {
     pub fn signal(&mut self, map: &GuestPageMap, m: &QueueMetrics) {
         self.report_fault(m);
         if !std::mem::take(&mut self.pending_signal) {
+            return;
+        }
+        if !self.flush_batch(map) {
+            self.report_fault(m);
             return;
         }
         if !self.needs_notification(map) {
