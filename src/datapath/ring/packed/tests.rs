@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! `PackedRing` against a packed driver in a test guest: wrap-around at every size,
-//! chains, indirect tables, event suppression, handing the ring over, the dirty log,
-//! and what a hostile driver does to it.
+//! chains, indirect tables, unpop, event suppression, handing the ring over and the
+//! dirty log; [`hostile`] drivers and [`in_order`] batches in their own files.
 
 use std::os::unix::fs::FileExt;
 
@@ -492,264 +492,6 @@ fn indirect_descriptors_need_the_feature() {
 }
 
 #[test]
-fn buffers_whose_length_wraps_or_is_zero_are_the_chains_fault() {
-    let mut r = Rig::new(4, |_| {});
-    for (addr, len, want) in [
-        (
-            u64::MAX - 4,
-            10,
-            ChainError::Wraps {
-                gpa: u64::MAX - 4,
-                len: 10,
-            },
-        ),
-        (
-            u64::MAX,
-            1,
-            ChainError::Wraps {
-                gpa: u64::MAX,
-                len: 1,
-            },
-        ),
-        (r.buf, 0, ChainError::ZeroLength),
-    ] {
-        // The bad buffer first, a good one after: the whole chain is dropped.
-        let id = r.drv.add_chain(
-            &r.g,
-            &[
-                Buf {
-                    addr,
-                    len,
-                    write: false,
-                },
-                Buf {
-                    addr: r.buf,
-                    len: 8,
-                    write: false,
-                },
-            ],
-        );
-        assert_eq!(
-            r.pop(),
-            Some(PoppedChain {
-                id,
-                chain: Err(want)
-            })
-        );
-        assert!(r.add_used(id, 0));
-        r.signal();
-        assert_eq!(r.used(), vec![(id, 0)]);
-    }
-    same_place(&r);
-    assert_eq!(r.dev.fault, None);
-}
-
-/// The ring is broken, counted once, and stays broken.
-fn assert_broken(r: &mut Rig) {
-    assert_eq!(r.dev.fault, Some(RingFault::Broken));
-    r.signal();
-    assert_eq!(r.available(), None);
-    assert_eq!(r.pop(), None);
-    assert_counters(&r.m, &[("ring_errors", 1)]);
-    assert_eq!(r.available(), None);
-    assert_counters(&r.m, &[("ring_errors", 1)]);
-}
-
-#[test]
-fn an_id_out_of_range_breaks_the_ring() {
-    for bad in [8u16, 9, u16::MAX] {
-        let mut r = Rig::new(8, |_| {});
-        let b = r.buf;
-        r.drv.add_raw(
-            &r.g,
-            &[PDesc {
-                addr: b,
-                len: 8,
-                id: bad,
-                flags: 0,
-            }],
-            true,
-        );
-        assert_eq!(r.available(), Some(1));
-        assert_eq!(r.pop(), None);
-        assert_broken(&mut r);
-    }
-}
-
-#[test]
-fn an_id_in_use_breaks_the_ring() {
-    let mut r = Rig::new(8, |_| {});
-    let id = r.add(1);
-    assert!(r.pop().is_some());
-    let b = r.buf;
-    r.drv.add_raw(
-        &r.g,
-        &[PDesc {
-            addr: b,
-            len: 8,
-            id,
-            flags: 0,
-        }],
-        true,
-    );
-    assert_eq!(r.pop(), None);
-    assert_broken(&mut r);
-}
-
-#[test]
-fn a_descriptor_made_available_twice_breaks_the_ring() {
-    // The ring is full of chains the device holds; the driver shows the first slot
-    // available again with the next lap's wrap counter (a counter that lies: the
-    // slot was never used).
-    let mut r = Rig::new(2, |_| {});
-    r.add(1);
-    r.add(1);
-    assert!(r.pop().is_some());
-    assert!(r.pop().is_some());
-    let b = r.buf;
-    r.drv.add_raw(
-        &r.g,
-        &[PDesc {
-            addr: b,
-            len: 8,
-            id: 1,
-            flags: 0,
-        }],
-        true,
-    );
-    assert_eq!(r.available(), Some(0), "no room: nothing can be available");
-    assert_eq!(r.pop(), None);
-    assert_broken(&mut r);
-
-    // The same with a fresh id and one slot still held.
-    let mut r = Rig::new(2, |_| {});
-    let a = r.add(1);
-    r.add(1);
-    assert!(r.pop().is_some());
-    assert!(r.pop().is_some());
-    assert!(r.add_used(a, 0));
-    r.signal();
-    // Slot 0 now holds a's used descriptor; slot 1's chain is still held. A chain of
-    // two from slot 0 would cover slot 1.
-    r.drv.add_raw(
-        &r.g,
-        &[
-            PDesc {
-                addr: b,
-                len: 8,
-                id: 0,
-                flags: DESC_F_NEXT,
-            },
-            PDesc {
-                addr: b,
-                len: 8,
-                id: 0,
-                flags: 0,
-            },
-        ],
-        true,
-    );
-    assert_eq!(r.pop(), None);
-    assert_eq!(r.dev.fault, Some(RingFault::Broken));
-}
-
-#[test]
-fn a_wrap_counter_that_lies_is_not_trusted() {
-    // AVAIL equal to USED: a used descriptor, not an available one.
-    for flags in [0, DESC_F_AVAIL | DESC_F_USED, DESC_F_USED] {
-        let mut r = Rig::new(4, |_| {});
-        let b = r.buf;
-        r.drv.add_raw(
-            &r.g,
-            &[PDesc {
-                addr: b,
-                len: 8,
-                id: 0,
-                flags,
-            }],
-            false,
-        );
-        assert_eq!(r.available(), Some(0), "flags {flags:#x}");
-        assert_eq!(r.pop(), None);
-        assert_eq!(r.dev.fault, None);
-        assert!(!r.dev.enable_notification(&r.g.map));
-    }
-    // The head available, the rest of its list not: the driver exposed a partial
-    // list.
-    let mut r = Rig::new(4, |_| {});
-    let b = r.buf;
-    let pos = r.drv.next_avail();
-    r.drv.add_raw(
-        &r.g,
-        &[
-            PDesc {
-                addr: b,
-                len: 8,
-                id: 0,
-                flags: DESC_F_NEXT | avail_bits(pos.wrap),
-            },
-            PDesc {
-                addr: b,
-                len: 8,
-                id: 0,
-                flags: avail_bits(!pos.wrap),
-            },
-        ],
-        false,
-    );
-    assert_eq!(r.available(), Some(0), "a list cut short is not counted");
-    assert_eq!(r.pop(), None);
-    assert_broken(&mut r);
-}
-
-#[test]
-fn a_chain_longer_than_the_ring_breaks_it() {
-    let mut r = Rig::new(4, |_| {});
-    let b = r.buf;
-    let d = PDesc {
-        addr: b,
-        len: 8,
-        id: 0,
-        flags: DESC_F_NEXT,
-    };
-    r.drv.add_raw(&r.g, &[d; 4], true);
-    assert_eq!(r.available(), Some(0));
-    assert_eq!(r.pop(), None);
-    assert_broken(&mut r);
-}
-
-#[test]
-fn a_ring_outside_guest_memory_breaks_it() {
-    for (desc, driver_event, device_event) in [
-        (HOLE_GPA, None, None),
-        (MEM_END - 16 * 4, None, None),
-        (MEM_END - 16 * 3, None, None),
-        (0, Some(HOLE_GPA), None),
-        (0, None, Some(MEM_END)),
-    ] {
-        let mut r = Rig::new(4, |s| {
-            if desc != 0 {
-                s.desc = desc;
-            }
-            if let Some(a) = driver_event {
-                s.driver_event = a;
-            }
-            if let Some(a) = device_event {
-                s.device_event = a;
-            }
-        });
-        if desc == MEM_END - 16 * 4 {
-            // Wholly inside: a working ring.
-            assert_eq!(r.available(), Some(0));
-            assert_eq!(r.dev.fault, None);
-            continue;
-        }
-        assert_eq!(r.available(), None, "{desc:#x}");
-        assert_broken(&mut r);
-    }
-}
-
-#[test]
 fn the_first_decision_notifies_then_the_driver_decides() {
     let mut r = Rig::new(4, |_| {});
     r.drv.set_driver_event(&r.g, 0, EVENT_FLAGS_DISABLE);
@@ -983,140 +725,43 @@ fn every_write_is_in_the_dirty_log() {
 }
 
 #[test]
-fn a_ring_broken_by_a_bad_used_write_says_so() {
-    // A ring the guest moved out of memory after it was checked: the write fails.
+fn unpop_after_out_of_order_returns_finds_the_chains_intact() {
     let mut r = Rig::new(4, |_| {});
-    let id = r.add(1);
-    assert!(r.pop().is_some());
-    r.dev.desc = HOLE_GPA;
-    assert!(!r.add_used(id, 0));
-    assert_broken(&mut r);
-}
-
-/// A rig with VIRTIO_F_IN_ORDER negotiated on both sides.
-fn in_order_rig(size: u16, event_idx: bool) -> Rig {
-    let mut r = Rig::new(size, |_| {});
-    r.drv.set_in_order(true);
-    let mut s = r.drv.setup();
-    s.event_idx = event_idx;
-    r.dev = PackedRing::new(s).unwrap();
-    r
-}
-
-#[test]
-fn in_order_read_only_chains_are_returned_with_one_used_descriptor() {
-    let mut r = in_order_rig(8, false);
-    let ids = [r.add(1), r.add(2), r.add(1), r.add(3)];
-    assert_eq!(r.available(), Some(4));
-    for &id in &ids {
-        assert_eq!(r.pop().map(|p| p.id), Some(id));
-    }
-    let before: Vec<PDesc> = (0..8).map(|i| r.drv.read_desc(&r.g, i)).collect();
-    for &id in &ids {
-        assert!(r.add_used(id, 0));
-    }
-    // Nothing written until the batch ends.
-    let now: Vec<PDesc> = (0..8).map(|i| r.drv.read_desc(&r.g, i)).collect();
-    assert_eq!(now, before);
-    assert_eq!(
-        r.dev.indices().used,
-        RingPosition::START,
-        "the batch is not counted yet"
+    let b = r.buf;
+    let a = r.add(1);
+    let c = r.add(1);
+    let d = r.drv.add_chain(
+        &r.g,
+        &[
+            Buf {
+                addr: b + 1,
+                len: 3,
+                write: false,
+            },
+            Buf {
+                addr: b + 2,
+                len: 4,
+                write: false,
+            },
+        ],
     );
-    r.signal();
-    assert_eq!(r.calls(), 1);
-    // One used descriptor, at the batch's first slot, with the last id.
-    let slot0 = r.drv.read_desc(&r.g, 0);
-    assert_eq!((slot0.id, slot0.len), (ids[3], 0));
-    assert_eq!(slot0.flags, DESC_F_AVAIL | DESC_F_USED);
-    let now: Vec<PDesc> = (1..8).map(|i| r.drv.read_desc(&r.g, i)).collect();
-    assert_eq!(now, before[1..], "the other slots are skipped, not written");
-    assert_eq!(r.used(), ids.iter().map(|&id| (id, 0)).collect::<Vec<_>>());
-    same_place(&r);
-    // Again, across the end of the ring.
+    assert_eq!(r.available(), Some(3));
     for _ in 0..3 {
-        let ids = [r.add(2), r.add(1), r.add(2)];
-        for &id in &ids {
-            assert_eq!(r.pop().map(|p| p.id), Some(id));
-            assert!(r.add_used(id, 0));
-        }
-        r.signal();
-        assert_eq!(r.used(), ids.iter().map(|&id| (id, 0)).collect::<Vec<_>>());
-        same_place(&r);
+        assert!(r.pop().is_some());
     }
+    let want = r.segs.clone();
+    // c completes first (written over a's slot), then the last chain goes back.
+    assert!(r.add_used(c, 0));
+    r.dev.unpop(1);
+    assert_eq!(r.pop().map(|p| p.id), Some(d), "d popped again");
+    assert_eq!(r.segs, want, "its descriptors were not overwritten");
+    assert!(r.add_used(d, 0));
+    assert!(r.add_used(a, 0));
+    r.signal();
+    assert_eq!(r.used(), vec![(c, 0), (d, 0), (a, 0)]);
+    same_place(&r);
     assert_eq!(r.dev.fault, None);
 }
 
-#[test]
-fn in_order_batches_end_at_a_chain_that_cannot_join() {
-    let mut r = in_order_rig(8, false);
-    let b = r.buf;
-    let tx = [r.add(1), r.add(1)];
-    // A device-writable chain (RX): its length matters, it is written on its own.
-    let rx = r.drv.add_chain(
-        &r.g,
-        &[Buf {
-            addr: b,
-            len: 64,
-            write: true,
-        }],
-    );
-    let tx2 = r.add(1);
-    for _ in 0..4 {
-        assert!(r.pop().is_some());
-    }
-    assert!(r.add_used(tx[0], 0));
-    assert!(r.add_used(tx[1], 0));
-    assert!(r.add_used(rx, 0), "written, even empty");
-    // A chain returned with bytes written is not batched either.
-    assert!(r.add_used(tx2, 5));
-    r.signal();
-    let used = r.drv.take_used(&r.g);
-    assert_eq!(
-        used.iter().map(|u| (u.id, u.len)).collect::<Vec<_>>(),
-        vec![(tx[0], 0), (tx[1], 0), (rx, 0), (tx2, 5)]
-    );
-    // Three used descriptors: the batch of two, rx, tx2.
-    // The batch at slot 0 skips slot 1.
-    let slots: Vec<u16> = [0, 2, 3].map(|i| r.drv.read_desc(&r.g, i).id).to_vec();
-    assert_eq!(slots, [tx[1], rx, tx2]);
-    assert_eq!(r.drv.read_desc(&r.g, 1).flags & DESC_F_USED, 0, "skipped");
-    same_place(&r);
-
-    // Out of order (a caller that breaks its promise): each is written on its own.
-    let a = r.add(1);
-    let c = r.add(1);
-    assert!(r.pop().is_some());
-    assert!(r.pop().is_some());
-    assert!(r.add_used(c, 0));
-    assert!(r.add_used(a, 0));
-    r.signal();
-    let at = r.dev.indices().used.index;
-    assert_eq!(r.drv.read_desc(&r.g, at - 2).id, c);
-    assert_eq!(r.drv.read_desc(&r.g, at - 1).id, a);
-}
-
-#[test]
-fn in_order_batches_count_every_skipped_descriptor_for_event_idx() {
-    let mut r = in_order_rig(8, true);
-    assert_eq!(r.round(1, 0), 1, "first decision");
-    // The event at (3, wrap 1): inside a batch of chains at 1, 2-3, 4.
-    r.drv.set_driver_event(
-        &r.g,
-        RingPosition {
-            index: 3,
-            wrap: true,
-        }
-        .word(),
-        EVENT_FLAGS_DESC,
-    );
-    let ids = [r.add(1), r.add(2), r.add(1)];
-    for &id in &ids {
-        assert!(r.pop().is_some());
-        assert!(r.add_used(id, 0));
-    }
-    r.signal();
-    assert_eq!(r.calls(), 1);
-    assert_eq!(r.used().len(), 3);
-    same_place(&r);
-}
+mod hostile;
+mod in_order;
