@@ -172,69 +172,64 @@ pub enum AnyRing {
     Packed(PackedRing),
 }
 
-impl AnyRing {
-    fn get(&self) -> &dyn Virtqueue {
-        match self {
-            AnyRing::Split(r) => r,
-            AnyRing::Packed(r) => r,
+/// Call the same method on whichever ring an [`AnyRing`] holds (a match, no dynamic
+/// dispatch).
+macro_rules! on_ring {
+    ($ring:expr, $r:ident => $call:expr) => {
+        match $ring {
+            AnyRing::Split($r) => $call,
+            AnyRing::Packed($r) => $call,
         }
-    }
-
-    fn get_mut(&mut self) -> &mut dyn Virtqueue {
-        match self {
-            AnyRing::Split(r) => r,
-            AnyRing::Packed(r) => r,
-        }
-    }
+    };
 }
 
 impl Virtqueue for AnyRing {
     fn available(&mut self, map: &GuestPageMap, m: &QueueMetrics) -> Option<u16> {
-        self.get_mut().available(map, m)
+        on_ring!(self, r => Virtqueue::available(r, map, m))
     }
 
     fn pop_chain(&mut self, map: &GuestPageMap, segs: &mut Segments) -> Option<PoppedChain> {
-        self.get_mut().pop_chain(map, segs)
+        on_ring!(self, r => Virtqueue::pop_chain(r, map, segs))
     }
 
     fn unpop(&mut self, n: u16) {
-        self.get_mut().unpop(n);
+        on_ring!(self, r => Virtqueue::unpop(r, n));
     }
 
     fn add_used(&mut self, map: &GuestPageMap, id: u16, len: u32) -> bool {
-        self.get_mut().add_used(map, id, len)
+        on_ring!(self, r => Virtqueue::add_used(r, map, id, len))
     }
 
     fn signal(&mut self, map: &GuestPageMap, m: &QueueMetrics) {
-        self.get_mut().signal(map, m);
+        on_ring!(self, r => Virtqueue::signal(r, map, m));
     }
 
     fn enable_notification(&mut self, map: &GuestPageMap) -> bool {
-        self.get_mut().enable_notification(map)
+        on_ring!(self, r => Virtqueue::enable_notification(r, map))
     }
 
     fn disable_notification(&mut self, map: &GuestPageMap) {
-        self.get_mut().disable_notification(map);
+        on_ring!(self, r => Virtqueue::disable_notification(r, map));
     }
 
     fn vring_base(&self) -> u32 {
-        self.get().vring_base()
+        on_ring!(self, r => Virtqueue::vring_base(r))
     }
 
     fn fault(&self) -> Option<RingFault> {
-        self.get().fault()
+        on_ring!(self, r => Virtqueue::fault(r))
     }
 
     fn size(&self) -> u16 {
-        self.get().size()
+        on_ring!(self, r => Virtqueue::size(r))
     }
 
     fn log(&self) -> Option<&DirtyLog> {
-        self.get().log()
+        on_ring!(self, r => Virtqueue::log(r))
     }
 
     fn kick(&self) -> &EventFd {
-        self.get().kick()
+        on_ring!(self, r => Virtqueue::kick(r))
     }
 }
 
