@@ -141,6 +141,21 @@ impl PackedIndices {
         PackedIndices { avail, used }
     }
 
+    /// From the two words a stopped worker hands back ([`Self::words`]), read
+    /// literally (no zero rule: a used word of 0 is index 0 with wrap counter 0).
+    pub fn from_words(avail: u16, used: u16) -> Self {
+        PackedIndices {
+            avail: RingPosition::from_word(avail),
+            used: RingPosition::from_word(used),
+        }
+    }
+
+    /// (avail, used), each with its wrap counter in bit 15: what a stopped worker
+    /// hands back to the control plane, as the split ring's `indices()` does.
+    pub fn words(self) -> (u16, u16) {
+        (self.avail.word(), self.used.word())
+    }
+
     /// The vhost-user ring base (`GET_VRING_BASE`): avail in bits 0-15, used in bits
     /// 16-31, each with its wrap counter in its bit 15.
     pub fn vring_base(self) -> u32 {

@@ -15,9 +15,10 @@
 //! | `signal(map, m)`                          | `signal(map, m)`                          |
 //! | `enable_notification(map.mem())`          | `enable_notification(map)`                |
 //! | `disable_notification(map.mem())`         | `disable_notification(map)`               |
-//! | `indices()` -> (avail, used)              | `vring_base()` -> the vhost-user form     |
+//! | `indices()` -> (avail, used)              | `indices()` (packed: wrap bits in bit 15) |
+//! | the handler's GET_VRING_BASE answer       | `vring_base()`                            |
 //! | `fault`, `walker.queue_size`, `log()`     | `fault()`, `size()`, `log()`              |
-//! | `kick`, `call`                            | `kick()`                                  |
+//! | `kick` (the worker's epoll)               | `kick()`                                  |
 //!
 //! and the worker holds an [`AnyRing`] (so TX and RX take `&mut AnyRing`, or are
 //! generic over `Virtqueue`, with no dynamic dispatch per chain).
@@ -48,6 +49,10 @@ pub trait Virtqueue {
     fn enable_notification(&mut self, map: &GuestPageMap) -> bool;
     /// Ask for no kicks.
     fn disable_notification(&mut self, map: &GuestPageMap);
+    /// Where the ring stands, for the control plane to start the next worker from:
+    /// the split ring's (next avail, next used) indices, the packed ring's two
+    /// positions in their word form ([`PackedIndices::words`](super::packed::PackedIndices::words)).
+    fn indices(&self) -> (u16, u16);
     /// The ring base `GET_VRING_BASE` answers: the split ring's next avail index,
     /// or the packed ring's [`PackedIndices::vring_base`](super::packed::PackedIndices::vring_base).
     fn vring_base(&self) -> u32;
@@ -92,8 +97,12 @@ impl Virtqueue for Ring {
         Ring::disable_notification(self, map.mem());
     }
 
+    fn indices(&self) -> (u16, u16) {
+        Ring::indices(self)
+    }
+
     fn vring_base(&self) -> u32 {
-        u32::from(self.indices().0)
+        u32::from(Ring::indices(self).0)
     }
 
     fn fault(&self) -> Option<RingFault> {
@@ -142,8 +151,12 @@ impl Virtqueue for PackedRing {
         PackedRing::disable_notification(self, map);
     }
 
+    fn indices(&self) -> (u16, u16) {
+        PackedRing::indices(self).words()
+    }
+
     fn vring_base(&self) -> u32 {
-        self.indices().vring_base()
+        PackedRing::indices(self).vring_base()
     }
 
     fn fault(&self) -> Option<RingFault> {
@@ -210,6 +223,10 @@ impl Virtqueue for AnyRing {
 
     fn disable_notification(&mut self, map: &GuestPageMap) {
         on_ring!(self, r => Virtqueue::disable_notification(r, map));
+    }
+
+    fn indices(&self) -> (u16, u16) {
+        on_ring!(self, r => Virtqueue::indices(r))
     }
 
     fn vring_base(&self) -> u32 {
@@ -281,6 +298,7 @@ mod tests {
         assert_eq!(got, vec![(ids[0], 10), (ids[1], 10), (ids[2], 0)]);
         assert_eq!(ring.size(), 8);
         assert_eq!(ring.vring_base(), 3);
+        assert_eq!(ring.indices(), (3, 3));
         assert_eq!(ring.fault(), None);
         let AnyRing::Split(dev) = ring else {
             panic!("still split")
@@ -301,6 +319,7 @@ mod tests {
         assert_eq!(ring.size(), 4);
         // Four descriptors used in a ring of four: index 0, wrap counter 0, both sides.
         assert_eq!(ring.vring_base(), 0);
+        assert_eq!(ring.indices(), (0, 0));
         assert!(!ring.enable_notification(&g.map));
         assert!(ring.log().is_none());
         assert_eq!(m.notifications.get(), 1);

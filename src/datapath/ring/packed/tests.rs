@@ -623,6 +623,10 @@ fn the_vring_base_carries_both_wrap_counters() {
         }
     );
     assert_eq!(q.used, q.avail);
+    // A stopped worker's words are read literally, the corner included.
+    let (a, u) = i.words();
+    assert_eq!((a, u), (3, 0x8001));
+    assert_eq!(PackedIndices::from_words(a, u), i);
     // The corner that reading costs: used at (0, wrap 0) with chains in flight.
     let corner = PackedIndices {
         avail: RingPosition {
