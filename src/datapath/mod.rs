@@ -8,7 +8,8 @@
 //! - [`rx`]: uplink -> guest RX buffers (MRG_RXBUF gathering, `num_buffers`).
 //! - [`holdoff`]: the timer of the TX kick holdoff.
 //! - [`ring`]: a virtqueue as the worker sees it: queue state, kick and call fds,
-//!   popping heads and notifying the guest.
+//!   popping heads and notifying the guest; the split layout, the packed one
+//!   (`ring::packed`) and the `Virtqueue` interface over both.
 
 pub mod holdoff;
 pub mod poller;
@@ -17,6 +18,8 @@ pub mod rx;
 pub mod state;
 #[cfg(test)]
 mod test_guest;
+#[cfg(test)]
+mod test_packed_guest;
 pub mod tx;
 pub mod worker;
 

@@ -1,5 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! A virtqueue as a worker sees it.
+//!
+//! - [`Ring`]: the split layout (this file).
+//! - [`packed`]: the packed layout ([`PackedRing`]).
+//! - [`virtqueue`]: the [`Virtqueue`] trait both implement and [`AnyRing`], the one
+//!   interface TX and RX are to drive either layout through.
 
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
@@ -342,6 +347,12 @@ impl Ring {
         (self.queue.next_avail(), self.next_used.0)
     }
 }
+
+pub mod packed;
+pub mod virtqueue;
+
+pub use packed::{PackedRing, PackedSetup};
+pub use virtqueue::{AnyRing, Virtqueue};
 
 #[cfg(test)]
 mod tests;

@@ -181,6 +181,41 @@ impl ChainWalker {
     }
 }
 
+/// The descriptor checks both ring layouts share; the packed ring
+/// (`datapath::ring::packed`) checks its descriptors with these, the split ring's
+/// [`ChainWalker::walk`] applies the same rules inline.
+impl ChainWalker {
+    /// A buffer descriptor as a segment: a zero length or an address plus length that
+    /// wraps is refused.
+    pub fn segment(gpa: u64, len: u32, write: bool) -> Result<Segment, ChainError> {
+        if len == 0 {
+            return Err(ChainError::ZeroLength);
+        }
+        if gpa.checked_add(u64::from(len)).is_none() {
+            return Err(ChainError::Wraps { gpa, len });
+        }
+        Ok(Segment { gpa, len, write })
+    }
+
+    /// The table an indirect descriptor names, as (address, entries): refused when
+    /// RING_INDIRECT_DESC was not negotiated, when the descriptor also has NEXT, when
+    /// its length is not a non-zero multiple of 16, when the table has more entries
+    /// than the queue size (the longest legal chain) or wraps the address space.
+    pub fn indirect_table(&self, gpa: u64, len: u32, next: bool) -> Result<(u64, u16), ChainError> {
+        if !self.indirect || next || len == 0 || len % 16 != 0 {
+            return Err(ChainError::BadIndirect);
+        }
+        let entries = u16::try_from(len / 16).map_err(|_| ChainError::BadIndirect)?;
+        if entries > self.queue_size {
+            return Err(ChainError::TooLong(usize::from(self.queue_size)));
+        }
+        if gpa.checked_add(u64::from(len)).is_none() {
+            return Err(ChainError::Wraps { gpa, len });
+        }
+        Ok((gpa, entries))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,6 +307,58 @@ mod tests {
         assert_eq!(
             walk(&m, 6),
             Err(ChainError::TableOutsideMemory(0x1000_0000))
+        );
+    }
+
+    #[test]
+    fn the_shared_descriptor_checks() {
+        assert_eq!(
+            ChainWalker::segment(0x1000, 8, true),
+            Ok(Segment {
+                gpa: 0x1000,
+                len: 8,
+                write: true
+            })
+        );
+        assert_eq!(
+            ChainWalker::segment(0x1000, 0, false),
+            Err(ChainError::ZeroLength)
+        );
+        assert_eq!(
+            ChainWalker::segment(u64::MAX - 3, 8, false),
+            Err(ChainError::Wraps {
+                gpa: u64::MAX - 3,
+                len: 8
+            })
+        );
+        let w = walker();
+        assert_eq!(w.indirect_table(0x4000, 32, false), Ok((0x4000, 2)));
+        assert_eq!(w.indirect_table(0x4000, 256, false), Ok((0x4000, 16)));
+        assert_eq!(
+            w.indirect_table(0x4000, 272, false),
+            Err(ChainError::TooLong(16))
+        );
+        for (len, next) in [(0, false), (24, false), (32, true)] {
+            assert_eq!(
+                w.indirect_table(0x4000, len, next),
+                Err(ChainError::BadIndirect),
+                "{len} {next}"
+            );
+        }
+        assert_eq!(
+            w.indirect_table(u64::MAX - 15, 32, false),
+            Err(ChainError::Wraps {
+                gpa: u64::MAX - 15,
+                len: 32
+            })
+        );
+        let off = ChainWalker {
+            indirect: false,
+            ..w
+        };
+        assert_eq!(
+            off.indirect_table(0x4000, 32, false),
+            Err(ChainError::BadIndirect)
         );
     }
 
