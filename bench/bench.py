@@ -300,8 +300,9 @@ class RunCtx:
 class Backend:
     """One backend to measure: vhost-netmem, DPDK's vhost PMD, or a --peer command."""
 
-    def __init__(self, name, kind, extra=None, command=None):
+    def __init__(self, name, kind, extra=None, command=None, binary=None):
         self.name, self.kind, self.extra, self.command = name, kind, extra or [], command
+        self.binary = binary  # another vhost-netmem build (--compare); None: cfg.bin
         self.skip = {}  # workload key -> reason
 
     def supports(self, wl):
@@ -313,7 +314,8 @@ class Backend:
 
     def argv(self, wl, ctx, cfg, size):
         if self.kind == "vhost-netmem":
-            a = [cfg.bin, "--socket", ctx.socket, "--mac", GUEST_MAC, "--stats-file", ctx.stats]
+            a = [self.binary or cfg.bin, "--socket", ctx.socket, "--mac", GUEST_MAC,
+                 "--stats-file", ctx.stats]
             ring = {"tx": ["--uplink", "null"], "io": ["--uplink", "loopback"],
                     "rx": ["--uplink", "generator", "--generator-size", str(size)]}[wl.direction]
             a += {"ring": ring,
@@ -824,6 +826,9 @@ def main():
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/vhost-netmem"))
     ap.add_argument("--only", default="", help="comma-separated workloads (default all)")
     ap.add_argument("--sizes", default="64,1500")
+    ap.add_argument("--compare", action="append", default=[], metavar="NAME=PATH",
+                    help="another vhost-netmem build measured in every row beside this one "
+                         "(e.g. the commit before a change), backends alternating")
     ap.add_argument("--perf", action="store_true",
                     help="profile vhost-netmem in every row with perf (cpu-clock); the hottest "
                          "symbols go into table.md, full reports into logs/*.perf.txt")
@@ -874,6 +879,19 @@ def main():
         for b in backends:
             b.skip.update({"xdp-tx": why, "xdp-rx": why})
         skipped_reasons.append(f"AF_XDP rows of vhost-netmem skipped: {why}")
+    for spec in cfg.compare:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not os.access(path, os.X_OK):
+            raise BenchError(f"--compare {spec!r}: expected NAME=PATH of a vhost-netmem binary")
+        # A private copy, as for --bin.
+        copy = os.path.join(tmp, f"vhost-netmem-{len(backends)}")
+        shutil.copy2(path, copy)
+        other = Backend(name, "vhost-netmem", binary=copy)
+        other_help = run_cmd([copy, "--help"]).stdout
+        for wl in WORKLOADS:
+            if wl.key == "ring-rx" and "generator" not in other_help:
+                other.skip[wl.key] = f"{name} has no --uplink generator"
+        backends.append(other)
     backends.append(Backend("dpdk-vhost", "dpdk"))
     for spec in cfg.peer:
         name, sep, command = spec.partition("=")

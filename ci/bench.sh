@@ -11,6 +11,8 @@
 # --repeat N   repeats per row, backends alternating (default 3, quick 1); medians reported
 # --bin PATH   the vhost-netmem binary to measure (default: target/release/vhost-netmem,
 #              built first); python3 bench/bench.py --help lists the finer options
+# --compare NAME=PATH  another vhost-netmem build measured in every row beside this one
+#              (the commit before a change: same run, backends alternating)
 # --perf       profile vhost-netmem in every row (perf record, cpu-clock): the hottest
 #              symbols go into table.md, whole reports into DIR/logs/*.perf.txt
 # --out DIR    output folder (default results/<timestamp>/); results/latest/ gets a copy
@@ -38,7 +40,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --out) [ $# -ge 2 ] || die "--out needs a folder"; OUT="$2"; shift 2 ;;
         --out=*) OUT="${1#--out=}"; shift ;;
-        -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) args+=("$1"); shift ;;
     esac
 done
