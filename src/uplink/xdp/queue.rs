@@ -24,6 +24,7 @@ use xdpilone::xdp::XdpDesc;
 use xdpilone::RingTx;
 
 use super::csum;
+use super::gso::{GsoError, GsoPacket, PacketReader};
 use super::socket::{RingSizes, Xsk};
 use super::stats::XdpQueueStats;
 use super::umem::Umem;
@@ -68,11 +69,13 @@ pub(super) const RINGS: RingSizes = RingSizes {
 /// goes on the TX ring; the completion ring gives it back to the pool. The virtio-net
 /// header is not sent. A header asking for a checksum
 /// (`VIRTIO_NET_HDR_F_NEEDS_CSUM`) has the checksum completed in software in the UMEM
-/// frame (counted in `tx_csum_sw`); a header asking for GSO has the packet counted as
-/// dropped (`tx_drop_gso`, [`SendStatus::Dropped`]): nothing can segment it, and the
-/// GSO features are in [`XDP_UNSUPPORTED_FEATURES`](super::XDP_UNSUPPORTED_FEATURES)
-/// so a guest should never send one. A full TX ring, a used-up TX frame budget or an
-/// empty pool is [`SendStatus::WouldBlock`], after one wakeup and completion reap.
+/// frame (counted in `tx_csum_sw`). A TCP GSO packet (TSO4/6, ECN) is segmented in
+/// software (`gso`), each segment written straight into its own frame, all segments
+/// queued together or none: a ring, budget or pool without room for all of them is
+/// [`SendStatus::WouldBlock`], a packet that cannot be segmented a counted drop by
+/// reason (`tx_gso_drop_*`); any other GSO type is dropped (`tx_drop_gso`; UFO and
+/// USO are not offered). A full TX ring, a used-up TX frame budget or an empty pool
+/// is [`SendStatus::WouldBlock`], after one wakeup and completion reap.
 ///
 /// RX: one frame from the RX ring becomes a net_iov frag, written behind a zeroed
 /// 12-byte virtio header (`num_buffers` is the caller's) into the guest buffers; the
@@ -83,7 +86,7 @@ pub(super) const RINGS: RingSizes = RingSizes {
 /// packet without a checksum to complete whose frags all lie in it goes out from guest
 /// memory: [`SendStatus::InFlight`], its pages held and its chain kept by the caller
 /// until the completion ring returns it ([`UplinkQueue::reap_in_flight`]). Other
-/// packets take the copy path (counted in `tx_zc_copied`); since the two paths use
+/// packets (GSO packets always: they are copy-segmented) take the copy path (counted in `tx_zc_copied`); since the two paths use
 /// different interface queues, a flow mixing them may be reordered.
 pub struct XdpQueue {
     queue: u32,
@@ -98,6 +101,8 @@ pub struct XdpQueue {
     log_limit: LogLimiter,
     /// Zero-copy TX from guest memory, when enabled.
     zc: Option<ZeroCopyTx>,
+    /// The frames of the GSO packet being segmented (kept for its allocation).
+    gso_frames: Vec<NetmemRef>,
     umem: Umem,
 }
 
@@ -175,6 +180,7 @@ impl XdpQueue {
             stats,
             log_limit: LogLimiter::new(1),
             zc,
+            gso_frames: Vec::new(),
             umem,
         };
         q.refill();
@@ -252,6 +258,128 @@ impl XdpQueue {
         self.xsk.tx.transmit(1).capacity() > 0
     }
 
+    /// Whether `n` TX ring slots are free and the TX budget has `n` frames left.
+    fn tx_room(&mut self, n: u32) -> bool {
+        self.xsk.tx.transmit(n).capacity() >= n && self.tx_in_flight + n <= TX_FRAMES
+    }
+
+    /// Count and log a GSO packet that cannot be segmented.
+    fn drop_gso(&mut self, e: GsoError) -> SendStatus {
+        let counter = match e {
+            GsoError::GsoType(_) => &self.stats.tx_drop_gso,
+            GsoError::GsoSize => &self.stats.tx_gso_drop_size,
+            GsoError::HdrLen { .. } => &self.stats.tx_gso_drop_hdr_len,
+            GsoError::Header(_) => &self.stats.tx_gso_drop_header,
+            GsoError::Ipv6Extension(_) => &self.stats.tx_gso_drop_ipv6_ext,
+            GsoError::SegmentSize { .. } | GsoError::Segments { .. } => {
+                &self.stats.tx_gso_drop_oversized
+            }
+        };
+        counter.inc();
+        self.drop_tx(&e.to_string())
+    }
+
+    /// Segment a GSO packet into frames of the TX ring: all of its segments or, when
+    /// the ring, the budget or the pool has no room for all of them, none.
+    fn send_gso(&mut self, hdr: &VirtioNetHdr, pkt: &FragList<'_>) -> SendStatus {
+        let frame_len = usize::try_from(self.umem.frame_size()).unwrap_or(usize::MAX);
+        let gso = match GsoPacket::parse(hdr, pkt, frame_len, TX_FRAMES) {
+            Ok(gso) => gso,
+            Err(e) => return self.drop_gso(e),
+        };
+        // At most TX_FRAMES, checked by the parse.
+        let Ok(n) = u32::try_from(gso.segments()) else {
+            return self.drop_gso(GsoError::Segments {
+                segments: gso.segments(),
+                max: TX_FRAMES,
+            });
+        };
+        if !self.tx_room(n) {
+            self.kick_tx();
+            self.reap_completions();
+            if !self.tx_room(n) {
+                self.stats.tx_would_block.inc();
+                return SendStatus::WouldBlock;
+            }
+        }
+        self.gso_frames.clear();
+        let mut reaped = false;
+        while self.gso_frames.len() < gso.segments() {
+            if let Some(frame) = self.umem.alloc_direct() {
+                self.gso_frames.push(frame);
+            } else if !reaped {
+                reaped = true;
+                self.reap_completions();
+            } else {
+                for frame in self.gso_frames.drain(..) {
+                    self.umem.recycle_direct(frame);
+                }
+                self.stats.tx_would_block.inc();
+                return SendStatus::WouldBlock;
+            }
+        }
+        // Write every segment before giving any frame to the kernel, so a failure
+        // leaves nothing half-sent.
+        let mut reader = PacketReader::new(pkt);
+        let mut written = true;
+        for (i, &frame) in self.gso_frames.iter().enumerate() {
+            let len = gso.segment_len(i);
+            // SAFETY: the frames were just taken from the pool: busy (on no ring, in
+            // no frag list), so nothing else reads or writes them while `data` lives.
+            let Some(data) = (unsafe { self.umem.frame_mut(frame, len) }) else {
+                written = false;
+                break;
+            };
+            if gso.write_segment(i, &mut reader, data) != Some(len) {
+                written = false;
+                break;
+            }
+        }
+        if !written {
+            // Cannot happen: the parse checked that every segment fits a frame.
+            for frame in self.gso_frames.drain(..) {
+                self.umem.recycle_direct(frame);
+            }
+            self.stats.tx_gso_drop_oversized.inc();
+            return self.drop_tx("gso segment does not fit a umem frame");
+        }
+        let mut tx = self.xsk.tx.transmit(n);
+        let mut queued = 0;
+        for (i, &frame) in self.gso_frames.iter().enumerate() {
+            let Some(addr) = self.umem.give_to_kernel(frame) else {
+                // Not a frame of this UMEM or already the kernel's: a pool bug. The
+                // frame stays out of circulation rather than be handed out twice; the
+                // segment is lost and TCP sends it again.
+                self.stats.invalid_descs.inc();
+                continue;
+            };
+            // Both fit: a segment is at most a frame, checked by the parse.
+            let len = u32::try_from(gso.segment_len(i)).unwrap_or(u32::MAX);
+            if tx.insert_once(XdpDesc {
+                addr,
+                len,
+                options: 0,
+            }) {
+                queued += 1;
+            } else if let Some((frame, _)) = self.umem.take_from_kernel(addr) {
+                // Cannot happen: the slots were reserved above and only we produce.
+                self.umem.recycle_direct(frame);
+            }
+        }
+        tx.commit();
+        drop(tx);
+        self.gso_frames.clear();
+        self.tx_in_flight += queued;
+        self.stats.tx_packets.add(u64::from(queued));
+        self.stats.tx_gso_segments.add(u64::from(queued));
+        self.stats.tx_gso_packets.inc();
+        if self.xsk.tx.pending() >= KICK_BATCH {
+            self.kick_tx();
+            self.reap_completions();
+        }
+        SendStatus::Sent
+    }
+
     fn drop_tx(&mut self, why: &str) -> SendStatus {
         crate::log_limited!(
             self.log_limit,
@@ -290,8 +418,8 @@ impl UplinkQueue for XdpQueue {
 
     fn send(&mut self, hdr: &VirtioNetHdr, pkt: &FragList<'_>) -> Result<SendStatus, UplinkError> {
         if hdr.gso_type != VIRTIO_NET_HDR_GSO_NONE {
-            self.stats.tx_drop_gso.inc();
-            return Ok(self.drop_tx("gso requested, not available on af_xdp"));
+            // Before zero-copy: a GSO packet is always segmented by copying.
+            return Ok(self.send_gso(hdr, pkt));
         }
         let len = pkt.len();
         let Some(desc_len) = u32::try_from(len)

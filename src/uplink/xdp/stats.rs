@@ -10,8 +10,24 @@ pub struct XdpQueueStats {
     pub tx_packets: Counter,
     /// TX frames the completion ring gave back.
     pub tx_completed: Counter,
-    /// TX packets dropped: GSO requested (no segmentation offload on AF_XDP).
+    /// TX packets dropped: a GSO type not segmented here (UFO, USO, unknown).
     pub tx_drop_gso: Counter,
+    /// TCP GSO packets segmented in software (`gso`).
+    pub tx_gso_packets: Counter,
+    /// Frames those packets were cut into (also in `tx_packets`).
+    pub tx_gso_segments: Counter,
+    /// GSO packets dropped: `gso_size` 0.
+    pub tx_gso_drop_size: Counter,
+    /// GSO packets dropped: `hdr_len` beyond the packet.
+    pub tx_gso_drop_hdr_len: Counter,
+    /// GSO packets dropped: headers that do not parse or lie about lengths, the
+    /// wrong protocol or checksum position, no payload.
+    pub tx_gso_drop_header: Counter,
+    /// GSO packets dropped: an IPv6 extension header the segmenter does not parse.
+    pub tx_gso_drop_ipv6_ext: Counter,
+    /// GSO packets dropped: a segment larger than a UMEM frame, or more segments than
+    /// the TX ring holds.
+    pub tx_gso_drop_oversized: Counter,
     /// TX packets dropped: empty, or larger than a UMEM frame.
     pub tx_drop_length: Counter,
     /// TX packets dropped: checksum requested at a position outside the packet.
@@ -63,6 +79,13 @@ impl XdpQueueStats {
             ("tx_packets", self.tx_packets.get()),
             ("tx_completed", self.tx_completed.get()),
             ("tx_drop_gso", self.tx_drop_gso.get()),
+            ("tx_gso_packets", self.tx_gso_packets.get()),
+            ("tx_gso_segments", self.tx_gso_segments.get()),
+            ("tx_gso_drop_size", self.tx_gso_drop_size.get()),
+            ("tx_gso_drop_hdr_len", self.tx_gso_drop_hdr_len.get()),
+            ("tx_gso_drop_header", self.tx_gso_drop_header.get()),
+            ("tx_gso_drop_ipv6_ext", self.tx_gso_drop_ipv6_ext.get()),
+            ("tx_gso_drop_oversized", self.tx_gso_drop_oversized.get()),
             ("tx_drop_length", self.tx_drop_length.get()),
             ("tx_drop_csum", self.tx_drop_csum.get()),
             ("tx_csum_sw", self.tx_csum_sw.get()),
