@@ -20,8 +20,7 @@ use std::sync::Arc;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
     VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_GUEST_USO4,
-    VIRTIO_NET_F_GUEST_USO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
-    VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_HOST_USO,
+    VIRTIO_NET_F_GUEST_USO6, VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_HOST_USO,
 };
 
 use super::error::XdpError;
@@ -43,20 +42,20 @@ use crate::virtio::Features;
 /// AF_XDP moves wire frames of at most one UMEM frame and carries no offload
 /// metadata (no segmentation, no checksum status) in copy mode, so:
 ///
-/// - `HOST_TSO4`, `HOST_TSO6`, `HOST_ECN`, `HOST_UFO`, `HOST_USO`: the guest would
-///   send GSO super-packets that nothing could segment; [`XdpQueue`] drops them.
+/// - `HOST_UFO`, `HOST_USO`: UDP segmentation is not done here (only TCP is, see
+///   below); [`XdpQueue`] drops such packets.
 /// - `GUEST_TSO4`, `GUEST_TSO6`, `GUEST_ECN`, `GUEST_UFO`, `GUEST_USO4/6`: we never
 ///   receive GSO packets, and offering them makes the RX path provision 64 KiB per
 ///   packet for nothing.
 /// - `GUEST_CSUM`: we can neither mark a received checksum as verified nor hand over
 ///   partial checksums, so the guest must check every checksum itself.
 ///
-/// `CSUM` (the guest leaves TX checksums to the device) stays: the uplink completes
-/// partial checksums in software (see [`XdpQueue`]).
-pub const XDP_UNSUPPORTED_FEATURES: u64 = bit(VIRTIO_NET_F_HOST_TSO4)
-    | bit(VIRTIO_NET_F_HOST_TSO6)
-    | bit(VIRTIO_NET_F_HOST_ECN)
-    | bit(VIRTIO_NET_F_HOST_UFO)
+/// Offered: `CSUM` (the guest leaves TX checksums to the device: the uplink completes
+/// partial checksums in software) and `HOST_TSO4`, `HOST_TSO6`, `HOST_ECN` (the uplink
+/// segments TCP GSO packets in software, straight into UMEM frames, also with
+/// `--xdp-zerocopy-tx`, where GSO packets always take this copy path). See
+/// [`XdpQueue`].
+pub const XDP_UNSUPPORTED_FEATURES: u64 = bit(VIRTIO_NET_F_HOST_UFO)
     | bit(VIRTIO_NET_F_HOST_USO)
     | bit(VIRTIO_NET_F_GUEST_TSO4)
     | bit(VIRTIO_NET_F_GUEST_TSO6)
@@ -256,7 +255,8 @@ impl Uplink for Xdp {
     /// Nothing to apply: AF_XDP has no offloads to switch on (no segmentation, no
     /// checksum metadata). The features that would need them are
     /// [`XDP_UNSUPPORTED_FEATURES`], which the control plane must not offer with this
-    /// uplink; what remains (`CSUM`) is handled in software whatever was acked.
+    /// uplink; what remains (`CSUM`, TCP segmentation) is done in software whatever
+    /// was acked.
     fn apply_features(&self, _features: Features) -> Result<(), UplinkError> {
         Ok(())
     }
@@ -287,6 +287,9 @@ impl Uplink for Xdp {
 mod tests {
     use super::*;
     use crate::virtio::features::SUPPORTED;
+    use virtio_bindings::virtio_net::{
+        VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+    };
 
     #[test]
     fn unsupported_features_keep_the_basics() {
@@ -294,8 +297,13 @@ mod tests {
         assert!(kept.has(crate::virtio::features::VIRTIO_NET_F_CSUM));
         assert!(kept.has(crate::virtio::features::VIRTIO_NET_F_MRG_RXBUF));
         assert!(!kept.guest_gso());
-        assert!(!kept.has(VIRTIO_NET_F_HOST_TSO4));
         assert!(!kept.has(VIRTIO_NET_F_GUEST_CSUM));
+        // TCP segmentation is done by the uplink; UDP segmentation is not.
+        assert!(kept.has(VIRTIO_NET_F_HOST_TSO4));
+        assert!(kept.has(VIRTIO_NET_F_HOST_TSO6));
+        assert!(kept.has(VIRTIO_NET_F_HOST_ECN));
+        assert_ne!(XDP_UNSUPPORTED_FEATURES & bit(VIRTIO_NET_F_HOST_UFO), 0);
+        assert_ne!(XDP_UNSUPPORTED_FEATURES & bit(VIRTIO_NET_F_HOST_USO), 0);
     }
 
     #[test]
