@@ -117,6 +117,15 @@ mod tests {
 
     proptest! {
         #[test]
+        fn word_sums_fold_like_16_bit_sums(data in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            let mut reference: u64 = 0;
+            for w in data.chunks(2) {
+                reference += u64::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+            }
+            prop_assert_eq!(fold(sum_words(&data)), fold(reference));
+        }
+
+        #[test]
         fn completed_checksums_verify(payload in proptest::collection::vec(any::<u8>(), 0..1500)) {
             let (mut f, start, off) = udp_frame(&payload);
             prop_assert!(complete_partial(&mut f, start, off));
