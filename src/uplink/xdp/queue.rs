@@ -258,9 +258,12 @@ impl XdpQueue {
         self.xsk.tx.transmit(1).capacity() > 0
     }
 
-    /// Whether `n` TX ring slots are free and the TX budget has `n` frames left.
-    fn tx_room(&mut self, n: u32) -> bool {
-        self.xsk.tx.transmit(n).capacity() >= n && self.tx_in_flight + n <= TX_FRAMES
+    /// Whether the TX budget has `n` frames left, and so the TX ring `n` free slots:
+    /// the ring holds [`TX_FRAMES`] entries and every one in use is a frame in flight.
+    /// (A reservation cannot tell: it only looks at the kernel's progress once the
+    /// ring seems full, so it may offer fewer slots than are free.)
+    fn tx_room(&self, n: u32) -> bool {
+        self.tx_in_flight + n <= TX_FRAMES
     }
 
     /// Count and log a GSO packet that cannot be segmented.
@@ -343,8 +346,11 @@ impl XdpQueue {
             self.stats.tx_gso_drop_oversized.inc();
             return self.drop_tx("gso segment does not fit a umem frame");
         }
-        let mut tx = self.xsk.tx.transmit(n);
+        // A reservation may offer fewer slots than are free (see `tx_room`); the next
+        // one, made once those are filled, looks at the kernel's progress again.
+        let total = self.gso_frames.len();
         let mut queued = 0;
+        let mut tx = self.xsk.tx.transmit(n);
         for (i, &frame) in self.gso_frames.iter().enumerate() {
             let Some(addr) = self.umem.give_to_kernel(frame) else {
                 // Not a frame of this UMEM or already the kernel's: a pool bug. The
@@ -353,16 +359,24 @@ impl XdpQueue {
                 self.stats.invalid_descs.inc();
                 continue;
             };
-            // Both fit: a segment is at most a frame, checked by the parse.
-            let len = u32::try_from(gso.segment_len(i)).unwrap_or(u32::MAX);
-            if tx.insert_once(XdpDesc {
+            // Fits: a segment is at most a frame, checked by the parse.
+            let desc = XdpDesc {
                 addr,
-                len,
+                len: u32::try_from(gso.segment_len(i)).unwrap_or(u32::MAX),
                 options: 0,
-            }) {
+            };
+            let mut inserted = tx.insert_once(desc);
+            if !inserted {
+                tx.commit();
+                drop(tx);
+                tx = self.xsk.tx.transmit(u32::try_from(total - i).unwrap_or(n));
+                inserted = tx.insert_once(desc);
+            }
+            if inserted {
                 queued += 1;
             } else if let Some((frame, _)) = self.umem.take_from_kernel(addr) {
-                // Cannot happen: the slots were reserved above and only we produce.
+                // Cannot happen: the budget guarantees the slots and only we produce.
+                self.stats.invalid_descs.inc();
                 self.umem.recycle_direct(frame);
             }
         }
