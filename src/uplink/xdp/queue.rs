@@ -10,20 +10,23 @@
 //! TX copies the frags into a frame taken from the pool (the 12-byte virtio header is
 //! not sent; see [`XdpQueue`] for what happens to checksum and GSO requests), and the
 //! completion ring gives it back to the pool; RX turns the frame into a net_iov frag,
-//! copies it behind a zeroed virtio header into the guest's buffers, and recycles it
-//! to the pool, whence the fill ring is refilled. `need_wakeup` is honoured both ways:
+//! copies it behind a zeroed virtio header into the guest's buffers (or coalesces a
+//! TCP segment with those of its flow after it, `gro`), and recycles it to the pool,
+//! whence the fill ring is refilled. `need_wakeup` is honoured both ways:
 //! `sendto` (TX) and `poll` (fill ring) are only issued when the kernel sets the flag;
 //! in copy mode the kernel always sets it for TX, since nothing transmits in copy mode
 //! without a syscall.
 
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use xdpilone::xdp::XdpDesc;
 use xdpilone::RingTx;
 
 use super::csum;
+use super::gro::{TcpSegment, MAX_GRO_HEADERS};
 use super::gso::{GsoError, GsoPacket, PacketReader};
 use super::socket::{RingSizes, Xsk};
 use super::stats::XdpQueueStats;
@@ -32,8 +35,11 @@ use super::zerocopy::ZeroCopyTx;
 use crate::log_limit::LogLimiter;
 use crate::netmem::{FragList, GuestPageMap, NetmemRef};
 use crate::uplink::{SendStatus, UplinkError, UplinkQueue};
+use crate::virtio::features::{
+    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+};
 use crate::virtio::header::{VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE};
-use crate::virtio::{VirtioNetHdr, VNET_HDR_LEN};
+use crate::virtio::{Features, VirtioNetHdr, VNET_HDR_LEN};
 
 /// Size of one UMEM frame (a page: one frame per packet, aligned chunk mode).
 pub const UMEM_FRAME_SIZE: u32 = 4096;
@@ -53,6 +59,8 @@ const MAX_KICKS: u32 = TX_FRAMES / KICK_BATCH + 2;
 /// frames return to the page pool's cache a batch at a time instead of overflowing
 /// it into the recycle ring at the end of a long burst.
 const KICK_BATCH: u32 = 32;
+/// Most segments coalesced into one received packet.
+const MAX_GRO_SEGMENTS: usize = 64;
 
 /// Ring sizes of each queue's socket: the fill and RX rings hold the RX budget, the TX
 /// and completion rings the TX budget.
@@ -79,7 +87,11 @@ pub(super) const RINGS: RingSizes = RingSizes {
 ///
 /// RX: one frame from the RX ring becomes a net_iov frag, written behind a zeroed
 /// 12-byte virtio header (`num_buffers` is the caller's) into the guest buffers; the
-/// frame is recycled to the pool, which refills the fill ring.
+/// frame is recycled to the pool, which refills the fill ring. For a guest that acked
+/// GUEST_CSUM and GUEST_TSO4/6, a TCP segment is coalesced (`gro`) with the segments
+/// of its flow that follow it on the RX ring, payload after payload into the guest
+/// buffers, and handed over as one GSO packet (counted in `rx_gro_packets`); the
+/// first frame that does not follow is held for the next receive.
 ///
 /// Zero-copy TX (`XdpOptions::zerocopy_tx`): the guest memory snapshot the worker
 /// attaches is registered as a second UMEM (see `zerocopy` and `guest_umem`), and a
@@ -103,6 +115,11 @@ pub struct XdpQueue {
     zc: Option<ZeroCopyTx>,
     /// The frames of the GSO packet being segmented (kept for its allocation).
     gso_frames: Vec<NetmemRef>,
+    /// The features the guest acked (the device stores them, see `Xdp`).
+    acked: Arc<AtomicU64>,
+    /// A received frame (frame, offset, length) that did not continue the packet
+    /// being coalesced: the next one received.
+    held: Option<(NetmemRef, u32, u32)>,
     umem: Umem,
 }
 
@@ -171,6 +188,7 @@ impl XdpQueue {
         umem: Umem,
         stats: Arc<XdpQueueStats>,
         zc: Option<ZeroCopyTx>,
+        acked: Arc<AtomicU64>,
     ) -> Self {
         let mut q = XdpQueue {
             queue,
@@ -181,6 +199,8 @@ impl XdpQueue {
             log_limit: LogLimiter::new(1),
             zc,
             gso_frames: Vec::new(),
+            acked,
+            held: None,
             umem,
         };
         q.refill();
@@ -404,6 +424,130 @@ impl XdpQueue {
         SendStatus::Dropped
     }
 
+    /// The next frame of the RX ring (frame, offset, length), taken from the kernel;
+    /// entries naming no frame of ours are skipped (counted).
+    fn next_rx(&mut self) -> Option<(NetmemRef, u32, u32)> {
+        loop {
+            let mut rx = self.xsk.rx.receive(1);
+            let desc = rx.read();
+            rx.release();
+            drop(rx);
+            let desc = desc?;
+            self.rx_held = self.rx_held.saturating_sub(1);
+            if let Some((frame, offset)) = self.umem.take_from_kernel(desc.addr) {
+                return Some((frame, offset, desc.len));
+            }
+            // Outside the UMEM, or a frame the kernel did not own: skipped.
+            self.stats.invalid_descs.inc();
+        }
+    }
+
+    /// With GUEST_TSO4/6 and GUEST_CSUM acked: coalesce the TCP segment `first`,
+    /// already copied behind the virtio header into `bufs`, with the segments of its
+    /// flow that follow it on the RX ring, and write the coalesced packet's headers.
+    /// Returns the packet's length (header included) when at least two segments were
+    /// coalesced; None leaves `bufs` holding `first` alone. `first` stays the
+    /// caller's; the first frame that does not follow is held for the next receive.
+    fn coalesce(
+        &mut self,
+        first: NetmemRef,
+        offset: u32,
+        len: u32,
+        bufs: &FragList<'_>,
+    ) -> Option<usize> {
+        let acked = Features::from_bits(self.acked.load(Ordering::Relaxed));
+        if !acked.has(VIRTIO_NET_F_GUEST_CSUM) {
+            return None;
+        }
+        let (v4, v6) = (
+            acked.has(VIRTIO_NET_F_GUEST_TSO4),
+            acked.has(VIRTIO_NET_F_GUEST_TSO6),
+        );
+        if !v4 && !v6 {
+            return None;
+        }
+        let (offset, len) = (usize::try_from(offset).ok()?, usize::try_from(len).ok()?);
+        let mut head = [0u8; VNET_HDR_LEN + MAX_GRO_HEADERS];
+        let seg = {
+            // SAFETY: `first` was taken from the kernel and not handed on: busy, and
+            // no frag over it is in use (the copy into `bufs` is done).
+            let data = unsafe { self.umem.frame_mut(first, offset + len) }?.get(offset..)?;
+            let seg = TcpSegment::parse(data)?;
+            if !(if seg.v6() { v6 } else { v4 }) {
+                return None;
+            }
+            head.get_mut(VNET_HDR_LEN..VNET_HDR_LEN + seg.hdr_len)?
+                .copy_from_slice(&data[..seg.hdr_len]);
+            seg
+        };
+        let cap = bufs.len().checked_sub(VNET_HDR_LEN)?;
+        let (mut total, mut count) = (len, 1);
+        let mut seq = seg.seq.wrapping_add(u32::try_from(seg.payload).ok()?);
+        let (mut psh, mut full) = (seg.psh, true);
+        while !psh && full && count < MAX_GRO_SEGMENTS {
+            let Some((frame, off, flen)) = self.next_rx() else {
+                break;
+            };
+            let (o, l) = (
+                usize::try_from(off).unwrap_or(usize::MAX),
+                usize::try_from(flen).unwrap_or(usize::MAX),
+            );
+            let next = {
+                // SAFETY: as above: `frame` was just taken from the kernel.
+                let data = o
+                    .checked_add(l)
+                    .and_then(|end| unsafe { self.umem.frame_mut(frame, end) })
+                    .and_then(|d| d.get(o..));
+                data.and_then(|d| {
+                    TcpSegment::parse(d).filter(|n| seg.continues(&head[VNET_HDR_LEN..], n, d, seq))
+                })
+                .filter(|n| total + n.payload <= cap && seg.fits(total, n.payload))
+            };
+            let Some(n) = next else {
+                self.held = Some((frame, off, flen));
+                break;
+            };
+            let mut payload = FragList::new();
+            let copied = match (u32::try_from(n.hdr_len), u32::try_from(n.payload)) {
+                (Ok(at), Ok(plen))
+                    if self
+                        .umem
+                        .push_frag(frame, off + at, plen, &mut payload)
+                        .is_ok() =>
+                {
+                    bufs.copy_from_list(VNET_HDR_LEN + total, &payload)
+                }
+                _ => 0,
+            };
+            drop(payload);
+            self.umem.recycle_direct(frame);
+            if copied != n.payload {
+                // Cannot happen: the segment lies in its frame and the buffers have room.
+                self.stats.invalid_descs.inc();
+                break;
+            }
+            total += n.payload;
+            // A payload is less than a frame.
+            seq = seq.wrapping_add(u32::try_from(n.payload).unwrap_or(u32::MAX));
+            psh = n.psh;
+            full = n.payload == seg.payload;
+            count += 1;
+        }
+        if count == 1 {
+            return None;
+        }
+        // Cannot fail: the lengths were checked as segments were added (if it did, the
+        // guest would get the first segment alone and TCP would resend the rest).
+        let hdr = seg.finish(&mut head[VNET_HDR_LEN..], total, psh)?;
+        head[..VNET_HDR_LEN].copy_from_slice(&hdr.to_bytes());
+        bufs.copy_from(&head[..VNET_HDR_LEN + seg.hdr_len]);
+        self.stats.rx_gro_packets.inc();
+        self.stats
+            .rx_gro_segments
+            .add(u64::try_from(count).unwrap_or(u64::MAX));
+        Some(VNET_HDR_LEN + total)
+    }
+
     /// Copy `len` bytes at `offset` of a busy RX frame, behind a zeroed virtio
     /// header, into `bufs`: the frame becomes a net_iov frag, copied list to list.
     /// Returns the bytes written, or None when the descriptor runs past its frame.
@@ -565,29 +709,27 @@ impl UplinkQueue for XdpQueue {
             self.refill();
         }
         loop {
-            let mut rx = self.xsk.rx.receive(1);
-            let desc = rx.read();
-            rx.release();
-            drop(rx);
-            let Some(desc) = desc else {
+            let Some((frame, offset, len)) = self.held.take().or_else(|| self.next_rx()) else {
                 self.refill();
                 self.wake_fill();
                 return Ok(None);
             };
-            self.rx_held = self.rx_held.saturating_sub(1);
-            let Some((frame, offset)) = self.umem.take_from_kernel(desc.addr) else {
-                // Outside the UMEM, or a frame the kernel did not own: skipped.
-                self.stats.invalid_descs.inc();
-                continue;
-            };
-            let written = self.copy_frame_out(frame, offset, desc.len, bufs);
-            self.umem.recycle_direct(frame);
+            let written = self.copy_frame_out(frame, offset, len, bufs);
             let Some(written) = written else {
                 // Runs past the end of its frame.
+                self.umem.recycle_direct(frame);
                 self.stats.invalid_descs.inc();
                 continue;
             };
-            let want = VNET_HDR_LEN + usize::try_from(desc.len).unwrap_or(usize::MAX);
+            let want = VNET_HDR_LEN + usize::try_from(len).unwrap_or(usize::MAX);
+            if written == want {
+                if let Some(n) = self.coalesce(frame, offset, len, bufs) {
+                    self.umem.recycle_direct(frame);
+                    self.stats.rx_packets.inc();
+                    return Ok(Some(n));
+                }
+            }
+            self.umem.recycle_direct(frame);
             if written < want {
                 self.stats.rx_truncated.inc();
             }
@@ -595,6 +737,15 @@ impl UplinkQueue for XdpQueue {
             // The full length, as a TAP read reports it: the worker drops (and counts)
             // a packet that did not fit instead of handing the guest a cut one.
             return Ok(Some(want));
+        }
+    }
+}
+
+impl Drop for XdpQueue {
+    /// A held frame goes back to the pool before the UMEM takes the rest back.
+    fn drop(&mut self) {
+        if let Some((frame, _, _)) = self.held.take() {
+            self.umem.recycle_direct(frame);
         }
     }
 }

@@ -43,6 +43,11 @@ pub struct XdpQueueStats {
     pub tx_kick_errors: Counter,
     /// Packets written into guest buffers.
     pub rx_packets: Counter,
+    /// Packets handed to the guest coalesced from several TCP segments (GRO; also in
+    /// `rx_packets`).
+    pub rx_gro_packets: Counter,
+    /// Segments those packets were coalesced from.
+    pub rx_gro_segments: Counter,
     /// RX packets cut short because the guest buffers were smaller.
     pub rx_truncated: Counter,
     /// `poll` wakeups issued because the fill ring asked for one.
@@ -93,6 +98,8 @@ impl XdpQueueStats {
             ("tx_kicks", self.tx_kicks.get()),
             ("tx_kick_errors", self.tx_kick_errors.get()),
             ("rx_packets", self.rx_packets.get()),
+            ("rx_gro_packets", self.rx_gro_packets.get()),
+            ("rx_gro_segments", self.rx_gro_segments.get()),
             ("rx_truncated", self.rx_truncated.get()),
             ("fill_wakeups", self.fill_wakeups.get()),
             ("tx_zc_packets", self.tx_zc_packets.get()),
