@@ -9,21 +9,27 @@
 //! on the frame already copied into the UMEM.
 
 /// Ones' complement sum of `data` as big-endian 16-bit words (an odd last byte is
-/// padded with zero), not yet folded.
-fn sum_words(data: &[u8]) -> u64 {
-    let mut chunks = data.chunks_exact(2);
-    let mut sum: u64 = chunks
+/// padded with zero), not yet folded. Adds 32-bit words (the folded result is the
+/// same), so a 64 KiB run cannot overflow.
+pub(super) fn sum_words(data: &[u8]) -> u64 {
+    let mut words = data.chunks_exact(4);
+    let mut sum: u64 = words
+        .by_ref()
+        .map(|w| u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]])))
+        .sum();
+    let mut rest = words.remainder().chunks_exact(2);
+    sum += rest
         .by_ref()
         .map(|w| u64::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    if let [last] = chunks.remainder() {
+        .sum::<u64>();
+    if let [last] = rest.remainder() {
         sum += u64::from(*last) << 8;
     }
     sum
 }
 
 /// Fold a wide sum into 16 bits with end-around carry.
-fn fold(mut sum: u64) -> u16 {
+pub(super) fn fold(mut sum: u64) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -110,6 +116,15 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn word_sums_fold_like_16_bit_sums(data in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            let mut reference: u64 = 0;
+            for w in data.chunks(2) {
+                reference += u64::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+            }
+            prop_assert_eq!(fold(sum_words(&data)), fold(reference));
+        }
+
         #[test]
         fn completed_checksums_verify(payload in proptest::collection::vec(any::<u8>(), 0..1500)) {
             let (mut f, start, off) = udp_frame(&payload);

@@ -15,13 +15,12 @@
 
 use std::ffi::CString;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
-    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_GUEST_USO4,
-    VIRTIO_NET_F_GUEST_USO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
-    VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_HOST_USO,
+    VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_GUEST_USO4,
+    VIRTIO_NET_F_GUEST_USO6, VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_HOST_USO,
 };
 
 use super::error::XdpError;
@@ -43,28 +42,22 @@ use crate::virtio::Features;
 /// AF_XDP moves wire frames of at most one UMEM frame and carries no offload
 /// metadata (no segmentation, no checksum status) in copy mode, so:
 ///
-/// - `HOST_TSO4`, `HOST_TSO6`, `HOST_ECN`, `HOST_UFO`, `HOST_USO`: the guest would
-///   send GSO super-packets that nothing could segment; [`XdpQueue`] drops them.
-/// - `GUEST_TSO4`, `GUEST_TSO6`, `GUEST_ECN`, `GUEST_UFO`, `GUEST_USO4/6`: we never
-///   receive GSO packets, and offering them makes the RX path provision 64 KiB per
-///   packet for nothing.
-/// - `GUEST_CSUM`: we can neither mark a received checksum as verified nor hand over
-///   partial checksums, so the guest must check every checksum itself.
+/// - `HOST_UFO`, `HOST_USO`: UDP segmentation is not done here (only TCP is, see
+///   below); [`XdpQueue`] drops such packets.
+/// - `GUEST_ECN`, `GUEST_UFO`, `GUEST_USO4/6`: received UDP datagrams are not
+///   coalesced, nor TCP segments with CWR or ECE, so the guest never needs them.
 ///
-/// `CSUM` (the guest leaves TX checksums to the device) stays: the uplink completes
-/// partial checksums in software (see [`XdpQueue`]).
-pub const XDP_UNSUPPORTED_FEATURES: u64 = bit(VIRTIO_NET_F_HOST_TSO4)
-    | bit(VIRTIO_NET_F_HOST_TSO6)
-    | bit(VIRTIO_NET_F_HOST_ECN)
-    | bit(VIRTIO_NET_F_HOST_UFO)
+/// Offered, done in software by [`XdpQueue`]: `CSUM` (partial checksums completed),
+/// `HOST_TSO4`, `HOST_TSO6`, `HOST_ECN` (TCP GSO packets segmented straight into UMEM
+/// frames, also with `--xdp-zerocopy-tx`, where GSO packets always take this copy
+/// path), and `GUEST_CSUM` with `GUEST_TSO4`, `GUEST_TSO6` (received TCP segments
+/// checked and coalesced into GSO packets).
+pub const XDP_UNSUPPORTED_FEATURES: u64 = bit(VIRTIO_NET_F_HOST_UFO)
     | bit(VIRTIO_NET_F_HOST_USO)
-    | bit(VIRTIO_NET_F_GUEST_TSO4)
-    | bit(VIRTIO_NET_F_GUEST_TSO6)
     | bit(VIRTIO_NET_F_GUEST_ECN)
     | bit(VIRTIO_NET_F_GUEST_UFO)
     | bit(VIRTIO_NET_F_GUEST_USO4)
-    | bit(VIRTIO_NET_F_GUEST_USO6)
-    | bit(VIRTIO_NET_F_GUEST_CSUM);
+    | bit(VIRTIO_NET_F_GUEST_USO6);
 
 /// Choices [`Xdp::open`] otherwise makes itself.
 #[derive(Debug, Clone, Default)]
@@ -102,6 +95,8 @@ pub struct Xdp {
     queues: QueueSlots,
     stats: Vec<Arc<XdpQueueStats>>,
     pool_stats: Vec<PagePoolStatsReader>,
+    /// The features the guest acked, read by every queue (receive coalescing).
+    acked: Arc<AtomicU64>,
     iface: String,
     bind_mode: BindMode,
 }
@@ -172,6 +167,7 @@ impl Xdp {
         let mut queues: Vec<Box<dyn UplinkQueue>> = Vec::new();
         let mut stats = Vec::new();
         let mut pool_stats = Vec::new();
+        let acked = Arc::new(AtomicU64::new(0));
         for queue in 0..pairs {
             let umem = Umem::new(UMEM_FRAMES, UMEM_FRAME_SIZE)
                 .map_err(|source| XdpError::UmemAlloc { queue, source })?;
@@ -185,7 +181,14 @@ impl Xdp {
             let zc = options
                 .zerocopy_tx
                 .then(|| ZeroCopyTx::new(cname.clone(), pairs + queue, xsk.mode));
-            queues.push(Box::new(XdpQueue::new(queue, xsk, umem, queue_stats, zc)));
+            queues.push(Box::new(XdpQueue::new(
+                queue,
+                xsk,
+                umem,
+                queue_stats,
+                zc,
+                Arc::clone(&acked),
+            )));
         }
         let link = prog.attach(iface, ifindex, options.attach)?;
         let bind_mode = bind_mode.unwrap_or(BindMode::Copy);
@@ -200,6 +203,7 @@ impl Xdp {
             queues: QueueSlots::new(queues),
             stats,
             pool_stats,
+            acked,
             iface: iface.to_string(),
             bind_mode,
         })
@@ -253,11 +257,13 @@ impl Uplink for Xdp {
         self.queues.put(pair, queue)
     }
 
-    /// Nothing to apply: AF_XDP has no offloads to switch on (no segmentation, no
-    /// checksum metadata). The features that would need them are
-    /// [`XDP_UNSUPPORTED_FEATURES`], which the control plane must not offer with this
-    /// uplink; what remains (`CSUM`) is handled in software whatever was acked.
-    fn apply_features(&self, _features: Features) -> Result<(), UplinkError> {
+    /// AF_XDP has no offloads to switch on (no segmentation, no checksum metadata):
+    /// the features that would need them are [`XDP_UNSUPPORTED_FEATURES`], which the
+    /// control plane must not offer with this uplink. What remains is done in
+    /// software: `CSUM` and TCP segmentation whatever was acked, receive coalescing
+    /// only with GUEST_CSUM and GUEST_TSO4/6, which the queues read from here.
+    fn apply_features(&self, features: Features) -> Result<(), UplinkError> {
+        self.acked.store(features.bits(), Ordering::Relaxed);
         Ok(())
     }
 
@@ -287,15 +293,27 @@ impl Uplink for Xdp {
 mod tests {
     use super::*;
     use crate::virtio::features::SUPPORTED;
+    use virtio_bindings::virtio_net::{
+        VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+        VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+    };
 
     #[test]
     fn unsupported_features_keep_the_basics() {
         let kept = Features::from_bits(SUPPORTED & !XDP_UNSUPPORTED_FEATURES);
         assert!(kept.has(crate::virtio::features::VIRTIO_NET_F_CSUM));
         assert!(kept.has(crate::virtio::features::VIRTIO_NET_F_MRG_RXBUF));
-        assert!(!kept.guest_gso());
-        assert!(!kept.has(VIRTIO_NET_F_HOST_TSO4));
-        assert!(!kept.has(VIRTIO_NET_F_GUEST_CSUM));
+        // TCP segmentation and coalescing are done by the uplink; UDP's are not.
+        assert!(kept.has(VIRTIO_NET_F_GUEST_CSUM));
+        assert!(kept.has(VIRTIO_NET_F_GUEST_TSO4));
+        assert!(kept.has(VIRTIO_NET_F_GUEST_TSO6));
+        assert!(!kept.has(VIRTIO_NET_F_GUEST_ECN));
+        assert!(!kept.has(VIRTIO_NET_F_GUEST_UFO));
+        assert!(kept.has(VIRTIO_NET_F_HOST_TSO4));
+        assert!(kept.has(VIRTIO_NET_F_HOST_TSO6));
+        assert!(kept.has(VIRTIO_NET_F_HOST_ECN));
+        assert_ne!(XDP_UNSUPPORTED_FEATURES & bit(VIRTIO_NET_F_HOST_UFO), 0);
+        assert_ne!(XDP_UNSUPPORTED_FEATURES & bit(VIRTIO_NET_F_HOST_USO), 0);
     }
 
     #[test]

@@ -15,12 +15,16 @@
 //!   binds) with `xdpilone`.
 //! - `prog`: the `bpf(2)` loader: XSKMAP, redirect program, BPF link.
 //! - `csum`: software completion of partial checksums on TX.
+//! - `gso`: software segmentation of TCP GSO packets on TX, straight into UMEM frames.
+//! - `gro`: coalescing of received TCP segments into GSO packets for the guest.
 //! - `stats`: [`XdpQueueStats`], the counters of one queue.
 //! - `error`: [`XdpError`].
 
 mod csum;
 mod device;
 mod error;
+mod gro;
+mod gso;
 mod guest_umem;
 mod prog;
 mod queue;

@@ -10,8 +10,24 @@ pub struct XdpQueueStats {
     pub tx_packets: Counter,
     /// TX frames the completion ring gave back.
     pub tx_completed: Counter,
-    /// TX packets dropped: GSO requested (no segmentation offload on AF_XDP).
+    /// TX packets dropped: a GSO type not segmented here (UFO, USO, unknown).
     pub tx_drop_gso: Counter,
+    /// TCP GSO packets segmented in software (`gso`).
+    pub tx_gso_packets: Counter,
+    /// Frames those packets were cut into (also in `tx_packets`).
+    pub tx_gso_segments: Counter,
+    /// GSO packets dropped: `gso_size` 0.
+    pub tx_gso_drop_size: Counter,
+    /// GSO packets dropped: `hdr_len` beyond the packet.
+    pub tx_gso_drop_hdr_len: Counter,
+    /// GSO packets dropped: headers that do not parse or lie about lengths, the
+    /// wrong protocol or checksum position, no payload.
+    pub tx_gso_drop_header: Counter,
+    /// GSO packets dropped: an IPv6 extension header the segmenter does not parse.
+    pub tx_gso_drop_ipv6_ext: Counter,
+    /// GSO packets dropped: a segment larger than a UMEM frame, or more segments than
+    /// the TX ring holds.
+    pub tx_gso_drop_oversized: Counter,
     /// TX packets dropped: empty, or larger than a UMEM frame.
     pub tx_drop_length: Counter,
     /// TX packets dropped: checksum requested at a position outside the packet.
@@ -27,6 +43,11 @@ pub struct XdpQueueStats {
     pub tx_kick_errors: Counter,
     /// Packets written into guest buffers.
     pub rx_packets: Counter,
+    /// Packets handed to the guest coalesced from several TCP segments (GRO; also in
+    /// `rx_packets`).
+    pub rx_gro_packets: Counter,
+    /// Segments those packets were coalesced from.
+    pub rx_gro_segments: Counter,
     /// RX packets cut short because the guest buffers were smaller.
     pub rx_truncated: Counter,
     /// `poll` wakeups issued because the fill ring asked for one.
@@ -63,6 +84,13 @@ impl XdpQueueStats {
             ("tx_packets", self.tx_packets.get()),
             ("tx_completed", self.tx_completed.get()),
             ("tx_drop_gso", self.tx_drop_gso.get()),
+            ("tx_gso_packets", self.tx_gso_packets.get()),
+            ("tx_gso_segments", self.tx_gso_segments.get()),
+            ("tx_gso_drop_size", self.tx_gso_drop_size.get()),
+            ("tx_gso_drop_hdr_len", self.tx_gso_drop_hdr_len.get()),
+            ("tx_gso_drop_header", self.tx_gso_drop_header.get()),
+            ("tx_gso_drop_ipv6_ext", self.tx_gso_drop_ipv6_ext.get()),
+            ("tx_gso_drop_oversized", self.tx_gso_drop_oversized.get()),
             ("tx_drop_length", self.tx_drop_length.get()),
             ("tx_drop_csum", self.tx_drop_csum.get()),
             ("tx_csum_sw", self.tx_csum_sw.get()),
@@ -70,6 +98,8 @@ impl XdpQueueStats {
             ("tx_kicks", self.tx_kicks.get()),
             ("tx_kick_errors", self.tx_kick_errors.get()),
             ("rx_packets", self.rx_packets.get()),
+            ("rx_gro_packets", self.rx_gro_packets.get()),
+            ("rx_gro_segments", self.rx_gro_segments.get()),
             ("rx_truncated", self.rx_truncated.get()),
             ("fill_wakeups", self.fill_wakeups.get()),
             ("tx_zc_packets", self.tx_zc_packets.get()),
