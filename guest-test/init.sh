@@ -23,6 +23,7 @@
 #                                    guest -> host to <port>+1 of a fresh random file of
 #                                    <bytes> whose sha256 is printed first
 #   info                             print VNM-INFO again
+# Servers: iperf3 -s (port 5201), and a TCP echo on port 7 (busybox nc -ll -e cat).
 #   poweroff                         power off
 export PATH=/bin
 /bin/busybox mount -t proc proc /proc
@@ -143,6 +144,8 @@ do_ping ping-guest-to-host 56 3
 if ! iperf3 -s -D > /dev/null 2>&1; then
     fail boot "iperf3 server did not start"
 fi
+# TCP echo on port 7 (every byte back: the runner's request/response latency, rr.py).
+nc -ll -p 7 -e /bin/cat > /dev/null 2>&1 &
 
 echo "VNM-READY"
 while true; do

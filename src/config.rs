@@ -118,8 +118,8 @@ pub fn parse_size(s: &str) -> Option<u64> {
 /// Largest number of queue pairs.
 pub const MAX_QUEUE_PAIRS: u32 = 16;
 
-/// Default `--tx-holdoff` (microseconds).
-pub const TX_HOLDOFF_DEFAULT_US: u32 = 0;
+/// Default `--tx-holdoff` (microseconds): the ceiling of the adaptive holdoff.
+pub const TX_HOLDOFF_DEFAULT_US: u32 = 1000;
 
 /// Test and benchmark uplinks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -246,12 +246,15 @@ pub struct Cli {
     #[arg(long, default_value_t = 0, value_name = "USECS")]
     pub busy_poll: u32,
 
-    /// After a TX batch, keep the guest from kicking for USECS microseconds and look
-    /// at its TX ring again by timer; kicks come back on once a look finds nothing.
-    /// Every kick costs the guest a VM exit: a guest sending a stream then notifies
-    /// once per quiet spell instead of once per packet. A packet queued behind a
-    /// batch waits at most USECS; a packet after a quiet spell is not delayed.
-    /// 0 re-enables kicks at once.
+    /// While the guest sends a stream (a TX look moved two chains or more, or a packet
+    /// of 1 KiB or more), keep it from kicking for a while and look at its TX ring
+    /// again by timer; kicks come back on once a look finds nothing or a single small
+    /// packet. Every kick costs the guest a VM exit: a streaming guest then notifies
+    /// once per quiet spell instead of once per packet, while sparse and
+    /// request/response traffic is never held. The while adapts up to USECS: a run
+    /// starts at USECS/8 and doubles while the timer's looks find the stream again,
+    /// halves when it pauses, and is quartered when the ring filled up meanwhile.
+    /// 0 turns it off (kicks back on after every batch).
     #[arg(long, default_value_t = TX_HOLDOFF_DEFAULT_US, value_name = "USECS")]
     pub tx_holdoff: u32,
 

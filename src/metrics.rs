@@ -102,6 +102,8 @@ queue_metrics! {
     tx_bytes,
     /// TX batches processed (one guest notification at most per batch).
     tx_batches,
+    /// TX holdoff runs started: a stream's batch held the guest's kicks off (`--tx-holdoff`).
+    tx_holdoffs,
     /// Times the uplink had no room (EAGAIN); the chain was kept and retried.
     tx_eagain,
     /// TX chains dropped: malformed chain (loop, too long, bad index, bad indirect, zero-length buffer).

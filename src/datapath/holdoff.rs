@@ -5,18 +5,45 @@
 //! Every kick is a VM exit for the guest, so a guest sending a stream pays for one per
 //! holdoff period at most instead of one per packet (or per short batch); a packet sent
 //! during the holdoff waits at most one period. When to hold and when to stop is the
-//! TX state's business ([`super::state::TxState::HeldOff`]); this is only the clock.
+//! TX state's business ([`super::state::TxState::HeldOff`]); this is the clock and how
+//! long a period is.
+//!
+//! Only a stream is held (the TX state's `Drained { hold }`: a look that moved two chains
+//! or more, or a large packet): one small packet, sparse or request/response traffic,
+//! turns kicks on at once, so its next packet never waits for the timer. The period
+//! adapts, as interrupt moderation does: a run of holdoffs starts at an eighth of the
+//! ceiling (`--tx-holdoff`, at least [`HOLDOFF_FLOOR`]) and each further one in a row
+//! (the timer's look found a stream's batch again) lasts twice the last, up to the
+//! ceiling. A run that ends (the timer's look found nothing: kicks go on) and is
+//! followed by a new one within a ceiling's time was too short for the stream's gaps:
+//! the new run goes on from twice the last period. A new run after a longer pause
+//! starts over. A look that stopped on its batch budget (the ring filled up during the
+//! period) quarters the period, down to the floor.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::timerfd::TimerFd;
 
-/// A one-shot timer of one holdoff period.
+/// The shortest period.
+pub const HOLDOFF_FLOOR: Duration = Duration::from_micros(16);
+
+/// A one-shot timer of one holdoff period, and the period's adaptation.
 pub struct HoldoffTimer {
     timer: TimerFd,
+    /// The next period.
     period: Duration,
+    /// The longest period (`--tx-holdoff`).
+    ceiling: Duration,
+    /// Where a run of holdoffs starts: an eighth of the ceiling, at least the floor.
+    start: Duration,
+    /// Whether the last holdoff's run is still going (no kicks turned on since).
+    in_run: bool,
+    /// When the last run ended (kicks went on), and its last period.
+    ended: Option<(Instant, Duration)>,
+    /// The period the timer was last armed with.
+    armed: Duration,
 }
 
 fn errno(e: vmm_sys_util::errno::Error) -> io::Error {
@@ -24,14 +51,41 @@ fn errno(e: vmm_sys_util::errno::Error) -> io::Error {
 }
 
 impl HoldoffTimer {
-    /// A timer of `period`, not running. Lowers the calling thread's timer slack (the
-    /// default 50 us would stretch short holdoffs), so call it on the worker.
-    pub fn new(period: Duration) -> io::Result<Self> {
+    /// A timer whose periods grow up to `ceiling`, not running. Lowers the calling
+    /// thread's timer slack (the default 50 us would stretch short holdoffs), so call
+    /// it on the worker.
+    pub fn new(ceiling: Duration) -> io::Result<Self> {
         let timer = TimerFd::new().map_err(errno)?;
         // SAFETY: PR_SET_TIMERSLACK takes a plain integer and affects only the calling
         // thread.
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64, 0u64, 0u64, 0u64) };
-        Ok(HoldoffTimer { timer, period })
+        let start = (ceiling / 8).max(HOLDOFF_FLOOR).min(ceiling);
+        Ok(HoldoffTimer {
+            timer,
+            period: start,
+            ceiling,
+            start,
+            in_run: false,
+            ended: None,
+            armed: Duration::ZERO,
+        })
+    }
+
+    /// The period the next [`Self::arm`] starts.
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    /// Kicks went on again (the run ended): remember when, for [`Self::arm`].
+    pub fn relax(&mut self) {
+        if std::mem::take(&mut self.in_run) {
+            self.ended = Some((Instant::now(), self.armed));
+        }
+    }
+
+    /// A look stopped on its batch budget: periods this long let the ring fill up.
+    pub fn shorten(&mut self) {
+        self.period = (self.period / 4).max(HOLDOFF_FLOOR.min(self.ceiling));
     }
 
     /// The timer's fd, readable when the period ran out.
@@ -39,9 +93,27 @@ impl HoldoffTimer {
         self.timer.as_raw_fd()
     }
 
-    /// Start (or restart) one period.
-    pub fn arm(&mut self) -> io::Result<()> {
-        self.timer.reset(self.period, None).map_err(errno)
+    /// Start one period: in a run, twice the last; the first of a run, twice the last
+    /// run's last period if that run ended less than a ceiling ago, else the start.
+    /// True when this started a run.
+    pub fn arm(&mut self) -> io::Result<bool> {
+        self.arm_at(Instant::now())
+    }
+
+    fn arm_at(&mut self, now: Instant) -> io::Result<bool> {
+        let starts = !self.in_run;
+        if starts {
+            self.in_run = true;
+            self.period = match self.ended.take() {
+                Some((at, last)) if now.duration_since(at) < self.ceiling => last * 2,
+                _ => self.start,
+            }
+            .min(self.ceiling);
+        }
+        self.timer.reset(self.period, None).map_err(errno)?;
+        self.armed = self.period;
+        self.period = (self.period * 2).min(self.ceiling);
+        Ok(starts)
     }
 
     /// The timer fired: consume its expiry so the fd stops being readable.
@@ -63,6 +135,48 @@ mod tests {
         };
         // SAFETY: one valid pollfd for the duration of the call.
         unsafe { libc::poll(&mut pfd, 1, ms) == 1 }
+    }
+
+    /// The periods the next `n` arms at `now` run.
+    fn periods(t: &mut HoldoffTimer, n: usize, now: Instant) -> Vec<u128> {
+        (0..n)
+            .map(|_| {
+                t.arm_at(now).unwrap();
+                t.armed.as_micros()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn periods_double_in_a_row_up_to_the_ceiling_and_grow_across_short_pauses() {
+        let mut t = HoldoffTimer::new(Duration::from_micros(1000)).unwrap();
+        let now = Instant::now();
+        assert_eq!(periods(&mut t, 6, now), [125, 250, 500, 1000, 1000, 1000]);
+        // A run of one that ended, and a stream that came back at once: the next run
+        // goes on from twice its period, so gaps longer than a period are caught.
+        let mut t = HoldoffTimer::new(Duration::from_micros(1000)).unwrap();
+        assert_eq!(periods(&mut t, 1, now), [125]);
+        t.relax();
+        assert_eq!(periods(&mut t, 1, Instant::now()), [250]);
+        t.relax();
+        assert_eq!(periods(&mut t, 1, Instant::now()), [500]);
+        // After a pause longer than the ceiling a run starts over.
+        t.relax();
+        let later = Instant::now() + Duration::from_millis(5);
+        assert_eq!(periods(&mut t, 1, later), [125]);
+        // Relaxing outside a run changes nothing.
+        t.relax();
+        t.relax();
+        t.shorten();
+        assert_eq!(t.period().as_micros(), 62);
+        t.shorten();
+        t.shorten();
+        assert_eq!(t.period(), HOLDOFF_FLOOR, "never below the floor");
+        // Small ceilings: the start is the floor, or the ceiling itself.
+        let t = HoldoffTimer::new(Duration::from_micros(100)).unwrap();
+        assert_eq!(t.period(), HOLDOFF_FLOOR);
+        let t = HoldoffTimer::new(Duration::from_micros(5)).unwrap();
+        assert_eq!(t.period().as_micros(), 5);
     }
 
     #[test]

@@ -67,10 +67,10 @@ pub enum TxEvent {
     Kick,
     /// Turning kicks on found chains already there.
     KicksOnFoundChains,
-    /// A look emptied the ring; `worked`: it moved at least one chain.
+    /// A look emptied the ring, having moved `moved`.
     Drained {
-        /// The look moved at least one chain.
-        worked: bool,
+        /// What the look moved.
+        moved: Moved,
     },
     /// A look stopped on its batch budget: chains are left.
     Budget,
@@ -96,6 +96,19 @@ pub enum TxEvent {
     ThrottleEnded,
     /// The pair's rate limits were changed (or removed).
     LimitChanged,
+}
+
+/// What a TX look that emptied the ring moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moved {
+    /// Nothing.
+    Nothing,
+    /// One small packet: sparse or request/response traffic, whose next packet must
+    /// not wait for a timer.
+    Sparse,
+    /// A stream's batch (two chains or more, or a large packet): worth holding the
+    /// guest's kicks off for (`--tx-holdoff`).
+    Stream,
 }
 
 /// What the loop must do on entering the new TX state.
@@ -165,11 +178,23 @@ impl TxState {
             (S::Throttled { .. }, E::ThrottleEnded | E::LimitChanged) => (S::Pending, A::None),
             (s, E::Budget) => (s, A::None),
             (S::HeldOff { .. }, E::Drained { .. }) => (S::HeldOff { due: false }, A::None),
-            // The recheck found nothing: kicks are on, nothing to ask again.
-            (S::Recheck, E::Drained { worked: false }) => (S::Idle, A::None),
-            (_, E::Drained { worked: true }) if holdoff => {
-                (S::HeldOff { due: false }, A::ArmHoldoff)
-            }
+            // The recheck found nothing (or one small packet): kicks are on, nothing to
+            // ask again.
+            // Only an empty one: a recheck that moved chains left the guest's avail_event
+            // behind them (it looks with kicks on), and with EVENT_IDX a guest whose
+            // avail_event is behind does not kick: kicks must be turned on again.
+            (
+                S::Recheck,
+                E::Drained {
+                    moved: Moved::Nothing,
+                },
+            ) => (S::Idle, A::None),
+            (
+                _,
+                E::Drained {
+                    moved: Moved::Stream,
+                },
+            ) if holdoff => (S::HeldOff { due: false }, A::ArmHoldoff),
             (_, E::Drained { .. }) => (S::Idle, A::EnableKicks),
             // Wake-ups.
             (S::Idle, E::Kick | E::BusyPoll) => (S::Pending, A::None),
@@ -411,15 +436,22 @@ mod tests {
     use TxEvent as E;
     use TxState as S;
 
-    const ALL_TX_EVENTS: [TxEvent; 14] = [
+    const ALL_TX_EVENTS: [TxEvent; 15] = [
         E::KicksOnFoundChains,
         E::Throttled { until: 5 },
         E::ThrottleEnded,
         E::LimitChanged,
         E::UplinkLost,
         E::Kick,
-        E::Drained { worked: false },
-        E::Drained { worked: true },
+        E::Drained {
+            moved: Moved::Nothing,
+        },
+        E::Drained {
+            moved: Moved::Sparse,
+        },
+        E::Drained {
+            moved: Moved::Stream,
+        },
         E::Budget,
         E::Blocked,
         E::Broke,
@@ -463,11 +495,26 @@ mod tests {
         assert!(!S::Broken.wants_look() && !S::Broken.wants_writable());
     }
 
+    /// One small packet (sparse, request/response traffic) never holds kicks off, even
+    /// with a holdoff configured: its next packet must not wait for a timer.
+    #[test]
+    fn a_sparse_look_turns_kicks_on_even_with_a_holdoff() {
+        assert_eq!(
+            S::Pending.on(
+                E::Drained {
+                    moved: Moved::Sparse
+                },
+                true
+            ),
+            (S::Idle, A::EnableKicks)
+        );
+    }
+
     #[test]
     fn without_holdoff_a_drained_ring_turns_kicks_on() {
-        for worked in [false, true] {
+        for moved in [Moved::Nothing, Moved::Sparse, Moved::Stream] {
             assert_eq!(
-                S::Pending.on(E::Drained { worked }, false),
+                S::Pending.on(E::Drained { moved }, false),
                 (S::Idle, A::EnableKicks)
             );
         }
@@ -479,12 +526,22 @@ mod tests {
     #[test]
     fn a_look_that_moved_packets_holds_kicks_off_and_arms_the_timer() {
         assert_eq!(
-            S::Pending.on(E::Drained { worked: true }, true),
+            S::Pending.on(
+                E::Drained {
+                    moved: Moved::Stream
+                },
+                true
+            ),
             (S::HeldOff { due: false }, A::ArmHoldoff)
         );
         // An empty look outside a holdoff does not start one.
         assert_eq!(
-            S::Pending.on(E::Drained { worked: false }, true),
+            S::Pending.on(
+                E::Drained {
+                    moved: Moved::Nothing
+                },
+                true
+            ),
             (S::Idle, A::EnableKicks)
         );
         assert!(!S::HeldOff { due: false }.wants_look());
@@ -497,9 +554,9 @@ mod tests {
         assert!(S::HeldOff { due: true }.wants_look());
         // Its look, empty or not, keeps holding: the timer is still running, so no
         // second arm and no kicks.
-        for worked in [false, true] {
+        for moved in [Moved::Nothing, Moved::Sparse, Moved::Stream] {
             assert_eq!(
-                S::HeldOff { due: true }.on(E::Drained { worked }, true),
+                S::HeldOff { due: true }.on(E::Drained { moved }, true),
                 (S::HeldOff { due: false }, A::None)
             );
         }
@@ -514,11 +571,21 @@ mod tests {
         let (s, a) = S::HeldOff { due: false }.on(E::HoldoffExpired, true);
         assert_eq!((s, a), (S::Pending, A::None));
         assert_eq!(
-            s.on(E::Drained { worked: false }, true),
+            s.on(
+                E::Drained {
+                    moved: Moved::Nothing
+                },
+                true
+            ),
             (S::Idle, A::EnableKicks)
         );
         assert_eq!(
-            s.on(E::Drained { worked: true }, true),
+            s.on(
+                E::Drained {
+                    moved: Moved::Stream
+                },
+                true
+            ),
             (S::HeldOff { due: false }, A::ArmHoldoff),
             "a timer look that moved packets holds again"
         );
@@ -552,16 +619,38 @@ mod tests {
             assert_eq!((s, a), (S::Recheck, A::None));
             assert!(s.wants_look());
             assert_eq!(
-                s.on(E::Drained { worked: false }, holdoff),
+                s.on(
+                    E::Drained {
+                        moved: Moved::Nothing
+                    },
+                    holdoff
+                ),
                 (S::Idle, A::None)
             );
             // Chains found: an ordinary end of a look.
-            let worked = s.on(E::Drained { worked: true }, holdoff);
+            let worked = s.on(
+                E::Drained {
+                    moved: Moved::Stream,
+                },
+                holdoff,
+            );
             if holdoff {
                 assert_eq!(worked, (S::HeldOff { due: false }, A::ArmHoldoff));
             } else {
                 assert_eq!(worked, (S::Idle, A::EnableKicks));
             }
+            // One small packet moved: kicks must go on again (the recheck looked with
+            // them on, and the guest's avail_event is behind the chain it popped: with
+            // EVENT_IDX the guest would never kick again).
+            assert_eq!(
+                s.on(
+                    E::Drained {
+                        moved: Moved::Sparse
+                    },
+                    holdoff
+                ),
+                (S::Idle, A::EnableKicks)
+            );
             // A real kick meanwhile: an ordinary look, whose empty end turns kicks on.
             assert_eq!(s.on(E::Kick, holdoff), (S::Pending, A::None));
             assert_eq!(s.on(E::Broke, holdoff), (S::Broken, A::None));

@@ -25,7 +25,7 @@ use super::poller::{Event, Poller};
 use super::ring::{Ring, RingSetup};
 use super::rx::{RxOutcome, RxPath};
 use super::state::{
-    self, RxEvent, RxState, Sleep, TxAction, TxEvent, TxState, UplinkState, UPLINK_REOPEN_MS,
+    self, Moved, RxEvent, RxState, Sleep, TxAction, TxEvent, TxState, UplinkState, UPLINK_REOPEN_MS,
 };
 use super::tx::{TxOutcome, TxPath};
 use crate::metrics::QueueMetrics;
@@ -33,6 +33,16 @@ use crate::netmem::{GuestPageMap, SharedPageMap};
 use crate::ratelimit::{Limiter, RateLimits};
 use crate::uplink::UplinkQueue;
 use crate::virtio::Features;
+
+/// Packets of at least this size make a look a stream's (TSO segments, bulk data).
+const STREAM_PACKET_BYTES: u64 = 1024;
+
+/// Whether a look that moved `chains` packets of `bytes` is a stream's: worth holding the
+/// guest's kicks off for (`--tx-holdoff`). One small packet is sparse or
+/// request/response traffic, whose next packet must not wait for a timer.
+fn is_stream(chains: u64, bytes: u64) -> bool {
+    chains >= 2 || bytes >= STREAM_PACKET_BYTES
+}
 
 /// Work rounds between two looks at the event fds while the rings stay busy.
 const WORK_ROUNDS: u32 = 64;
@@ -203,6 +213,11 @@ impl Pair {
         let mut ev = ev;
         loop {
             let (next, action) = self.tx.on(ev, self.holdoff.is_some());
+            if ev == TxEvent::Budget {
+                if let Some(h) = self.holdoff.as_mut() {
+                    h.shorten();
+                }
+            }
             if self.tx.throttled_until().is_some() != next.throttled_until().is_some() {
                 self.throttle_changed(true, next.throttled_until().is_some());
             }
@@ -211,11 +226,16 @@ impl Pair {
                 TxAction::None => return Ok(()),
                 TxAction::ArmHoldoff => {
                     if let Some(h) = self.holdoff.as_mut() {
-                        h.arm()?;
+                        if h.arm()? {
+                            self.metrics.tx_holdoffs.inc();
+                        }
                     }
                     return Ok(());
                 }
                 TxAction::EnableKicks => {
+                    if let Some(h) = self.holdoff.as_mut() {
+                        h.relax();
+                    }
                     let map = self.memory.load();
                     let more = self
                         .tx_ring
@@ -285,6 +305,7 @@ impl Pair {
             ring.disable_notification(map.mem());
         }
         let batches = m.tx_batches.get();
+        let (packets, bytes) = (m.tx_packets.get(), m.tx_bytes.get());
         let uplink = self.uplink.as_mut();
         // The one branch a batch pays for rate limiting.
         let (outcome, now) = match self.tx_limiter.as_mut() {
@@ -306,9 +327,18 @@ impl Pair {
             TxOutcome::Budget => TxEvent::Budget,
             // A broken ring's avail index may say there is always work.
             TxOutcome::Drained if ring.fault.is_some() => TxEvent::Broke,
-            TxOutcome::Drained => TxEvent::Drained {
-                worked: m.tx_batches.get() != batches,
-            },
+            TxOutcome::Drained => {
+                let chains = m.tx_packets.get().wrapping_sub(packets);
+                let bytes = m.tx_bytes.get().wrapping_sub(bytes);
+                let moved = if m.tx_batches.get() == batches {
+                    Moved::Nothing
+                } else if is_stream(chains, bytes) {
+                    Moved::Stream
+                } else {
+                    Moved::Sparse
+                };
+                TxEvent::Drained { moved }
+            }
         }
     }
 
