@@ -139,7 +139,12 @@ impl RxPath {
     }
 
     /// Pop one chain into the stash. Returns false when the ring has no more.
-    fn stash_one<Q: Virtqueue>(&mut self, ring: &mut Q, map: &GuestPageMap, m: &QueueMetrics) -> bool {
+    fn stash_one<Q: Virtqueue>(
+        &mut self,
+        ring: &mut Q,
+        map: &GuestPageMap,
+        m: &QueueMetrics,
+    ) -> bool {
         if self.ready == 0 {
             // One acquire load of the avail index per round, not per chain.
             match ring.available(map, m) {
@@ -255,9 +260,7 @@ impl RxPath {
             }
             // A guest whose whole ring holds less than a maximal frame still gets
             // packets (a larger one would be truncated by the uplink).
-            if starved
-                && (self.stash.is_empty() || self.stash.len() < usize::from(ring.size()))
-            {
+            if starved && (self.stash.is_empty() || self.stash.len() < usize::from(ring.size())) {
                 m.rx_no_buffers.inc();
                 outcome = RxOutcome::NoBuffers;
                 break;
@@ -383,5 +386,7 @@ impl RxPath {
     }
 }
 
+#[cfg(test)]
+mod packed_tests;
 #[cfg(test)]
 mod tests;

@@ -178,7 +178,12 @@ impl TxPath {
     }
 
     /// Return the chains of packets the uplink reports complete.
-    fn complete<Q: Virtqueue>(&mut self, ring: &mut Q, map: &GuestPageMap, uplink: &mut dyn UplinkQueue) {
+    fn complete<Q: Virtqueue>(
+        &mut self,
+        ring: &mut Q,
+        map: &GuestPageMap,
+        uplink: &mut dyn UplinkQueue,
+    ) {
         if self.in_flight.is_empty() {
             return;
         }
@@ -358,5 +363,7 @@ impl TxPath {
     }
 }
 
+#[cfg(test)]
+mod packed_tests;
 #[cfg(test)]
 mod tests;

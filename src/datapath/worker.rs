@@ -342,7 +342,8 @@ impl Pair {
         // The one branch a batch pays for rate limiting.
         let (outcome, now) = match self.tx_limiter.as_mut() {
             None => {
-                let o = with_ring!(ring, r => self.tx_path.process(r, map, uplink, self.features, m));
+                let o =
+                    with_ring!(ring, r => self.tx_path.process(r, map, uplink, self.features, m));
                 (o, 0)
             }
             Some(l) => {
@@ -378,7 +379,8 @@ impl Pair {
         let (features, mtu) = (self.features, self.mtu);
         let (outcome, now) = match self.rx_limiter.as_mut() {
             None => {
-                let o = with_ring!(ring, r => self.rx_path.process(r, map, uplink, features, mtu, m));
+                let o =
+                    with_ring!(ring, r => self.rx_path.process(r, map, uplink, features, mtu, m));
                 (o, 0)
             }
             Some(l) => {
