@@ -1,0 +1,293 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! Packed virtqueues (VIRTIO_F_RING_PACKED) through the real vhost-user socket: the
+//! harness's guest with `packed: true` (`tests/common/packed_ring.rs`) on the loopback
+//! uplink. Round trips byte for byte over many ring laps (so both wrap counters
+//! flip), a ring size that is not a power of two, MRG_RXBUF over several buffers,
+//! multi-queue, offload headers, GET_VRING_BASE in the packed word form, a reconnect that resumes the
+//! rings with buffers still posted, and a hostile ring that breaks without harming the
+//! daemon.
+
+mod common;
+
+use std::time::Duration;
+
+use common::guest::{bit, GuestConfig, TxLayout, BASE_FEATURES, VIRTIO_F_RING_PACKED};
+use common::packed_ring::PackedDesc;
+use common::packet::{
+    assert_bytes, guest_frames, pattern, tcp_frame, total_len, IpVersion, VnetHdr, GUEST_MAC,
+    PEER_MAC, TCP_ACK, TCP_CSUM_OFFSET, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE,
+    VIRTIO_NET_HDR_GSO_TCPV4,
+};
+use common::rig::Rig;
+use common::{STATS_TIMEOUT, TIMEOUT};
+use vhost::VhostBackend;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_HOST_TSO4,
+    VIRTIO_NET_F_MRG_RXBUF,
+};
+
+fn packed(queue_size: u16) -> GuestConfig {
+    GuestConfig {
+        packed: true,
+        queue_size,
+        ..GuestConfig::default()
+    }
+}
+
+/// A loopback daemon whose largest ring is `max` (a power of two, as `--queue-size`
+/// wants), and a packed guest of `cfg` connected to it.
+fn loopback_at_most(max: u16, cfg: GuestConfig) -> Rig {
+    let limits = GuestConfig {
+        queue_size: max,
+        ..cfg.clone()
+    };
+    let d = Rig::spawn_daemon(&limits, &["--uplink", "loopback"], &[], None);
+    Rig::attach(d, cfg)
+}
+
+#[test]
+fn round_trips_byte_for_byte_over_many_laps() {
+    let mut r = Rig::loopback(packed(64), &[]);
+    assert!(r.g.has(VIRTIO_F_RING_PACKED), "RING_PACKED acked");
+    r.d.wait_stderr("features acked", TIMEOUT);
+    let mut total = 0u64;
+    // 12 rounds of 16 frames: TX chains take 1 or 2 descriptors, so the TX ring
+    // wraps several times, and the RX ring (16 chains of 1 or 2 each round) too.
+    for round in 0..12u32 {
+        let frames = guest_frames(1000 + round, 16, 14, 1514);
+        total += total_len(&frames);
+        r.g.loopback_roundtrip(0, &frames);
+    }
+    assert!(r.g.pairs[0].tx.was_called() && r.g.pairs[0].rx.was_called());
+    r.d.wait_stats("192 packets each way", STATS_TIMEOUT, |s| {
+        s.queue(0, "tx_packets") == 192 && s.queue(0, "rx_packets") == 192
+    });
+    let s = r.d.stats().expect("stats file");
+    assert_eq!(s.queue(0, "tx_bytes"), total);
+    assert_eq!(s.queue(0, "rx_bytes"), total);
+    assert_eq!(s.queue(0, "ring_errors"), 0, "{s}");
+    assert_eq!(s.drops(0).iter().map(|(_, v)| v).sum::<u64>(), 0, "{s}");
+}
+
+#[test]
+fn a_ring_size_that_is_not_a_power_of_two() {
+    let mut r = loopback_at_most(128, packed(100));
+    for round in 0..6u32 {
+        r.g.loopback_roundtrip(0, &guest_frames(1100 + round, 30, 60, 1514));
+    }
+    r.d.wait_stats("180 packets each way", STATS_TIMEOUT, |s| {
+        s.queue(0, "tx_packets") == 180 && s.queue(0, "rx_packets") == 180
+    });
+}
+
+#[test]
+fn mrg_rxbuf_spreads_frames_over_several_buffers() {
+    let mut r = Rig::loopback(packed(128), &[]);
+    assert!(r.g.has(VIRTIO_NET_F_MRG_RXBUF));
+    // 512-byte buffers: a 1514-byte frame needs four.
+    r.g.post_rx(0, 64, 512);
+    let frames = guest_frames(1200, 8, 1200, 1514);
+    r.g.send(0, &frames);
+    let got = r.g.recv(0, frames.len(), TIMEOUT);
+    for (p, f) in got.iter().zip(&frames) {
+        assert_bytes(&p.frame, f, "merged frame");
+        p.assert_merged();
+        assert!(
+            p.buffers >= 3,
+            "{} buffers for {} bytes",
+            p.buffers,
+            f.len()
+        );
+    }
+    r.g.wait_tx(0, frames.len());
+}
+
+#[test]
+fn without_mrg_rxbuf_one_chain_per_frame() {
+    let cfg = GuestConfig {
+        features: BASE_FEATURES & !bit(VIRTIO_NET_F_MRG_RXBUF),
+        ..packed(64)
+    };
+    let mut r = Rig::loopback(cfg, &[]);
+    r.g.loopback_roundtrip(0, &guest_frames(1300, 20, 60, 1514));
+}
+
+#[test]
+fn multi_queue_pairs_each_carry_their_own_traffic() {
+    let cfg = GuestConfig {
+        pairs: 2,
+        ..packed(64)
+    };
+    let mut r = Rig::loopback(cfg, &[]);
+    for pair in 0..2 {
+        let seed = 1400 + u32::try_from(pair).expect("fits");
+        r.g.loopback_roundtrip(pair, &guest_frames(seed, 24, 60, 1514));
+    }
+    r.d.wait_stats("24 packets each way on each pair", STATS_TIMEOUT, |s| {
+        (0..2).all(|p| s.queue(p, "tx_packets") == 24 && s.queue(p, "rx_packets") == 24)
+    });
+}
+
+#[test]
+fn get_vring_base_answers_the_packed_word_form_and_stops_the_ring() {
+    let mut r = Rig::loopback(packed(64), &[]);
+    // 40 frames: the TX ring (64 descriptors, 1 or 2 a chain) has wrapped.
+    r.g.loopback_roundtrip(0, &guest_frames(1500, 40, 60, 1514));
+    let tx = r.g.pairs[0].tx.packed.as_ref().expect("packed");
+    let want_tx = u32::from(tx.next_avail().word()) | u32::from(tx.next_used().word()) << 16;
+    let rx = r.g.pairs[0].rx.packed.as_ref().expect("packed");
+    let want_rx = u32::from(rx.next_used().word()) | u32::from(rx.next_used().word()) << 16;
+    let c = r.conn();
+    let tx_base = c.fe.get_vring_base(1).expect("GET_VRING_BASE tx");
+    let rx_base = c.fe.get_vring_base(0).expect("GET_VRING_BASE rx");
+    assert_eq!(
+        tx_base, want_tx,
+        "TX: avail and used, wrap counters in bits 15 and 31"
+    );
+    assert_eq!(
+        rx_base, want_rx,
+        "RX: nothing in flight, used where avail is"
+    );
+    assert!(
+        tx_base & 0x8000_8000 != 0x8000_8000 || tx_base & 0x7fff != 0,
+        "TX ring never moved"
+    );
+    // A stopped ring is not processed.
+    let more = guest_frames(1510, 3, 60, 200);
+    r.g.send(0, &more);
+    std::thread::sleep(Duration::from_millis(200));
+    let tx = r.g.pairs[0].tx.packed.as_ref().expect("packed");
+    assert!(
+        !tx.has_used(&r.g.mem),
+        "the daemon processed a ring after GET_VRING_BASE stopped it"
+    );
+    // A new connection replays the setup from the driver's positions: the three
+    // chains posted while stopped go now.
+    r.connect();
+    r.g.post_rx(0, 3, 2048);
+    let got = r.g.recv(0, 3, TIMEOUT);
+    for (p, f) in got.iter().zip(&more) {
+        assert_bytes(&p.frame, f, "frame posted while stopped");
+    }
+    r.g.wait_tx(0, 3);
+}
+
+#[test]
+fn a_reconnect_resumes_packed_rings_with_buffers_still_posted() {
+    let mut r = Rig::loopback(packed(64), &[]);
+    r.g.loopback_roundtrip(0, &guest_frames(1600, 40, 60, 1514));
+    // RX buffers posted before the disconnect and never kicked again.
+    r.g.post_rx(0, 8, 2048);
+    r.reconnect();
+    let frames = guest_frames(1610, 8, 60, 1514);
+    r.g.send(0, &frames);
+    let got = r.g.recv(0, 8, TIMEOUT);
+    for (p, f) in got.iter().zip(&frames) {
+        assert_bytes(&p.frame, f, "after reconnect, pre-posted buffers");
+    }
+    r.g.wait_tx(0, 8);
+    for round in 0..4u32 {
+        r.g.loopback_roundtrip(0, &guest_frames(1620 + round, 20, 60, 1514));
+    }
+    r.d.assert_running("after the second connection's traffic");
+    let s = r.d.stats().expect("stats file");
+    assert_eq!(s.queue(0, "ring_errors"), 0, "{s}");
+}
+
+#[test]
+fn a_hostile_packed_ring_is_broken_and_the_daemon_carries_on() {
+    let mut r = loopback_at_most(64, packed(8));
+    r.g.loopback_roundtrip(0, &guest_frames(1700, 4, 60, 1514));
+    // A TX descriptor whose buffer id is beyond the ring, then a kick.
+    let b = r.g.mem.alloc(0, 64, 64);
+    let d = PackedDesc {
+        addr: b.0,
+        len: 64,
+        id: 300,
+        flags: 0,
+    };
+    let tx = r.g.pairs[0].tx.packed.as_mut().expect("packed");
+    tx.add_raw(&r.g.mem, &[d], true);
+    r.g.pairs[0].tx.kick.write(1).expect("kick");
+    r.d.wait_stats("the TX ring counted broken", STATS_TIMEOUT, |s| {
+        s.queue(0, "ring_errors") == 1
+    });
+    // Kicked again and again: nothing more is counted, the daemon stays and its
+    // worker does not spin.
+    let before = r.d.cpu_ticks();
+    for _ in 0..20 {
+        r.g.pairs[0].tx.kick.write(1).expect("kick");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
+    let used = r.d.cpu_ticks() - before;
+    assert!(
+        used * 4 < hz,
+        "daemon used {used} of {hz} ticks in a second over a broken ring: spinning?\n{}",
+        r.d.stderr()
+    );
+    r.d.assert_running("after a hostile packed ring");
+    let s = r.d.stats().expect("stats file");
+    assert_eq!(s.queue(0, "ring_errors"), 1, "{s}");
+    // A fresh connection with fresh rings works.
+    r.disconnect();
+    let mut g = common::guest::Guest::new(packed(8));
+    let _c = g.attach(&mut r.d);
+    g.loopback_roundtrip(0, &guest_frames(1710, 4, 60, 1514));
+}
+
+#[test]
+fn offload_headers_cross_the_packed_rings_unchanged() {
+    // The loopback uplink hands the guest's TX header back on RX: a TSO packet and a
+    // checksum-offload one arrive whole, with the header the guest sent.
+    let features = BASE_FEATURES
+        | bit(VIRTIO_NET_F_CSUM)
+        | bit(VIRTIO_NET_F_HOST_TSO4)
+        | bit(VIRTIO_NET_F_GUEST_CSUM)
+        | bit(VIRTIO_NET_F_GUEST_TSO4);
+    let cfg = GuestConfig {
+        features,
+        ..packed(256)
+    };
+    let mut r = Rig::loopback(cfg, &[]);
+    let ip = IpVersion::V4;
+    let tso = VnetHdr {
+        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
+        hdr_len: ip.tcp_hdr_len(),
+        gso_size: 1448,
+        csum_start: ip.l4_offset(),
+        csum_offset: TCP_CSUM_OFFSET,
+        num_buffers: 0,
+    };
+    let big = tcp_frame(ip, PEER_MAC, GUEST_MAC, 7, TCP_ACK, &pattern(1800, 20_000));
+    let csum = VnetHdr {
+        gso_type: VIRTIO_NET_HDR_GSO_NONE,
+        gso_size: 0,
+        hdr_len: 0,
+        ..tso
+    };
+    let small = tcp_frame(ip, PEER_MAC, GUEST_MAC, 9, TCP_ACK, &pattern(1801, 900));
+    // With GUEST_TSO4 the device gathers a 64 KiB frame's worth of buffers before it
+    // reads a packet: enough for that after the first packet took its share.
+    r.g.post_rx(0, 80, 2048);
+    r.g.add_tx(0, tso, &big, TxLayout::Indirect);
+    r.g.add_tx(0, csum, &small, TxLayout::Split);
+    r.g.kick_tx(0);
+    let got = r.g.recv(0, 2, TIMEOUT);
+    assert_bytes(&got[0].frame, &big, "TSO frame");
+    assert_eq!(got[0].hdr.gso_type, VIRTIO_NET_HDR_GSO_TCPV4);
+    assert_eq!(got[0].hdr.gso_size, 1448);
+    assert_eq!(got[0].hdr.flags, VIRTIO_NET_HDR_F_NEEDS_CSUM);
+    assert!(got[0].buffers >= 10, "{} buffers for 20 KB", got[0].buffers);
+    assert_bytes(&got[1].frame, &small, "checksum-offload frame");
+    assert_eq!(got[1].hdr.flags, VIRTIO_NET_HDR_F_NEEDS_CSUM);
+    assert_eq!(
+        (got[1].hdr.csum_start, got[1].hdr.csum_offset),
+        (ip.l4_offset(), TCP_CSUM_OFFSET)
+    );
+    r.g.wait_tx(0, 2);
+    let s = r.d.stats().expect("stats file");
+    assert_eq!(s.drops(0).iter().map(|(_, v)| v).sum::<u64>(), 0, "{s}");
+}
