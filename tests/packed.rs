@@ -291,3 +291,144 @@ fn offload_headers_cross_the_packed_rings_unchanged() {
     let s = r.d.stats().expect("stats file");
     assert_eq!(s.drops(0).iter().map(|(_, v)| v).sum::<u64>(), 0, "{s}");
 }
+
+/// dpdk-testpmd (net_virtio_user with `packed_vq=1`), killed by PID when dropped.
+struct Testpmd {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Testpmd {
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stop it as Ctrl-C does (it prints its totals) and wait, bounded.
+    fn stop(&mut self) -> String {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill has no memory preconditions; `pid` is our own child, not
+            // reaped yet (so the PID cannot have been reused).
+            unsafe { libc::kill(pid, libc::SIGINT) };
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return self.output();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.output()
+    }
+}
+
+impl Drop for Testpmd {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Whether dpdk-testpmd can run here; skips (or fails with VNM_REQUIRE_PRIVILEGED=1)
+/// saying why when it cannot.
+fn testpmd_available(test: &str) -> bool {
+    if !common::privileged(test) {
+        return false;
+    }
+    let found = std::process::Command::new("dpdk-testpmd")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if found {
+        return true;
+    }
+    let reason = format!("{test}: dpdk-testpmd not found (apt-get install dpdk)");
+    if std::env::var_os("VNM_REQUIRE_PRIVILEGED").is_some_and(|v| v == "1") {
+        panic!("{reason} (VNM_REQUIRE_PRIVILEGED=1)");
+    }
+    eprintln!("SKIPPED {reason}");
+    false
+}
+
+#[test]
+fn dpdk_virtio_user_with_packed_vq_forwards_through_the_daemon() {
+    let test = "dpdk_virtio_user_with_packed_vq_forwards_through_the_daemon";
+    if !testpmd_available(test) {
+        return;
+    }
+    let mut d = common::daemon::Daemon::spawn(
+        &[
+            "--uplink",
+            "loopback",
+            "--mac",
+            common::packet::GUEST_MAC_STR,
+        ],
+        None,
+    );
+    d.wait_socket_file(TIMEOUT);
+    let socket = d.socket_path().display().to_string();
+    let log = std::path::PathBuf::from(format!("{}.testpmd.log", common::unique("/tmp/vnmt")));
+    let out = std::fs::File::create(&log).expect("testpmd log file");
+    let err = out.try_clone().expect("testpmd log file");
+    // io forwarding in a loop, started with a burst: every packet testpmd receives
+    // from the loopback uplink it transmits again.
+    let child = std::process::Command::new("dpdk-testpmd")
+        .args([
+            "--lcores=0@0,1@0",
+            &format!("--file-prefix={}", common::unique("vnmt-pmd")),
+            "--in-memory",
+            "--single-file-segments",
+            "-m",
+            "256",
+            "--no-pci",
+            &format!(
+                "--vdev=net_virtio_user0,path={socket},queues=1,queue_size=256,mac={},packed_vq=1",
+                common::packet::GUEST_MAC_STR
+            ),
+            "--",
+            "--nb-cores=1",
+            "--total-num-mbufs=16384",
+            "--stats-period=1",
+            "--forward-mode=io",
+            "--port-topology=loop",
+            "--tx-first",
+            "--burst=32",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("start dpdk-testpmd");
+    let mut pmd = Testpmd { child, log };
+    let acked = d.wait_stderr("features acked: 0x", Duration::from_secs(30));
+    let hex = acked
+        .rsplit("features acked: 0x")
+        .next()
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or("");
+    let features = u64::from_str_radix(hex, 16)
+        .unwrap_or_else(|_| panic!("features in {acked:?}\n{}", pmd.output()));
+    assert!(
+        features & bit(VIRTIO_F_RING_PACKED) != 0,
+        "virtio_user did not ack RING_PACKED: {features:#x}\n{}",
+        pmd.output()
+    );
+    d.wait_stats("100000 packets each way", Duration::from_secs(30), |s| {
+        s.queue(0, "tx_packets") >= 100_000 && s.queue(0, "rx_packets") >= 100_000
+    });
+    let totals = pmd.stop();
+    assert!(
+        totals.contains("Accumulated forward statistics"),
+        "testpmd did not stop cleanly:\n{totals}"
+    );
+    let s = d.stats().expect("stats file");
+    assert_eq!(s.queue(0, "ring_errors"), 0, "{s}");
+    assert_eq!(s.drops(0).iter().map(|(_, v)| v).sum::<u64>(), 0, "{s}");
+    d.assert_running("after testpmd left");
+}
