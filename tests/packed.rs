@@ -4,8 +4,9 @@
 //! uplink. Round trips byte for byte over many ring laps (so both wrap counters
 //! flip), a ring size that is not a power of two, MRG_RXBUF over several buffers,
 //! multi-queue, offload headers, GET_VRING_BASE in the packed word form, a reconnect that resumes the
-//! rings with buffers still posted, and a hostile ring that breaks without harming the
-//! daemon.
+//! rings with buffers still posted, a hostile ring that breaks without harming the
+//! daemon, misaligned rings refused, and dpdk-testpmd's virtio_user with
+//! `packed_vq=1`.
 
 mod common;
 
@@ -431,4 +432,32 @@ fn dpdk_virtio_user_with_packed_vq_forwards_through_the_daemon() {
     assert_eq!(s.queue(0, "ring_errors"), 0, "{s}");
     assert_eq!(s.drops(0).iter().map(|(_, v)| v).sum::<u64>(), 0, "{s}");
     d.assert_running("after testpmd left");
+}
+
+#[test]
+fn a_misaligned_packed_ring_is_refused_and_the_daemon_carries_on() {
+    let mut r = Rig::loopback(packed(64), &[]);
+    r.g.loopback_roundtrip(0, &guest_frames(1800, 4, 60, 1514));
+    // A descriptor ring off its 16-byte alignment is refused with the message (an
+    // invalid message ends the connection).
+    let good = r.g.pairs[0].tx.config_data(&r.g.mem);
+    let mut cfg = good;
+    cfg.desc_table_addr += 8;
+    assert!(
+        r.conn().fe.set_vring_addr(1, &cfg).is_err(),
+        "misaligned ring accepted"
+    );
+    r.d.assert_running("after a misaligned descriptor ring");
+    r.connect();
+    // A driver event structure 2 bytes off its 4-byte alignment (what a split avail
+    // ring may be) passes the message check; the packed ring refuses it at start.
+    let mut cfg = good;
+    cfg.avail_ring_addr += 2;
+    r.conn().fe.set_vring_addr(1, &cfg).expect("SET_VRING_ADDR");
+    let log = r.d.wait_stderr("not 4-byte aligned", TIMEOUT);
+    assert!(log.contains("TX ring unusable"), "{log}");
+    r.d.assert_running("after a misaligned packed ring");
+    // The guest sets the ring up again properly: traffic resumes.
+    r.connect();
+    r.g.loopback_roundtrip(0, &guest_frames(1810, 4, 60, 1514));
 }
