@@ -3,10 +3,11 @@
 //! harness's guest with `packed: true` (`tests/common/packed_ring.rs`) on the loopback
 //! uplink. Round trips byte for byte over many ring laps (so both wrap counters
 //! flip), a ring size that is not a power of two, MRG_RXBUF over several buffers,
-//! multi-queue, offload headers, GET_VRING_BASE in the packed word form, a reconnect that resumes the
+//! multi-queue, offload headers, the TX holdoff and rate limits, GET_VRING_BASE in the packed word form, a reconnect that resumes the
 //! rings with buffers still posted, a hostile ring that breaks without harming the
-//! daemon, misaligned rings refused, and dpdk-testpmd's virtio_user with
-//! `packed_vq=1`.
+//! daemon, misaligned rings refused, dpdk-testpmd's virtio_user with `packed_vq=1`,
+//! and (as root, in namespaces the tests create) the TAP and the AF_XDP uplink with
+//! zero-copy TX.
 
 mod common;
 
@@ -15,9 +16,9 @@ use std::time::Duration;
 use common::guest::{bit, GuestConfig, TxLayout, BASE_FEATURES, VIRTIO_F_RING_PACKED};
 use common::packed_ring::PackedDesc;
 use common::packet::{
-    assert_bytes, guest_frames, pattern, tcp_frame, total_len, IpVersion, VnetHdr, GUEST_MAC,
-    PEER_MAC, TCP_ACK, TCP_CSUM_OFFSET, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE,
-    VIRTIO_NET_HDR_GSO_TCPV4,
+    assert_bytes, guest_frames, pattern, tcp_frame, test_frame, total_len, IpVersion, VnetHdr,
+    ETH_P_TEST, GUEST_MAC, PEER_MAC, TCP_ACK, TCP_CSUM_OFFSET, VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
 };
 use common::rig::Rig;
 use common::{STATS_TIMEOUT, TIMEOUT};
@@ -460,4 +461,105 @@ fn a_misaligned_packed_ring_is_refused_and_the_daemon_carries_on() {
     // The guest sets the ring up again properly: traffic resumes.
     r.connect();
     r.g.loopback_roundtrip(0, &guest_frames(1810, 4, 60, 1514));
+}
+
+/// Frames from the peer towards the guest: `n` of growing length.
+fn peer_to_guest(seed: u32, n: u32) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let len = 60 + 40 * usize::try_from(i).expect("fits");
+            test_frame(GUEST_MAC, PEER_MAC, seed + i, len)
+        })
+        .collect()
+}
+
+/// Inject `frames` at the peer and expect them in the guest's buffers, byte for byte.
+fn expect_in_guest(r: &mut Rig, frames: &[Vec<u8>]) {
+    r.g.post_rx(0, frames.len() + 8, 2048);
+    r.inject(frames, ETH_P_TEST);
+    let got = r.g.recv(0, frames.len(), TIMEOUT);
+    for (i, (p, f)) in got.iter().zip(frames).enumerate() {
+        assert_bytes(&p.frame, f, &format!("frame {i} in packed guest buffers"));
+    }
+}
+
+#[test]
+fn a_tap_uplink_carries_packed_rings_both_ways() {
+    let test = "a_tap_uplink_carries_packed_rings_both_ways";
+    let Some(mut r) = Rig::on_tap(test, packed(256), "vnmpt0") else {
+        return;
+    };
+    r.send_to_peer(0, &guest_frames(1900, 32, 60, 1514));
+    expect_in_guest(&mut r, &peer_to_guest(1950, 32));
+    let s = r.d.stats().expect("stats file");
+    assert_eq!(s.queue(0, "ring_errors"), 0, "{s}");
+}
+
+#[test]
+fn the_af_xdp_uplink_carries_packed_rings_both_ways() {
+    let test = "the_af_xdp_uplink_carries_packed_rings_both_ways";
+    let Some(mut r) = Rig::on_veth(test, packed(256), ("vnmpa", "vnmpb"), None, &[]) else {
+        return;
+    };
+    r.send_to_peer(0, &guest_frames(2000, 32, 60, 1514));
+    expect_in_guest(&mut r, &peer_to_guest(2100, 32));
+    let s = r.d.stats().expect("stats file");
+    assert_eq!(s.queue(0, "ring_errors"), 0, "{s}");
+}
+
+#[test]
+fn zero_copy_tx_returns_packed_chains_when_their_packets_complete() {
+    let test = "zero_copy_tx_returns_packed_chains_when_their_packets_complete";
+    // Zero-copy TX holds chains in flight until their packets complete; they go back
+    // to the packed ring in completion order. (Two interface queues: the guest's
+    // memory is registered on the second, as in tests/xdp_daemon.rs.)
+    let Some(mut r) = Rig::on_veth(
+        test,
+        packed(256),
+        ("vnmpc", "vnmpd"),
+        Some(2),
+        &["--xdp-zerocopy-tx"],
+    ) else {
+        return;
+    };
+    for round in 0..4u32 {
+        r.send_to_peer(0, &guest_frames(2200 + round, 32, 60, 1514));
+    }
+    let s = r.d.wait_stats("zero-copy TX counted", STATS_TIMEOUT, |s| {
+        s.group_counter(Some(0), "xdp", "tx_zc_completed") > 0 && s.queue(0, "tx_packets") == 128
+    });
+    assert_eq!(s.queue(0, "ring_errors"), 0, "{s}");
+    assert_eq!(s.total("tx_drop_uplink"), 0, "{s}");
+}
+
+#[test]
+fn the_tx_holdoff_and_rate_limits_pace_packed_rings() {
+    // 5 packets per 100 ms each way, the first 5 at once: 20 frames take at least
+    // 300 ms.
+    let mut r = Rig::loopback(
+        packed(64),
+        &[
+            "--tx-holdoff",
+            "200",
+            "--tx-rate-limit",
+            "ops=5/100",
+            "--rx-rate-limit",
+            "ops=5/100",
+        ],
+    );
+    let frames = guest_frames(2300, 20, 60, 1514);
+    let start = std::time::Instant::now();
+    r.g.loopback_roundtrip(0, &frames);
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(150),
+        "20 frames at 100/s took {took:?}"
+    );
+    let s =
+        r.d.wait_stats("both directions throttled", STATS_TIMEOUT, |s| {
+            s.queue(0, "tx_throttled") > 0 && s.queue(0, "rx_throttled") > 0
+        });
+    assert_eq!(s.queue(0, "tx_packets"), 20, "{s}");
+    assert_eq!(s.queue(0, "rx_packets"), 20, "{s}");
+    assert_eq!(s.drops(0).iter().map(|(_, v)| v).sum::<u64>(), 0, "{s}");
 }
