@@ -249,8 +249,10 @@ class TestpmdStats:
 
 
 class Workload:
-    def __init__(self, key, uplink, direction, what):
+    def __init__(self, key, uplink, direction, what, packed=False):
         self.key, self.uplink, self.direction, self.what = key, uplink, direction, what
+        # Packed virtqueues: the frontend's virtio_user with packed_vq=1.
+        self.packed = packed
 
 
 WORKLOADS = [
@@ -269,6 +271,12 @@ WORKLOADS = [
              "PMD io forwarding back to the same port; counted: packets the frontend "
              "received. Each packet crosses the TX ring and the RX ring once, and "
              "vhost-netmem's loopback copies it out of guest memory and back in"),
+    Workload("ring-tx-packed", "ring", "tx",
+             "ring-tx on packed virtqueues (frontend virtio_user packed_vq=1)", packed=True),
+    Workload("ring-rx-packed", "ring", "rx",
+             "ring-rx on packed virtqueues (frontend virtio_user packed_vq=1)", packed=True),
+    Workload("ring-io-packed", "ring", "io",
+             "ring-io on packed virtqueues (frontend virtio_user packed_vq=1)", packed=True),
     Workload("tap-tx", "tap", "tx",
              "guest TX to a TAP in the namespace: frontend txonly; counted: the TAP's "
              "rx_packets (what reached the kernel)"),
@@ -347,7 +355,8 @@ def frontend_argv(wl, ctx, size):
     a = ["stdbuf", "-oL", "dpdk-testpmd", f"--lcores=0@{FRONT_CPU},1@{FRONT_CPU}",
          f"--file-prefix=vnmb-fe-{os.getpid()}", "--in-memory", "--single-file-segments",
          "-m", "256", "--no-pci",
-         f"--vdev=net_virtio_user0,path={ctx.socket},queues=1,queue_size=256,mac={GUEST_MAC}",
+         f"--vdev=net_virtio_user0,path={ctx.socket},queues=1,queue_size=256,mac={GUEST_MAC}"
+         + (",packed_vq=1" if wl.packed else ""),
          "--", "--nb-cores=1", "--total-num-mbufs=16384", "--stats-period=1", f"--txpkts={size}"]
     if wl.direction == "tx":
         a.append("--forward-mode=txonly")

@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 
 use vm_memory::{Bytes, GuestAddress};
 
-use super::ring::Ring;
+use super::ring::Virtqueue;
 use crate::log_limit::LogLimiter;
 use crate::metrics::QueueMetrics;
 use crate::netmem::{DirtyLog, FragList, GuestPageMap};
@@ -130,7 +130,7 @@ fn log_written(log: &DirtyLog, stash: &VecDeque<Stashed>, chains: usize, mut n: 
 }
 
 impl RxPath {
-    fn drop_chain(&mut self, ring: &mut Ring, map: &GuestPageMap, head: u16, why: &str) {
+    fn drop_chain<Q: Virtqueue>(&mut self, ring: &mut Q, map: &GuestPageMap, head: u16, why: &str) {
         if !self.stash.is_empty() {
             self.contiguous = false;
         }
@@ -139,7 +139,12 @@ impl RxPath {
     }
 
     /// Pop one chain into the stash. Returns false when the ring has no more.
-    fn stash_one(&mut self, ring: &mut Ring, map: &GuestPageMap, m: &QueueMetrics) -> bool {
+    fn stash_one<Q: Virtqueue>(
+        &mut self,
+        ring: &mut Q,
+        map: &GuestPageMap,
+        m: &QueueMetrics,
+    ) -> bool {
         if self.ready == 0 {
             // One acquire load of the avail index per round, not per chain.
             match ring.available(map, m) {
@@ -147,13 +152,14 @@ impl RxPath {
                 _ => return false,
             }
         }
-        let Some(head) = ring.pop_head(map) else {
+        let mut segs = Segments::new();
+        let Some(popped) = ring.pop_chain(map, &mut segs) else {
             self.ready = 0;
             return false;
         };
+        let head = popped.id;
         self.ready -= 1;
-        let mut segs = Segments::new();
-        if let Err(e) = ring.walker.walk(map, head, &mut segs) {
+        if let Err(e) = popped.chain {
             match e {
                 ChainError::Wraps { .. } => m.rx_drop_bad_memory.inc(),
                 _ => m.rx_drop_bad_chain.inc(),
@@ -188,9 +194,9 @@ impl RxPath {
     }
 
     /// Move up to [`RX_BATCH`] packets from the uplink into guest buffers.
-    pub fn process(
+    pub fn process<Q: Virtqueue>(
         &mut self,
-        ring: &mut Ring,
+        ring: &mut Q,
         map: &GuestPageMap,
         uplink: &mut dyn UplinkQueue,
         features: Features,
@@ -202,9 +208,9 @@ impl RxPath {
 
     /// [`process`](Self::process) under a rate limit: each read asks `gate` first.
     #[allow(clippy::too_many_arguments)] // process's, and the gate
-    pub fn process_gated<G: Gate>(
+    pub fn process_gated<Q: Virtqueue, G: Gate>(
         &mut self,
-        ring: &mut Ring,
+        ring: &mut Q,
         map: &GuestPageMap,
         uplink: &mut dyn UplinkQueue,
         features: Features,
@@ -212,7 +218,6 @@ impl RxPath {
         m: &QueueMetrics,
         gate: &mut G,
     ) -> RxOutcome {
-        let mem = map.mem();
         let mrg = features.has(VIRTIO_NET_F_MRG_RXBUF);
         let need = if mrg {
             features.max_rx_frame(mtu) as u64
@@ -245,19 +250,17 @@ impl RxPath {
                     rechecked = false;
                     continue;
                 }
-                if ring.fault.is_some() || !ring.enable_notification(mem) || rechecked {
+                if ring.fault().is_some() || !ring.enable_notification(map) || rechecked {
                     // Kicks are on (or the ring is broken): wait for the guest.
                     starved = true;
                     break;
                 }
                 rechecked = true;
-                ring.disable_notification(mem);
+                ring.disable_notification(map);
             }
             // A guest whose whole ring holds less than a maximal frame still gets
             // packets (a larger one would be truncated by the uplink).
-            if starved
-                && (self.stash.is_empty() || self.stash.len() < usize::from(ring.walker.queue_size))
-            {
+            if starved && (self.stash.is_empty() || self.stash.len() < usize::from(ring.size())) {
                 m.rx_no_buffers.inc();
                 outcome = RxOutcome::NoBuffers;
                 break;
@@ -368,7 +371,7 @@ impl RxPath {
 
     /// Hand stashed chains back before the ring changes hands: un-pop them when they
     /// are the last chains popped, otherwise return them empty.
-    pub fn release(&mut self, ring: &mut Ring, map: &GuestPageMap) {
+    pub fn release<Q: Virtqueue>(&mut self, ring: &mut Q, map: &GuestPageMap) {
         if self.contiguous {
             ring.unpop(u16::try_from(self.stash.len()).unwrap_or(0));
         } else {
@@ -383,5 +386,7 @@ impl RxPath {
     }
 }
 
+#[cfg(test)]
+mod packed_tests;
 #[cfg(test)]
 mod tests;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
 
-use super::ring::Ring;
+use super::ring::Virtqueue;
 use crate::log_limit::LogLimiter;
 use crate::metrics::QueueMetrics;
 use crate::netmem::{FragList, GuestPageMap, PageMapError};
@@ -127,17 +127,16 @@ fn read_header(map: &GuestPageMap, segs: &Segments) -> Result<VirtioNetHdr, TxDr
 }
 
 impl TxPath {
+    /// Turn the popped chain in `self.segs` (`chain`: whether its buffers are
+    /// usable) into header and frags.
     fn build<'m>(
         &mut self,
-        ring: &Ring,
         map: &'m GuestPageMap,
-        head: u16,
+        chain: Result<(), ChainError>,
         features: Features,
         frags: &mut FragList<'m>,
     ) -> Result<VirtioNetHdr, TxDrop> {
-        ring.walker
-            .walk(map, head, &mut self.segs)
-            .map_err(TxDrop::Chain)?;
+        chain.map_err(TxDrop::Chain)?;
         if self.segs.iter().any(|s| s.write) {
             return Err(TxDrop::Direction);
         }
@@ -179,7 +178,12 @@ impl TxPath {
     }
 
     /// Return the chains of packets the uplink reports complete.
-    fn complete(&mut self, ring: &mut Ring, map: &GuestPageMap, uplink: &mut dyn UplinkQueue) {
+    fn complete<Q: Virtqueue>(
+        &mut self,
+        ring: &mut Q,
+        map: &GuestPageMap,
+        uplink: &mut dyn UplinkQueue,
+    ) {
         if self.in_flight.is_empty() {
             return;
         }
@@ -194,9 +198,9 @@ impl TxPath {
 
     /// Kick the uplink and return the chains of completed packets (for a worker
     /// woken up while packets are in flight).
-    pub fn poll_in_flight(
+    pub fn poll_in_flight<Q: Virtqueue>(
         &mut self,
-        ring: &mut Ring,
+        ring: &mut Q,
         map: &GuestPageMap,
         uplink: &mut dyn UplinkQueue,
         m: &QueueMetrics,
@@ -213,9 +217,9 @@ impl TxPath {
 
     /// The worker stops: wait (bounded) for the packets in flight, then return their
     /// chains whatever happened; the uplink forgets them.
-    pub fn finish(
+    pub fn finish<Q: Virtqueue>(
         &mut self,
-        ring: &mut Ring,
+        ring: &mut Q,
         map: &GuestPageMap,
         uplink: &mut dyn UplinkQueue,
         m: &QueueMetrics,
@@ -241,9 +245,9 @@ impl TxPath {
     }
 
     /// Move up to [`TX_BATCH`] packets from the guest to the uplink.
-    pub fn process(
+    pub fn process<Q: Virtqueue>(
         &mut self,
-        ring: &mut Ring,
+        ring: &mut Q,
         map: &GuestPageMap,
         uplink: &mut dyn UplinkQueue,
         features: Features,
@@ -253,9 +257,9 @@ impl TxPath {
     }
 
     /// [`process`](Self::process) under a rate limit: each packet asks `gate` first.
-    pub fn process_gated<G: Gate>(
+    pub fn process_gated<Q: Virtqueue, G: Gate>(
         &mut self,
-        ring: &mut Ring,
+        ring: &mut Q,
         map: &GuestPageMap,
         uplink: &mut dyn UplinkQueue,
         features: Features,
@@ -278,14 +282,15 @@ impl TxPath {
             if done >= TX_BATCH {
                 break TxOutcome::Budget;
             }
-            let Some(head) = ring.pop_head(map) else {
+            let Some(popped) = ring.pop_chain(map, &mut self.segs) else {
                 break TxOutcome::Drained;
             };
+            let head = popped.id;
             ready -= 1;
             done += 1;
             let mut frags = FragList::new();
             let mut held = false;
-            let built = self.build(ring, map, head, features, &mut frags);
+            let built = self.build(map, popped.chain, features, &mut frags);
             if built.is_ok() {
                 if let Err(ns) = gate.check(frags.len() as u64) {
                     // Not yet: the chain waits on the ring, nothing is lost.
@@ -358,5 +363,7 @@ impl TxPath {
     }
 }
 
+#[cfg(test)]
+mod packed_tests;
 #[cfg(test)]
 mod tests;

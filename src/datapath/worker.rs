@@ -22,7 +22,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::holdoff::HoldoffTimer;
 use super::poller::{Event, Poller};
-use super::ring::{Ring, RingSetup};
+use super::ring::packed::PackedIndices;
+use super::ring::{AnyRing, PackedRing, PackedSetup, Ring, RingSetup, Virtqueue};
 use super::rx::{RxOutcome, RxPath};
 use super::state::{
     self, Moved, RxEvent, RxState, Sleep, TxAction, TxEvent, TxState, UplinkState, UPLINK_REOPEN_MS,
@@ -32,6 +33,7 @@ use crate::metrics::QueueMetrics;
 use crate::netmem::{GuestPageMap, SharedPageMap};
 use crate::ratelimit::{Limiter, RateLimits};
 use crate::uplink::UplinkQueue;
+use crate::virtio::features::VIRTIO_F_RING_PACKED;
 use crate::virtio::Features;
 
 /// Packets of at least this size make a look a stream's (TSO segments, bulk data).
@@ -55,7 +57,8 @@ pub struct WorkerSpec {
     pub rx: Option<RingSetup>,
     /// TX ring (virtqueue 2 * pair + 1), if active.
     pub tx: Option<RingSetup>,
-    /// Acked features.
+    /// Acked features; with VIRTIO_F_RING_PACKED both rings are packed (the layout
+    /// is the device's, negotiated once: see [`make_ring`]).
     pub features: Features,
     /// MTU (bounds RX frames without GSO).
     pub mtu: u16,
@@ -77,7 +80,8 @@ pub struct WorkerSpec {
 
 /// What a stopped worker hands back.
 pub struct StoppedWorker {
-    /// RX ring (next_avail, next_used), if it ran.
+    /// RX ring (next_avail, next_used), if it ran ([`Virtqueue::indices`]: a packed
+    /// ring's words, each with its wrap counter in bit 15).
     pub rx: Option<(u16, u16)>,
     /// TX ring (next_avail, next_used), if it ran.
     pub tx: Option<(u16, u16)>,
@@ -116,15 +120,64 @@ impl PairWorker {
     }
 }
 
-fn make_ring(setup: Option<RingSetup>, max: u16, pair: usize, what: &str) -> Option<Ring> {
+/// The ring `setup` describes, in the layout the features negotiated: split, or
+/// packed (VIRTIO_F_RING_PACKED), where the setup's three addresses are the
+/// descriptor ring and the driver and device event structures, and its two indices
+/// the positions in their word form ([`PackedIndices::from_words`]).
+pub fn make_ring(
+    setup: Option<RingSetup>,
+    features: Features,
+    max: u16,
+    pair: usize,
+    what: &str,
+) -> Option<AnyRing> {
     let setup = setup?;
-    match Ring::new(setup, max) {
+    let ring = if features.has(VIRTIO_F_RING_PACKED) {
+        let size = setup.size;
+        if size > max {
+            log::error!("queue pair {pair}: {what} ring unusable: size {size} above {max}");
+            return None;
+        }
+        PackedRing::new(PackedSetup {
+            size,
+            desc: setup.desc,
+            driver_event: setup.avail,
+            device_event: setup.used,
+            indices: PackedIndices::from_words(setup.next_avail, setup.next_used),
+            kick: setup.kick,
+            call: setup.call,
+            event_idx: setup.event_idx,
+            indirect: setup.indirect,
+            // VIRTIO_F_IN_ORDER is not offered.
+            in_order: false,
+            log: setup.log.map(|(log, _)| log),
+        })
+        .map(AnyRing::Packed)
+        .map_err(|e| e.to_string())
+    } else {
+        Ring::new(setup, max)
+            .map(AnyRing::Split)
+            .map_err(|e| e.to_string())
+    };
+    match ring {
         Ok(r) => Some(r),
         Err(e) => {
             log::error!("queue pair {pair}: {what} ring unusable: {e}");
             None
         }
     }
+}
+
+/// Run `$body` with `$r` bound to the ring inside an [`AnyRing`], compiled once per
+/// layout: the TX and RX paths are generic over [`Virtqueue`], so a batch on a split
+/// ring runs the split ring's own code (one match per batch, none per chain).
+macro_rules! with_ring {
+    ($ring:expr, $r:ident => $body:expr) => {
+        match $ring {
+            AnyRing::Split($r) => $body,
+            AnyRing::Packed($r) => $body,
+        }
+    };
 }
 
 /// A running queue pair: its rings, paths, states and uplink queue.
@@ -134,8 +187,8 @@ struct Pair {
     memory: Arc<SharedPageMap>,
     metrics: Arc<QueueMetrics>,
     uplink: Box<dyn UplinkQueue>,
-    tx_ring: Option<Ring>,
-    rx_ring: Option<Ring>,
+    tx_ring: Option<AnyRing>,
+    rx_ring: Option<AnyRing>,
     tx_path: TxPath,
     rx_path: RxPath,
     tx: TxState,
@@ -240,7 +293,7 @@ impl Pair {
                     let more = self
                         .tx_ring
                         .as_mut()
-                        .is_some_and(|r| r.enable_notification(map.mem()));
+                        .is_some_and(|r| r.enable_notification(&map));
                     if !more {
                         return Ok(());
                     }
@@ -302,20 +355,24 @@ impl Pair {
         // A recheck looks with kicks on (they were just turned on), so that an empty
         // look can go idle as it is; every other look turns them off while it drains.
         if self.tx != TxState::Recheck {
-            ring.disable_notification(map.mem());
+            ring.disable_notification(map);
         }
         let batches = m.tx_batches.get();
         let (packets, bytes) = (m.tx_packets.get(), m.tx_bytes.get());
         let uplink = self.uplink.as_mut();
         // The one branch a batch pays for rate limiting.
         let (outcome, now) = match self.tx_limiter.as_mut() {
-            None => (self.tx_path.process(ring, map, uplink, self.features, m), 0),
+            None => {
+                let o =
+                    with_ring!(ring, r => self.tx_path.process(r, map, uplink, self.features, m));
+                (o, 0)
+            }
             Some(l) => {
                 let now = ns_since(self.origin);
                 l.refill(now);
-                let o = self
+                let o = with_ring!(ring, r => self
                     .tx_path
-                    .process_gated(ring, map, uplink, self.features, m, l);
+                    .process_gated(r, map, uplink, self.features, m, l));
                 (o, now)
             }
         };
@@ -326,7 +383,7 @@ impl Pair {
             TxOutcome::Blocked => TxEvent::Blocked,
             TxOutcome::Budget => TxEvent::Budget,
             // A broken ring's avail index may say there is always work.
-            TxOutcome::Drained if ring.fault.is_some() => TxEvent::Broke,
+            TxOutcome::Drained if ring.fault().is_some() => TxEvent::Broke,
             TxOutcome::Drained => {
                 let chains = m.tx_packets.get().wrapping_sub(packets);
                 let bytes = m.tx_bytes.get().wrapping_sub(bytes);
@@ -351,18 +408,22 @@ impl Pair {
         let uplink = self.uplink.as_mut();
         let (features, mtu) = (self.features, self.mtu);
         let (outcome, now) = match self.rx_limiter.as_mut() {
-            None => (self.rx_path.process(ring, map, uplink, features, mtu, m), 0),
+            None => {
+                let o =
+                    with_ring!(ring, r => self.rx_path.process(r, map, uplink, features, mtu, m));
+                (o, 0)
+            }
             Some(l) => {
                 let now = ns_since(self.origin);
                 l.refill(now);
-                let o = self
+                let o = with_ring!(ring, r => self
                     .rx_path
-                    .process_gated(ring, map, uplink, features, mtu, m, l);
+                    .process_gated(r, map, uplink, features, mtu, m, l));
                 (o, now)
             }
         };
         match outcome {
-            _ if ring.fault.is_some() => RxEvent::Broke,
+            _ if ring.fault().is_some() => RxEvent::Broke,
             RxOutcome::Throttled(ns) => RxEvent::Throttled {
                 until: now.saturating_add(ns),
             },
@@ -444,8 +505,9 @@ impl Pair {
     fn poll_in_flight(&mut self) {
         if let Some(ring) = self.tx_ring.as_mut() {
             let map = self.memory.load();
-            self.tx_path
-                .poll_in_flight(ring, &map, self.uplink.as_mut(), &self.metrics);
+            with_ring!(ring, r => self
+                .tx_path
+                .poll_in_flight(r, &map, self.uplink.as_mut(), &self.metrics));
         }
     }
 
@@ -458,10 +520,10 @@ impl Pair {
         };
         poller.add_readable(exit.as_raw_fd(), Event::Exit)?;
         if let Some(r) = &self.rx_ring {
-            poller.add_readable(r.kick.as_raw_fd(), Event::RxKick)?;
+            poller.add_readable(r.kick().as_raw_fd(), Event::RxKick)?;
         }
         if let Some(r) = &self.tx_ring {
-            poller.add_readable(r.kick.as_raw_fd(), Event::TxKick)?;
+            poller.add_readable(r.kick().as_raw_fd(), Event::TxKick)?;
         }
         if let Some(h) = &self.holdoff {
             poller.add_readable(h.fd(), Event::TxHoldoff)?;
@@ -495,13 +557,13 @@ impl Pair {
                     Event::Exit => return Ok(()),
                     Event::RxKick => {
                         if let Some(r) = &self.rx_ring {
-                            let _ = r.kick.read();
+                            let _ = r.kick().read();
                         }
                         self.rx_event(RxEvent::Kick);
                     }
                     Event::TxKick => {
                         if let Some(r) = &self.tx_ring {
-                            let _ = r.kick.read();
+                            let _ = r.kick().read();
                         }
                         self.tx_event(TxEvent::Kick)?;
                     }
@@ -556,14 +618,15 @@ impl Pair {
         }
         if let Some(ring) = self.rx_ring.as_mut() {
             let map = self.memory.load();
-            self.rx_path.release(ring, &map);
+            with_ring!(&mut *ring, r => self.rx_path.release(r, &map));
             // Chains given back empty (a stash with a gap) are shown to the guest now.
             ring.signal(&map, &self.metrics);
         }
         if let Some(ring) = self.tx_ring.as_mut() {
             let map = self.memory.load();
-            self.tx_path
-                .finish(ring, &map, self.uplink.as_mut(), &self.metrics);
+            with_ring!(ring, r => self
+                .tx_path
+                .finish(r, &map, self.uplink.as_mut(), &self.metrics));
         }
         StoppedWorker {
             rx: self.rx_ring.map(|r| r.indices()),
@@ -589,8 +652,8 @@ fn run(spec: WorkerSpec, exit: EventFd) -> StoppedWorker {
         rate_limits,
     } = spec;
     crate::sandbox::enter_or_exit(crate::sandbox::ThreadKind::Worker);
-    let rx_ring = make_ring(rx, max_queue_size, pair, "RX");
-    let tx_ring = make_ring(tx, max_queue_size, pair, "TX");
+    let rx_ring = make_ring(rx, features, max_queue_size, pair, "RX");
+    let tx_ring = make_ring(tx, features, max_queue_size, pair, "TX");
     let holdoff = match tx_holdoff
         .filter(|_| tx_ring.is_some())
         .map(HoldoffTimer::new)

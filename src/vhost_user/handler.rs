@@ -22,13 +22,14 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::vring::VringConfig;
 use crate::config::NetConfig;
+use crate::datapath::ring::packed::{PackedIndices, MAX_PACKED_SIZE};
 use crate::datapath::{PairWorker, RingSetup, WorkerSpec};
 use crate::metrics::DeviceMetrics;
 use crate::netmem::{DirtyLog, RegionSpec, SharedPageMap, MAX_REGIONS};
 use crate::ratelimit::RateLimits;
 use crate::uplink::Uplink;
 use crate::virtio::features::{
-    VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_RING_F_EVENT_IDX,
+    VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_RING_PACKED, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC,
 };
 use crate::virtio::{Features, NetConfigSpace};
@@ -96,6 +97,13 @@ impl NetBackend {
             announced: false,
             config,
         }
+    }
+
+    /// Whether VIRTIO_F_RING_PACKED was acked: every ring is packed, its ring base
+    /// the packed word form ([`PackedIndices`]).
+    fn packed(&self) -> bool {
+        self.acked_features
+            .is_some_and(|f| Features::from_bits(f).has(VIRTIO_F_RING_PACKED))
     }
 
     /// Whether VHOST_USER_F_PROTOCOL_FEATURES was acked (SET_FEATURES seen with it).
@@ -201,9 +209,13 @@ impl NetBackend {
             avail,
             used,
             next_avail: v.next_avail,
-            next_used: v
-                .next_used
-                .unwrap_or_else(|| self.used_idx_in_memory(i, used)),
+            // A packed ring's used position is not in guest memory: SET_VRING_BASE
+            // names it (or says it is where avail is), and so does a stopped worker.
+            next_used: match v.next_used {
+                Some(u) => u,
+                None if features.has(VIRTIO_F_RING_PACKED) => v.next_avail,
+                None => self.used_idx_in_memory(i, used),
+            },
             kick,
             call: v.call.as_ref().and_then(|c| c.try_clone().ok()),
             event_idx: features.has(VIRTIO_RING_F_EVENT_IDX),
@@ -268,7 +280,13 @@ impl NetBackend {
                 return;
             }
         };
-        let resumed = rx.as_ref().is_some_and(|r| r.next_avail != 0);
+        // A fresh ring starts at 0 (split), or at index 0 with wrap counter 1 (packed).
+        let fresh = if features.has(VIRTIO_F_RING_PACKED) {
+            PackedIndices::START.avail.word()
+        } else {
+            0
+        };
+        let resumed = rx.as_ref().is_some_and(|r| r.next_avail != fresh);
         let spec = WorkerSpec {
             pair,
             rx,
@@ -444,14 +462,23 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
 
     fn set_vring_num(&mut self, index: u32, num: u32) -> VhostResult<()> {
         let i = self.ring_index(index)?;
-        let size = u16::try_from(num)
-            .ok()
-            .filter(|n| *n != 0 && n.is_power_of_two() && *n <= self.config.queue_size);
+        // A packed ring may have any size; a split one's is a power of two.
+        let packed = self.packed();
+        let size = u16::try_from(num).ok().filter(|n| {
+            *n != 0
+                && (packed || n.is_power_of_two())
+                && *n <= self.config.queue_size.min(MAX_PACKED_SIZE)
+        });
         let Some(size) = size else {
             crate::log_limited!(
                 super::control_log(),
                 warn,
-                "ring {index}: size {num} refused (power of two up to {})",
+                "ring {index}: size {num} refused ({} up to {})",
+                if packed {
+                    "packed ring"
+                } else {
+                    "power of two"
+                },
                 self.config.queue_size
             );
             return Err(VhostError::InvalidParam);
@@ -491,9 +518,16 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
 
     fn set_vring_base(&mut self, index: u32, base: u32) -> VhostResult<()> {
         let i = self.ring_index(index)?;
-        let base = u16::try_from(base).map_err(|_| VhostError::InvalidParam)?;
-        self.vrings[i].next_avail = base;
-        self.vrings[i].next_used = None;
+        if self.packed() {
+            // Both positions with their wrap counters (bits 0-15 avail, 16-31 used).
+            let (avail, used) = PackedIndices::from_vring_base(base).words();
+            self.vrings[i].next_avail = avail;
+            self.vrings[i].next_used = Some(used);
+        } else {
+            let base = u16::try_from(base).map_err(|_| VhostError::InvalidParam)?;
+            self.vrings[i].next_avail = base;
+            self.vrings[i].next_used = None;
+        }
         self.sync_pair(i / 2);
         Ok(())
     }
@@ -508,10 +542,14 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
         self.vrings[i].kick = None;
         self.announced = false;
         self.sync_pair(pair);
-        Ok(VhostUserVringState::new(
-            index,
-            u32::from(self.vrings[i].next_avail),
-        ))
+        let v = &self.vrings[i];
+        let base = if self.packed() {
+            PackedIndices::from_words(v.next_avail, v.next_used.unwrap_or(v.next_avail))
+                .vring_base()
+        } else {
+            u32::from(v.next_avail)
+        };
+        Ok(VhostUserVringState::new(index, base))
     }
 
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VhostResult<()> {

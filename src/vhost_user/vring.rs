@@ -13,11 +13,14 @@ pub struct VringConfig {
     /// SET_VRING_ADDR's `log_guest_addr`, when its flags carry VHOST_VRING_F_LOG: the
     /// guest-physical address of the used ring for the dirty log.
     pub log_addr: Option<u64>,
-    /// Next avail index (SET_VRING_BASE, or where a stopped worker left off).
+    /// Next avail index (SET_VRING_BASE, or where a stopped worker left off); a
+    /// packed ring's position with the driver's wrap counter in bit 15.
     pub next_avail: u16,
-    /// Next used index: where a stopped worker left off; None after SET_VRING_BASE,
-    /// which names the avail side only: the used index in guest memory (what the
-    /// device last published) is read when the ring starts.
+    /// Next used index: where a stopped worker left off. A split ring's is None
+    /// after SET_VRING_BASE, which names the avail side only: the used index in guest
+    /// memory (what the device last published) is read when the ring starts. A packed
+    /// ring's SET_VRING_BASE names both positions (the device's wrap counter in bit
+    /// 15 here), as there is no used index in guest memory to read.
     pub next_used: Option<u16>,
     /// SET_VRING_KICK; cleared by GET_VRING_BASE (the ring is stopped).
     pub kick: Option<EventFd>,

@@ -40,6 +40,8 @@ pub mod req {
     pub const SET_VRING_NUM: u32 = 8;
     /// GET_QUEUE_NUM.
     pub const GET_QUEUE_NUM: u32 = 17;
+    /// SET_VRING_BASE.
+    pub const SET_VRING_BASE: u32 = 10;
     /// SET_VRING_ENABLE.
     pub const SET_VRING_ENABLE: u32 = 18;
 }
@@ -48,6 +50,8 @@ pub mod req {
 pub const HDR_VERSION: u32 = 0x1;
 /// Header flags: this is a reply.
 pub const HDR_REPLY: u32 = 0x4;
+/// Header flags: the sender wants an ack (REPLY_ACK).
+pub const HDR_NEED_REPLY: u32 = 0x8;
 
 /// In which order the setup messages are sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +121,9 @@ impl Connection {
             .get_features()
             .unwrap_or_else(|e| fail("GET_FEATURES", &e));
         let mut want = guest.cfg.features | bit(VHOST_USER_F_PROTOCOL_FEATURES);
+        if guest.cfg.packed {
+            want |= bit(super::guest::VIRTIO_F_RING_PACKED);
+        }
         if guest.pairs.len() > 1 {
             want |= bit(VIRTIO_NET_F_MQ);
         }
@@ -175,15 +182,20 @@ impl Connection {
         let event_idx = guest.has(VIRTIO_RING_F_EVENT_IDX);
         for i in 0..guest.vrings() {
             let vq = guest.vq(i);
-            let base = vq.ring.used_idx(&guest.mem);
+            let base = vq.vring_base(&guest.mem);
             conn.fe
-                .set_vring_num(i, vq.ring.size())
+                .set_vring_num(i, vq.size())
                 .unwrap_or_else(|e| fail("SET_VRING_NUM", &e));
+            match u16::try_from(base) {
+                Ok(base) => conn
+                    .fe
+                    .set_vring_base(i, base)
+                    .unwrap_or_else(|e| fail("SET_VRING_BASE", &e)),
+                // A packed ring's base has both halves; the `Frontend` sends 16 bits.
+                Err(_) => conn.raw_vring_base(u32::try_from(i).expect("fits"), base),
+            }
             conn.fe
-                .set_vring_base(i, base)
-                .unwrap_or_else(|e| fail("SET_VRING_BASE", &e));
-            conn.fe
-                .set_vring_addr(i, &vq.ring.config_data(&guest.mem))
+                .set_vring_addr(i, &vq.config_data(&guest.mem))
                 .unwrap_or_else(|e| fail("SET_VRING_ADDR", &e));
             conn.fe
                 .set_vring_kick(i, &vq.kick)
@@ -193,8 +205,8 @@ impl Connection {
                 .unwrap_or_else(|e| fail("SET_VRING_CALL", &e));
         }
         for p in &mut guest.pairs {
-            p.rx.ring.set_event_idx(event_idx);
-            p.tx.ring.set_event_idx(event_idx);
+            p.rx.set_event_idx(event_idx);
+            p.tx.set_event_idx(event_idx);
         }
         if guest.cfg.order == SetupOrder::Standard {
             for i in 0..guest.vrings() {
@@ -240,6 +252,22 @@ impl Connection {
         assert!(flags & HDR_REPLY != 0, "reply without the reply flag");
         assert_eq!(body.len(), 8, "u64 reply of {} bytes", body.len());
         u64::from_le_bytes(body[..8].try_into().expect("8 bytes"))
+    }
+
+    /// SET_VRING_BASE as a raw message with all 32 bits of `num` (a packed ring's two
+    /// positions), waiting for the ack when REPLY_ACK was negotiated.
+    pub fn raw_vring_base(&mut self, index: u32, num: u32) {
+        let mut body = Vec::new();
+        body.extend_from_slice(&index.to_le_bytes());
+        body.extend_from_slice(&num.to_le_bytes());
+        let ack = self.protocol.contains(VhostUserProtocolFeatures::REPLY_ACK);
+        let flags = HDR_VERSION | if ack { HDR_NEED_REPLY } else { 0 };
+        self.send_raw(req::SET_VRING_BASE, flags, 8, &body);
+        if ack {
+            let (code, _, body) = self.recv_raw();
+            assert_eq!(code, req::SET_VRING_BASE, "reply to the wrong request");
+            assert_eq!(body, 0u64.to_le_bytes(), "SET_VRING_BASE {num:#x} refused");
+        }
     }
 
     /// SET_VRING_ENABLE as a raw message without NEED_REPLY.

@@ -268,6 +268,26 @@ impl Daemon {
         }
     }
 
+    /// CPU time (user + system, in clock ticks) of every thread of the daemon.
+    pub fn cpu_ticks(&self) -> u64 {
+        let pid = self.pid();
+        let mut total = 0;
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return 0;
+        };
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            // Fields after the parenthesised command name: state is field 3, utime 14,
+            // stime 15.
+            let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            if f.len() > 12 {
+                total += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+            }
+        }
+        total
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

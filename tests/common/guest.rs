@@ -35,6 +35,9 @@ pub const BASE_FEATURES: u64 = bit(VIRTIO_F_VERSION_1)
     | bit(VIRTIO_RING_F_EVENT_IDX)
     | bit(VIRTIO_RING_F_INDIRECT_DESC);
 
+/// virtio: the packed virtqueue layout.
+pub const VIRTIO_F_RING_PACKED: u32 = 34;
+
 /// What the guest negotiates.
 #[derive(Clone, Debug)]
 pub struct GuestConfig {
@@ -56,6 +59,8 @@ pub struct GuestConfig {
     /// Region holding the TX rings (the RX rings are in region 0). Default 1: the region
     /// at a non-zero mmap_offset, so ring addresses are translated through it.
     pub tx_ring_region: usize,
+    /// Packed rings (VIRTIO_F_RING_PACKED acked) instead of split ones.
+    pub packed: bool,
 }
 
 impl Default for GuestConfig {
@@ -69,6 +74,7 @@ impl Default for GuestConfig {
             order: SetupOrder::Standard,
             mem_via_add_reg: false,
             tx_ring_region: 1,
+            packed: false,
         }
     }
 }
@@ -162,9 +168,12 @@ impl Guest {
     pub fn new(cfg: GuestConfig) -> Guest {
         let mem = TestMemory::new();
         let pairs = (0..cfg.pairs)
-            .map(|p| QueuePair {
-                rx: Vq::new(&mem, 2 * p, cfg.queue_size, 0),
-                tx: Vq::new(&mem, 2 * p + 1, cfg.queue_size, cfg.tx_ring_region),
+            .map(|p| {
+                let vq = if cfg.packed { Vq::new_packed } else { Vq::new };
+                QueuePair {
+                    rx: vq(&mem, 2 * p, cfg.queue_size, 0),
+                    tx: vq(&mem, 2 * p + 1, cfg.queue_size, cfg.tx_ring_region),
+                }
             })
             .collect();
         Guest {
@@ -254,7 +263,7 @@ impl Guest {
                 self.mem.write(a.0, &hdr_bytes);
                 self.mem.write(a.0 + 12, frame);
                 let bufs = [Buf::ro(a, len)];
-                self.pairs[pair].tx.ring.add_chain(&self.mem, &bufs)
+                self.pairs[pair].tx.add_chain(&self.mem, &bufs)
             }
             TxLayout::Split | TxLayout::Indirect => {
                 let h = self.mem.alloc(self.buf_regions[0], 12, 16);
@@ -266,10 +275,10 @@ impl Guest {
                 self.mem.write(f.0, frame);
                 let bufs = [Buf::ro(h, VNET_HDR_LEN), Buf::ro(f, frame.len())];
                 if layout == TxLayout::Split {
-                    self.pairs[pair].tx.ring.add_chain(&self.mem, &bufs)
+                    self.pairs[pair].tx.add_chain(&self.mem, &bufs)
                 } else {
                     let t = self.mem.alloc(self.buf_regions[0], 32, 16);
-                    self.pairs[pair].tx.ring.add_indirect(&self.mem, t, &bufs)
+                    self.pairs[pair].tx.add_indirect(&self.mem, t, &bufs)
                 }
             }
         }
@@ -336,7 +345,7 @@ impl Guest {
                 vec![Buf::wo(h, VNET_HDR_LEN), Buf::wo(d, len - VNET_HDR_LEN)]
             }
         };
-        self.pairs[pair].rx.ring.add_chain(&self.mem, &bufs)
+        self.pairs[pair].rx.add_chain(&self.mem, &bufs)
     }
 
     /// Receive `n` packets on `pair` within `timeout`, gathering MRG_RXBUF buffers.

@@ -8,6 +8,9 @@
 //!   rings in guest memory, direct / indirect / raw (hostile) chains, EVENT_IDX. It
 //!   needs nothing of the harness (only a [`ring::RingMemory`]): the library's unit
 //!   tests include the same file.
+//! - [`packed_ring`]: the driver side of a packed virtqueue (VIRTIO_F_RING_PACKED):
+//!   descriptor ring and event structures, direct / indirect / raw chains; the layout
+//!   a guest with [`guest::GuestConfig::packed`] drives.
 //! - [`connection`]: the VMM's vhost-user connection: the setup messages through
 //!   `vhost::vhost_user::Frontend`, raw messages where the `Frontend` API refuses an
 //!   order QEMU really sends (or for malformed ones), the request codes they use.
@@ -51,6 +54,7 @@ pub mod http;
 pub mod launch;
 pub mod memory;
 pub mod netns;
+pub mod packed_ring;
 pub mod packet;
 pub mod prometheus;
 pub mod queue;

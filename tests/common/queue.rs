@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
-//! One virtqueue of the guest driver: its split ring in guest memory, its kick and call
-//! eventfds, and the waits for used entries (as a driver that sleeps on calls, or as a
-//! plain poll); an RX and a TX queue make a queue pair.
+//! One virtqueue of the guest driver: its ring in guest memory (split, or packed with
+//! [`Vq::new_packed`]), its kick and call eventfds, and the waits for used entries (as
+//! a driver that sleeps on calls, or as a plain poll); an RX and a TX queue make a
+//! queue pair. What depends on the layout goes through [`Vq`]'s own methods.
 
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -10,14 +11,20 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::daemon::DaemonLog;
 use super::memory::TestMemory;
-use super::ring::{SplitRing, Used};
+use vhost::VringConfigData;
+use vm_memory::GuestAddress;
+
+use super::packed_ring::PackedRing;
+use super::ring::{Buf, SplitRing, Used};
 
 /// One virtqueue of the guest with its eventfds.
 pub struct Vq {
     /// vhost-user ring index.
     pub index: usize,
-    /// The split ring.
+    /// The split ring (allocated but unused when the queue is packed).
     pub ring: SplitRing,
+    /// The packed ring, when the queue is packed (VIRTIO_F_RING_PACKED).
+    pub packed: Option<PackedRing>,
     /// Kick eventfd (guest -> device).
     pub kick: EventFd,
     /// Call eventfd (device -> guest).
@@ -32,9 +39,85 @@ impl Vq {
         Vq {
             index,
             ring: SplitRing::new(mem, region, size),
+            packed: None,
             kick: EventFd::new(EFD_NONBLOCK).expect("kick eventfd"),
             call: EventFd::new(EFD_NONBLOCK).expect("call eventfd"),
             calls: 0,
+        }
+    }
+
+    /// [`Self::new`] with a packed ring of `size` descriptors (any size).
+    pub fn new_packed(mem: &TestMemory, index: usize, size: u16, region: usize) -> Vq {
+        let packed = PackedRing::new(mem, region, size);
+        packed.enable_calls(mem);
+        Vq {
+            // A one-entry split ring nobody drives keeps the struct one shape.
+            packed: Some(packed),
+            ..Vq::new(mem, index, 1, region)
+        }
+    }
+
+    /// Ring size.
+    pub fn size(&self) -> u16 {
+        match &self.packed {
+            Some(p) => p.size(),
+            None => self.ring.size(),
+        }
+    }
+
+    /// SET_VRING_BASE for where the driver stands: the split ring's used index in
+    /// memory (as QEMU replays it), the packed ring's two positions.
+    pub fn vring_base(&self, mem: &TestMemory) -> u32 {
+        match &self.packed {
+            Some(p) => p.vring_base(),
+            None => u32::from(self.ring.used_idx(mem)),
+        }
+    }
+
+    /// SET_VRING_ADDR payload.
+    pub fn config_data(&self, mem: &TestMemory) -> VringConfigData {
+        match &self.packed {
+            Some(p) => p.config_data(mem),
+            None => self.ring.config_data(mem),
+        }
+    }
+
+    /// Follow EVENT_IDX.
+    pub fn set_event_idx(&mut self, on: bool) {
+        match &mut self.packed {
+            Some(p) => p.set_event_idx(on),
+            None => self.ring.set_event_idx(on),
+        }
+    }
+
+    /// Add (not publish) a chain of `bufs`; returns its head (split) or id (packed).
+    pub fn add_chain(&mut self, mem: &TestMemory, bufs: &[Buf]) -> u16 {
+        match &mut self.packed {
+            Some(p) => p.add_chain(mem, bufs),
+            None => self.ring.add_chain(mem, bufs),
+        }
+    }
+
+    /// Add (not publish) a chain of `bufs` as an indirect table at `table`.
+    pub fn add_indirect(&mut self, mem: &TestMemory, table: GuestAddress, bufs: &[Buf]) -> u16 {
+        match &mut self.packed {
+            Some(p) => p.add_indirect(mem, table, bufs),
+            None => self.ring.add_indirect(mem, table, bufs),
+        }
+    }
+
+    /// Chains posted and not used yet.
+    pub fn in_flight(&self) -> usize {
+        match &self.packed {
+            Some(p) => p.in_flight(),
+            None => self.ring.in_flight(),
+        }
+    }
+
+    fn take_used(&mut self, mem: &TestMemory, context: &dyn Fn() -> String) -> Vec<Used> {
+        match &mut self.packed {
+            Some(p) => p.take_used(mem, context),
+            None => self.ring.take_used(mem, context),
         }
     }
 
@@ -76,7 +159,10 @@ impl Vq {
     /// Make posted chains visible; kick when the device asked for it (or always,
     /// unless `honour_avail_event`).
     pub fn publish(&mut self, mem: &TestMemory, honour_avail_event: bool) -> bool {
-        let need = self.ring.publish(mem);
+        let need = match &mut self.packed {
+            Some(p) => p.publish(mem),
+            None => self.ring.publish(mem),
+        };
         if need || !honour_avail_event {
             self.kick.write(1).expect("kick");
         }
@@ -98,14 +184,11 @@ impl Vq {
         let mut got = Vec::new();
         loop {
             let index = self.index;
-            got.extend(
-                self.ring
-                    .take_used(mem, &|| format!(" (vring {index}){}", log.context())),
-            );
+            got.extend(self.take_used(mem, &|| format!(" (vring {index}){}", log.context())));
             if got.len() >= min {
                 return got;
             }
-            if driver && self.ring.event_idx() {
+            if driver && self.packed.is_none() && self.ring.event_idx() {
                 // Ask for a call at the next used entry, then re-check (the race every
                 // driver closes this way).
                 self.ring.set_used_event(mem, self.ring.last_used());
@@ -153,8 +236,8 @@ impl Vq {
                  (used.idx {} in memory, {} chains still posted, {} calls seen){}",
                 self.index,
                 got.len(),
-                self.ring.used_idx(mem),
-                self.ring.in_flight(),
+                self.vring_base(mem),
+                self.in_flight(),
                 self.calls,
                 log.context()
             );
