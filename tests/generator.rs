@@ -84,15 +84,6 @@ fn a_generator_size_out_of_range_is_refused() {
     }
 }
 
-/// CPU time (user + system, clock ticks) the process `pid` used so far.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // The fields after the command name (which may hold spaces) in parentheses.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
 /// An uplink that always has a packet and a guest with no buffers: the worker waits for
 /// the guest's kick instead of spinning on the uplink's readiness.
 #[test]
@@ -106,10 +97,9 @@ fn an_always_ready_uplink_does_not_spin_a_guest_without_buffers() {
     let mut r = Rig::attach(d, GuestConfig::default());
     r.g.post_rx(0, 4, 2048);
     assert_eq!(r.g.recv(0, 4, TIMEOUT).len(), 4);
-    let pid = r.d.pid();
-    let before = cpu_ticks(pid);
+    let before = r.d.cpu_ticks();
     std::thread::sleep(std::time::Duration::from_secs(1));
-    let used = cpu_ticks(pid) - before;
+    let used = r.d.cpu_ticks() - before;
     // A spinning worker burns about 100 ticks a second; an idle one none.
     assert!(
         used < 30,

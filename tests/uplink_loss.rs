@@ -15,22 +15,6 @@ use common::{STATS_TIMEOUT, TIMEOUT};
 
 const TAP: &str = "vnmgone0";
 
-/// CPU time (user + system, in clock ticks) of every thread of process `pid`.
-fn cpu_ticks(pid: u32) -> u64 {
-    let mut total = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("daemon tasks") {
-        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap_or_default();
-        // Fields after the parenthesised command name: state is field 3, utime 14,
-        // stime 15.
-        let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.len() > 12 {
-            total += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
-        }
-    }
-    total
-}
-
 fn count(haystack: &str, needle: &str) -> usize {
     haystack.matches(needle).count()
 }
@@ -54,11 +38,11 @@ fn a_deleted_tap_is_noticed_not_polled_and_reopened_when_it_comes_back() {
     });
     // Not polled any more: a detached tun fd reports EPOLLERR for ever, which spun a
     // worker at 60-100 % of a core before. Allow a quarter of one over a second.
-    let before = cpu_ticks(r.d.pid());
+    let before = r.d.cpu_ticks();
     std::thread::sleep(Duration::from_secs(1));
     // SAFETY: sysconf has no preconditions.
     let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
-    let used = cpu_ticks(r.d.pid()) - before;
+    let used = r.d.cpu_ticks() - before;
     assert!(
         used * 4 < hz,
         "daemon used {used} of {hz} ticks in a second with its TAP gone: spinning?\n{}",

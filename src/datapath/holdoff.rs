@@ -18,7 +18,10 @@
 //! followed by a new one within a ceiling's time was too short for the stream's gaps:
 //! the new run goes on from twice the last period. A new run after a longer pause
 //! starts over. A look that stopped on its batch budget (the ring filled up during the
-//! period) quarters the period, down to the floor.
+//! period) quarters the period, down to the floor. A look that found half the ring or
+//! more (a flood: the guest fills the ring faster than any timer would serve it)
+//! suspends the holdoff for [`FLOOD_PAUSE`]: such a guest is served by its kicks, as
+//! without a holdoff, and the holdoff tries again afterwards.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -28,6 +31,9 @@ use vmm_sys_util::timerfd::TimerFd;
 
 /// The shortest period.
 pub const HOLDOFF_FLOOR: Duration = Duration::from_micros(16);
+
+/// How long a flood suspends the holdoff.
+pub const FLOOD_PAUSE: Duration = Duration::from_millis(100);
 
 /// A one-shot timer of one holdoff period, and the period's adaptation.
 pub struct HoldoffTimer {
@@ -44,6 +50,8 @@ pub struct HoldoffTimer {
     ended: Option<(Instant, Duration)>,
     /// The period the timer was last armed with.
     armed: Duration,
+    /// Until when a flood suspended the holdoff.
+    suspended_until: Option<Instant>,
 }
 
 fn errno(e: vmm_sys_util::errno::Error) -> io::Error {
@@ -68,6 +76,7 @@ impl HoldoffTimer {
             in_run: false,
             ended: None,
             armed: Duration::ZERO,
+            suspended_until: None,
         })
     }
 
@@ -81,6 +90,26 @@ impl HoldoffTimer {
         if std::mem::take(&mut self.in_run) {
             self.ended = Some((Instant::now(), self.armed));
         }
+    }
+
+    /// Whether holdoffs are on now (not suspended by a flood).
+    pub fn active(&mut self) -> bool {
+        match self.suspended_until {
+            Some(until) if Instant::now() < until => false,
+            Some(_) => {
+                self.suspended_until = None;
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// A look found half the ring or more: suspend holdoffs for [`FLOOD_PAUSE`], and
+    /// let the next run start over.
+    pub fn flooded(&mut self) {
+        self.suspended_until = Some(Instant::now() + FLOOD_PAUSE);
+        self.ended = None;
+        self.period = self.start;
     }
 
     /// A look stopped on its batch budget: periods this long let the ring fill up.
@@ -177,6 +206,20 @@ mod tests {
         assert_eq!(t.period(), HOLDOFF_FLOOR);
         let t = HoldoffTimer::new(Duration::from_micros(5)).unwrap();
         assert_eq!(t.period().as_micros(), 5);
+    }
+
+    #[test]
+    fn a_flood_suspends_holdoffs_for_a_while_and_the_next_run_starts_over() {
+        let mut t = HoldoffTimer::new(Duration::from_micros(1000)).unwrap();
+        assert!(t.active());
+        t.arm().unwrap();
+        t.arm().unwrap();
+        t.flooded();
+        assert!(!t.active(), "suspended right after a flood");
+        assert_eq!(t.period().as_micros(), 125);
+        t.suspended_until = Some(Instant::now());
+        assert!(t.active(), "back once the pause is over");
+        assert!(t.suspended_until.is_none());
     }
 
     #[test]

@@ -109,6 +109,10 @@ pub enum Moved {
     /// A stream's batch (two chains or more, or a large packet): worth holding the
     /// guest's kicks off for (`--tx-holdoff`).
     Stream,
+    /// Half the ring or more: the guest fills the ring faster than a timer could
+    /// serve it (a flood of small packets from a fast guest), so it is served by its
+    /// kicks, as without a holdoff.
+    Flood,
 }
 
 /// What the loop must do on entering the new TX state.
@@ -436,7 +440,7 @@ mod tests {
     use TxEvent as E;
     use TxState as S;
 
-    const ALL_TX_EVENTS: [TxEvent; 15] = [
+    const ALL_TX_EVENTS: [TxEvent; 16] = [
         E::KicksOnFoundChains,
         E::Throttled { until: 5 },
         E::ThrottleEnded,
@@ -451,6 +455,9 @@ mod tests {
         },
         E::Drained {
             moved: Moved::Stream,
+        },
+        E::Drained {
+            moved: Moved::Flood,
         },
         E::Budget,
         E::Blocked,
@@ -496,18 +503,20 @@ mod tests {
     }
 
     /// One small packet (sparse, request/response traffic) never holds kicks off, even
-    /// with a holdoff configured: its next packet must not wait for a timer.
+    /// with a holdoff configured: its next packet must not wait for a timer; nor does a
+    /// flood that fills half the ring between looks (a timer would hold the guest back).
     #[test]
-    fn a_sparse_look_turns_kicks_on_even_with_a_holdoff() {
-        assert_eq!(
-            S::Pending.on(
-                E::Drained {
-                    moved: Moved::Sparse
-                },
-                true
-            ),
-            (S::Idle, A::EnableKicks)
-        );
+    fn a_sparse_or_flooding_look_turns_kicks_on_even_with_a_holdoff() {
+        for moved in [Moved::Sparse, Moved::Flood] {
+            assert_eq!(
+                S::Pending.on(E::Drained { moved }, true),
+                (S::Idle, A::EnableKicks)
+            );
+            assert_eq!(
+                S::Recheck.on(E::Drained { moved }, true),
+                (S::Idle, A::EnableKicks)
+            );
+        }
     }
 
     #[test]

@@ -39,11 +39,19 @@ use crate::virtio::Features;
 /// Packets of at least this size make a look a stream's (TSO segments, bulk data).
 const STREAM_PACKET_BYTES: u64 = 1024;
 
-/// Whether a look that moved `chains` packets of `bytes` is a stream's: worth holding the
-/// guest's kicks off for (`--tx-holdoff`). One small packet is sparse or
-/// request/response traffic, whose next packet must not wait for a timer.
-fn is_stream(chains: u64, bytes: u64) -> bool {
-    chains >= 2 || bytes >= STREAM_PACKET_BYTES
+/// What a TX look that moved `chains` packets of `bytes` from a ring of `size` was
+/// (`--tx-holdoff` holds kicks off for a stream only): half the ring or more is a flood
+/// the guest's kicks serve better than a timer; two chains or more, or a large packet,
+/// a stream; one small packet sparse or request/response traffic, whose next packet
+/// must not wait for a timer.
+fn classify(chains: u64, bytes: u64, size: u16) -> Moved {
+    if chains.saturating_mul(2) >= u64::from(size) {
+        Moved::Flood
+    } else if chains >= 2 || bytes >= STREAM_PACKET_BYTES {
+        Moved::Stream
+    } else {
+        Moved::Sparse
+    }
 }
 
 /// Work rounds between two looks at the event fds while the rings stay busy.
@@ -265,7 +273,17 @@ impl Pair {
     fn tx_event(&mut self, ev: TxEvent) -> io::Result<()> {
         let mut ev = ev;
         loop {
-            let (next, action) = self.tx.on(ev, self.holdoff.is_some());
+            if ev
+                == (TxEvent::Drained {
+                    moved: Moved::Flood,
+                })
+            {
+                if let Some(h) = self.holdoff.as_mut() {
+                    h.flooded();
+                }
+            }
+            let holdoff = self.holdoff.as_mut().is_some_and(|h| h.active());
+            let (next, action) = self.tx.on(ev, holdoff);
             if ev == TxEvent::Budget {
                 if let Some(h) = self.holdoff.as_mut() {
                     h.shorten();
@@ -389,10 +407,8 @@ impl Pair {
                 let bytes = m.tx_bytes.get().wrapping_sub(bytes);
                 let moved = if m.tx_batches.get() == batches {
                     Moved::Nothing
-                } else if is_stream(chains, bytes) {
-                    Moved::Stream
                 } else {
-                    Moved::Sparse
+                    classify(chains, bytes, ring.size())
                 };
                 TxEvent::Drained { moved }
             }

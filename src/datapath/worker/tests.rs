@@ -146,3 +146,19 @@ fn a_limit_set_at_run_time_throttles_a_running_worker() {
     );
     assert_eq!(stopped.tx, Some((2, 2)));
 }
+
+/// What a TX look moved decides the holdoff: one small packet is sparse, two or a
+/// large one a stream, half the ring or more a flood.
+#[test]
+fn a_look_is_classified_by_what_it_moved() {
+    use super::classify;
+    use crate::datapath::state::Moved;
+    assert_eq!(classify(1, 66, 256), Moved::Sparse);
+    assert_eq!(classify(1, 1023, 256), Moved::Sparse);
+    assert_eq!(classify(1, 1024, 256), Moved::Stream);
+    assert_eq!(classify(2, 120, 256), Moved::Stream);
+    assert_eq!(classify(127, 127 * 60, 256), Moved::Stream);
+    assert_eq!(classify(128, 128 * 60, 256), Moved::Flood);
+    assert_eq!(classify(256, 256 * 1500, 256), Moved::Flood);
+    assert_eq!(classify(1, 60, 2), Moved::Flood, "a tiny ring");
+}
