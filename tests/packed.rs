@@ -384,7 +384,9 @@ fn dpdk_virtio_user_with_packed_vq_forwards_through_the_daemon() {
         .args([
             "--lcores=0@0,1@0",
             &format!("--file-prefix={}", common::unique("vnmt-pmd")),
-            "--in-memory",
+            // Anonymous memory shared through memfds: no huge pages needed, so the
+            // test runs on a machine whose nr_hugepages is 0.
+            "--no-huge",
             "--single-file-segments",
             "-m",
             "256",
