@@ -265,6 +265,32 @@ fn no_socket_option_and_no_activation_is_refused() {
     );
 }
 
+/// Issue 12: a seccomp mode that is not known is refused, naming the known ones, before
+/// anything is created.
+#[test]
+fn unknown_seccomp_mode_is_refused() {
+    let s = socket();
+    let args = ["--socket", &s, "--uplink", "null", "--seccomp", "strict"];
+    let mut d = Daemon::spawn_raw(&args);
+    let Some(status) = d.wait_exit(TIMEOUT) else {
+        d.fail(&format!("{args:?}: still running after {TIMEOUT:?}"));
+    };
+    let err = d.stderr();
+    // The command line parser's usage error: exit status 2, the value and the modes named.
+    assert_eq!(status.code(), Some(2), "{args:?}: {status}; stderr:\n{err}");
+    for want in [
+        "error: invalid value 'strict' for '--seccomp <MODE>'",
+        "[possible values: kill, log, off]",
+    ] {
+        assert!(
+            err.contains(want),
+            "{args:?}: stderr lacks {want:?}:\n{err}"
+        );
+    }
+    assert!(!err.contains("panicked"), "{args:?}:\n{err}");
+    assert!(!std::path::Path::new(&s).exists(), "socket created anyway");
+}
+
 /// Issue 12: an unknown user or group is refused before anything is created.
 #[test]
 fn unknown_user_or_group_is_refused() {
