@@ -283,6 +283,10 @@ WORKLOADS = [
     Workload("tap-rx", "tap", "rx",
              "guest RX from a TAP: UDP flood out of the TAP in the namespace (bench/flood.py); "
              "frontend rxonly; counted: packets the frontend received"),
+    Workload("tap-tx-packed", "tap", "tx",
+             "tap-tx on packed virtqueues (frontend virtio_user packed_vq=1)", packed=True),
+    Workload("tap-rx-packed", "tap", "rx",
+             "tap-rx on packed virtqueues (frontend virtio_user packed_vq=1)", packed=True),
     Workload("xdp-tx", "xdp", "tx",
              "guest TX to AF_XDP on a veth in the namespace (copy mode): frontend txonly; "
              "counted: the veth peer's rx_packets"),

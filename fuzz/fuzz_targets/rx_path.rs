@@ -169,7 +169,7 @@ fuzz_target!(|data: &[u8]| {
 
     if used_ok {
         assert!(
-            ring.fault.is_none(),
+            ring.fault().is_none(),
             "ring broken although its used ring is in memory"
         );
         let used = model::used_entries(&map, &geom, inp.next_used, end_used);

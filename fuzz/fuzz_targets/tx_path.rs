@@ -256,7 +256,7 @@ fuzz_target!(|data: &[u8]| {
     // Every popped chain with a valid head went back once, with length 0.
     if used_ok {
         assert!(
-            ring.fault.is_none(),
+            ring.fault().is_none(),
             "ring broken although its used ring is in memory"
         );
         let used = model::used_entries(&map, &geom, inp.next_used, end_used);

@@ -94,7 +94,7 @@ fn rx_ring_with_entries_outside_memory_breaks_instead_of_spinning() {
         let mut up = OnePacket(true);
         let features = Features::from_bits(1 << 32);
         let outcome = RxPath::default().process(&mut r, &map, &mut up, features, 1500, &m);
-        let _ = done.send((outcome, r.fault.is_some(), m.ring_errors.get()));
+        let _ = done.send((outcome, r.fault().is_some(), m.ring_errors.get()));
     });
     let (outcome, broken, ring_errors) = wait
         .recv_timeout(Duration::from_secs(10))
@@ -115,7 +115,7 @@ fn tx_ring_with_entries_outside_memory_breaks() {
     let outcome =
         TxPath::default().process(&mut r, &map, &mut OnePacket(false), Features::default(), &m);
     assert_eq!(outcome, TxOutcome::Drained);
-    assert!(r.fault.is_some(), "ring not marked broken");
+    assert!(r.fault().is_some(), "ring not marked broken");
     assert_eq!(m.ring_errors.get(), 1);
     assert_eq!(r.indices(), (0, 0));
 }
@@ -127,5 +127,5 @@ fn avail_ring_check_accepts_a_ring_in_memory() {
     let mut r = ring(16, 0, 0x100, 0x200);
     let m = QueueMetrics::default();
     assert_eq!(r.available(&map, &m), Some(1));
-    assert!(r.fault.is_none());
+    assert!(r.fault().is_none());
 }

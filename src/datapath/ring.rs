@@ -27,6 +27,8 @@ const AVAIL_RING_HEADER: u64 = 4;
 const USED_RING_HEADER: u64 = 4;
 /// One used ring entry (id: u32, len: u32).
 const USED_ELEM_SIZE: u64 = 8;
+/// What a fault found while popping or returning a chain was.
+const UNREADABLE_ENTRY: &str = "virtqueue broken (a ring entry is outside guest memory)";
 
 /// Everything needed to run one ring, handed from the control plane to a worker.
 #[derive(Debug)]
@@ -57,14 +59,6 @@ pub struct RingSetup {
     pub log: Option<(Arc<DirtyLog>, u64)>,
 }
 
-/// Why a ring stopped working.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RingFault {
-    /// The avail index is more than a ring ahead, or a ring is not (wholly) in guest
-    /// memory.
-    Broken,
-}
-
 /// A running ring.
 #[derive(Debug)]
 pub struct Ring {
@@ -76,11 +70,10 @@ pub struct Ring {
     pub call: Option<EventFd>,
     /// Descriptor chain walker for this ring.
     pub walker: ChainWalker,
-    /// Set once the ring misbehaved; it is then ignored until set up again.
-    pub fault: Option<RingFault>,
-    /// A fault found where the counters were not at hand (popping a head, returning a
-    /// chain): counted and logged at the next [`Self::available`] or [`Self::signal`].
-    fault_unreported: bool,
+    /// Set once the ring misbehaved; it is then ignored until set up again. A fault
+    /// found where the counters were not at hand (popping a head, returning a chain) is
+    /// counted at the next [`Self::available`] or [`Self::signal`].
+    health: RingHealth,
     /// Used entries added since the last notification decision.
     pending_signal: bool,
     /// Next used index to write (entries are written one by one, the index is
@@ -122,8 +115,7 @@ impl Ring {
             queue,
             kick: setup.kick,
             call: setup.call,
-            fault: None,
-            fault_unreported: false,
+            health: RingHealth::default(),
             pending_signal: false,
             next_used: Wrapping(setup.next_used),
             published_used: Wrapping(setup.next_used),
@@ -160,8 +152,8 @@ impl Ring {
     /// memory (a readable index over unreadable entries would otherwise promise heads
     /// that [`Self::pop_head`] can never deliver, and RX would ask for them forever).
     pub fn available(&mut self, map: &GuestPageMap, m: &QueueMetrics) -> Option<u16> {
-        if self.fault.is_some() {
-            self.report_fault(m);
+        if self.health.is_broken() {
+            self.health.report(m, UNREADABLE_ENTRY);
             return None;
         }
         let Some(avail) = map.load_u16(self.queue.avail_ring() + 2, Ordering::Acquire) else {
@@ -181,26 +173,16 @@ impl Ring {
     }
 
     fn broken(&mut self, m: &QueueMetrics) -> Option<u16> {
-        self.fault = Some(RingFault::Broken);
-        m.ring_errors.inc();
-        log::error!("virtqueue broken (impossible avail index or unreadable ring); ring stopped until set up again");
+        self.health.break_now(
+            m,
+            "virtqueue broken (impossible avail index or unreadable ring)",
+        );
         None
     }
 
-    /// Stop the ring for a ring structure outside guest memory (counted later by
-    /// [`Self::report_fault`]).
-    fn break_unreported(&mut self) {
-        if self.fault.is_none() {
-            self.fault = Some(RingFault::Broken);
-            self.fault_unreported = true;
-        }
-    }
-
-    fn report_fault(&mut self, m: &QueueMetrics) {
-        if std::mem::take(&mut self.fault_unreported) {
-            m.ring_errors.inc();
-            log::error!("virtqueue broken (a ring entry is outside guest memory); ring stopped until set up again");
-        }
+    /// The fault that stopped the ring, if any.
+    pub fn fault(&self) -> Option<RingFault> {
+        self.health.fault()
     }
 
     /// Pop the next head (call only after [`Self::available`] said there is one: its
@@ -217,7 +199,7 @@ impl Ring {
             .checked_add(AVAIL_RING_HEADER + u64::from(slot) * 2)
             .and_then(|addr| map.read_array::<2>(addr))
         else {
-            self.break_unreported();
+            self.health.break_later();
             return None;
         };
         self.queue.set_next_avail(next.wrapping_add(1));
@@ -245,14 +227,14 @@ impl Ring {
             .used_ring()
             .checked_add(USED_RING_HEADER + u64::from(slot) * USED_ELEM_SIZE)
         else {
-            self.break_unreported();
+            self.health.break_later();
             return false;
         };
         let mut elem = [0u8; 8];
         elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
         elem[4..].copy_from_slice(&len.to_le_bytes());
         if !map.write_array(addr, elem) {
-            self.break_unreported();
+            self.health.break_later();
             return false;
         }
         self.log_used(
@@ -274,7 +256,7 @@ impl Ring {
             self.log_used(2, 2);
             self.published_used = self.next_used;
         } else {
-            self.break_unreported();
+            self.health.break_later();
         }
     }
 
@@ -310,7 +292,7 @@ impl Ring {
     /// Publish the used entries and notify the guest unless EVENT_IDX (or the
     /// NO_INTERRUPT flag) suppresses it.
     pub fn signal(&mut self, map: &GuestPageMap, m: &QueueMetrics) {
-        self.report_fault(m);
+        self.health.report(m, UNREADABLE_ENTRY);
         if !self.pending_signal {
             return;
         }
@@ -348,8 +330,11 @@ impl Ring {
     }
 }
 
+pub mod health;
 pub mod packed;
 pub mod virtqueue;
+
+pub use health::{RingFault, RingHealth};
 
 pub use packed::{PackedRing, PackedSetup};
 pub use virtqueue::{AnyRing, Virtqueue};

@@ -22,6 +22,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::vring::VringConfig;
 use crate::config::NetConfig;
+use crate::datapath::ring::packed::resume::{check_base, Resume};
 use crate::datapath::ring::packed::{PackedIndices, MAX_PACKED_SIZE};
 use crate::datapath::{PairWorker, RingSetup, WorkerSpec};
 use crate::metrics::DeviceMetrics;
@@ -184,13 +185,13 @@ impl NetBackend {
     fn stop_pair(&mut self, pair: usize) {
         if let Some(w) = self.workers[pair].take() {
             let state = w.stop();
-            if let Some((a, u)) = state.rx {
-                self.vrings[2 * pair].next_avail = a;
-                self.vrings[2 * pair].next_used = Some(u);
-            }
-            if let Some((a, u)) = state.tx {
-                self.vrings[2 * pair + 1].next_avail = a;
-                self.vrings[2 * pair + 1].next_used = Some(u);
+            for (v, indices) in [(2 * pair, state.rx), (2 * pair + 1, state.tx)] {
+                if let Some((a, u)) = indices {
+                    let v = &mut self.vrings[v];
+                    v.next_avail = a;
+                    v.next_used = Some(u);
+                    v.base_from_frontend = false;
+                }
             }
             self.uplink.return_queue(pair, state.uplink);
         }
@@ -203,19 +204,28 @@ impl NetBackend {
         }
         let (desc, avail, used) = v.addrs?;
         let kick = v.kick.as_ref()?.try_clone().ok()?;
+        let (next_avail, next_used) = if features.has(VIRTIO_F_RING_PACKED) {
+            // A packed ring's used position is not in guest memory: SET_VRING_BASE
+            // names it (or says it is where avail is), and so does a stopped worker.
+            let base = PackedIndices::from_words(v.next_avail, v.next_used.unwrap_or(v.next_avail));
+            if v.base_from_frontend {
+                self.packed_resume(i, desc, base).words()
+            } else {
+                base.words()
+            }
+        } else {
+            let next_used = v
+                .next_used
+                .unwrap_or_else(|| self.used_idx_in_memory(i, used));
+            (v.next_avail, next_used)
+        };
         Some(RingSetup {
             size: v.size,
             desc,
             avail,
             used,
-            next_avail: v.next_avail,
-            // A packed ring's used position is not in guest memory: SET_VRING_BASE
-            // names it (or says it is where avail is), and so does a stopped worker.
-            next_used: match v.next_used {
-                Some(u) => u,
-                None if features.has(VIRTIO_F_RING_PACKED) => v.next_avail,
-                None => self.used_idx_in_memory(i, used),
-            },
+            next_avail,
+            next_used,
             kick,
             call: v.call.as_ref().and_then(|c| c.try_clone().ok()),
             event_idx: features.has(VIRTIO_RING_F_EVENT_IDX),
@@ -226,6 +236,43 @@ impl NetBackend {
                 .filter(|_| features.has(VHOST_F_LOG_ALL))
                 .map(|l| (Arc::clone(l), v.log_addr.unwrap_or(used))),
         })
+    }
+
+    /// Where packed ring `i` (descriptors at `desc`) starts from the frontend's `base`:
+    /// there, unless the ring in guest memory shows the base is stale (a killed
+    /// backend's successor gets the base of an earlier start from QEMU), and then at
+    /// the device's used position the descriptors' flags show
+    /// ([`crate::datapath::ring::packed::resume`]).
+    fn packed_resume(&self, i: usize, desc: u64, base: PackedIndices) -> PackedIndices {
+        let v = &self.vrings[i];
+        let show = |p: PackedIndices| {
+            format!(
+                "avail {}/{} used {}/{}",
+                p.avail.index, p.avail.wrap as u8, p.used.index, p.used.wrap as u8
+            )
+        };
+        match check_base(&self.memory.load(), desc, v.size, base) {
+            Resume::Base => base,
+            Resume::Recovered(p) => {
+                log::warn!(
+                    "ring {i}: the frontend's base ({}) is behind the ring in guest memory \
+                     (the previous backend went on from it without handing its positions \
+                     back); resuming at {} from the descriptors' flags, chains it held are \
+                     taken again",
+                    show(base),
+                    show(p)
+                );
+                p
+            }
+            Resume::Unknown => {
+                log::warn!(
+                    "ring {i}: the frontend's base ({}) is behind the ring in guest memory, \
+                     whose flags do not show where it stands; starting from the base",
+                    show(base)
+                );
+                base
+            }
+        }
     }
 
     /// The used index ring `i` shows the guest (its used ring at `used`), read when a
@@ -523,6 +570,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
             let (avail, used) = PackedIndices::from_vring_base(base).words();
             self.vrings[i].next_avail = avail;
             self.vrings[i].next_used = Some(used);
+            self.vrings[i].base_from_frontend = true;
         } else {
             let base = u16::try_from(base).map_err(|_| VhostError::InvalidParam)?;
             self.vrings[i].next_avail = base;

@@ -22,6 +22,9 @@ pub struct VringConfig {
     /// ring's SET_VRING_BASE names both positions (the device's wrap counter in bit
     /// 15 here), as there is no used index in guest memory to read.
     pub next_used: Option<u16>,
+    /// A packed ring's positions are the frontend's SET_VRING_BASE (not a stopped
+    /// worker's): checked against the ring in guest memory when it starts.
+    pub base_from_frontend: bool,
     /// SET_VRING_KICK; cleared by GET_VRING_BASE (the ring is stopped).
     pub kick: Option<EventFd>,
     /// SET_VRING_CALL.

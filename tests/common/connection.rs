@@ -182,7 +182,9 @@ impl Connection {
         let event_idx = guest.has(VIRTIO_RING_F_EVENT_IDX);
         for i in 0..guest.vrings() {
             let vq = guest.vq(i);
-            let base = vq.vring_base(&guest.mem);
+            let base = guest
+                .vring_base_override
+                .unwrap_or_else(|| vq.vring_base(&guest.mem));
             conn.fe
                 .set_vring_num(i, vq.size())
                 .unwrap_or_else(|e| fail("SET_VRING_NUM", &e));

@@ -143,6 +143,9 @@ pub struct Guest {
     pub buf_regions: Vec<usize>,
     /// Kick only when avail_event / NO_NOTIFY asks for it (what a real driver does).
     pub honour_avail_event: bool,
+    /// The base every SET_VRING_BASE sends instead of where the driver stands: what
+    /// QEMU sends a killed backend's successor (the base of the previous start).
+    pub vring_base_override: Option<u32>,
     rr: usize,
     rx_pending: Vec<VecDeque<Used>>,
     log: DaemonLog,
@@ -184,6 +187,7 @@ impl Guest {
             cfg,
             acked: 0,
             honour_avail_event: false,
+            vring_base_override: None,
             rr: 0,
             log: DaemonLog::default(),
         }

@@ -35,6 +35,7 @@
 //! counts as written completely.
 
 pub mod event;
+pub mod resume;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{fence, Ordering};
@@ -45,7 +46,7 @@ use vmm_sys_util::eventfd::EventFd;
 use self::event::{
     reached, EventMode, RingPosition, EVENT_FLAGS_DESC, EVENT_FLAGS_DISABLE, EVENT_FLAGS_ENABLE,
 };
-use super::RingFault;
+use super::{RingFault, RingHealth};
 use crate::metrics::QueueMetrics;
 use crate::netmem::{DirtyLog, GuestPageMap};
 use crate::virtio::chain::Segments;
@@ -244,11 +245,10 @@ pub struct PackedRing {
     pub call: Option<EventFd>,
     /// The indirect-table and buffer checks shared with the split ring.
     walker: ChainWalker,
-    /// Set once the ring misbehaved; it is then ignored until set up again.
-    pub fault: Option<RingFault>,
-    /// A fault found where the counters were not at hand: counted and logged at the
-    /// next [`Self::available`] or [`Self::signal`].
-    fault_unreported: bool,
+    /// Set once the ring misbehaved; it is then ignored until set up again. A fault
+    /// found where the counters were not at hand is counted at the next
+    /// [`Self::available`] or [`Self::signal`].
+    health: RingHealth,
     next_avail: RingPosition,
     next_used: RingPosition,
     /// Ring descriptors each buffer id in use occupies (0: the id is free).
@@ -334,8 +334,7 @@ impl PackedRing {
                 queue_size: size,
                 indirect: setup.indirect,
             },
-            fault: None,
-            fault_unreported: false,
+            health: RingHealth::default(),
             next_avail: setup.indices.avail,
             next_used: setup.indices.used,
             in_use: vec![0; usize::from(size)],
@@ -386,25 +385,21 @@ impl PackedRing {
     }
 
     fn broken(&mut self, m: &QueueMetrics, why: &str) -> Option<u16> {
-        self.fault = Some(RingFault::Broken);
-        m.ring_errors.inc();
-        log::error!("packed virtqueue broken ({why}); ring stopped until set up again");
+        self.health
+            .break_now(m, &format!("packed virtqueue broken ({why})"));
         None
     }
 
-    /// Stop the ring (counted later by [`Self::report_fault`]).
-    fn break_unreported(&mut self) {
-        if self.fault.is_none() {
-            self.fault = Some(RingFault::Broken);
-            self.fault_unreported = true;
-        }
+    fn report_fault(&mut self, m: &QueueMetrics) {
+        self.health.report(
+            m,
+            "packed virtqueue broken (a hostile chain or a ring outside guest memory)",
+        );
     }
 
-    fn report_fault(&mut self, m: &QueueMetrics) {
-        if std::mem::take(&mut self.fault_unreported) {
-            m.ring_errors.inc();
-            log::error!("packed virtqueue broken (a hostile chain or a ring outside guest memory); ring stopped until set up again");
-        }
+    /// The fault that stopped the ring, if any.
+    pub fn fault(&self) -> Option<RingFault> {
+        self.health.fault()
     }
 
     /// The flags of descriptor `index`, loaded with acquire ordering (the driver
@@ -418,7 +413,7 @@ impl PackedRing {
     /// it available last). None, and the ring marked broken, when the ring or the
     /// event areas are not wholly in guest memory.
     pub fn available(&mut self, map: &GuestPageMap, m: &QueueMetrics) -> Option<u16> {
-        if self.fault.is_some() {
+        if self.health.is_broken() {
             self.report_fault(m);
             return None;
         }
@@ -455,7 +450,7 @@ impl PackedRing {
         match map.read_array::<16>(self.desc_addr(index)) {
             Some(raw) => Some(PackedDesc::decode(raw)),
             None => {
-                self.break_unreported();
+                self.health.break_later();
                 None
             }
         }
@@ -468,13 +463,13 @@ impl PackedRing {
     /// counted at the next [`Self::available`] or [`Self::signal`]).
     pub fn pop_chain(&mut self, map: &GuestPageMap, out: &mut Segments) -> Option<PoppedChain> {
         out.clear();
-        if self.fault.is_some() {
+        if self.health.is_broken() {
             return None;
         }
         let head = self.next_avail;
         let first_flags = self.load_flags(map, head.index);
         let Some(first_flags) = first_flags else {
-            self.break_unreported();
+            self.health.break_later();
             return None;
         };
         if !is_avail(first_flags, head.wrap) {
@@ -488,7 +483,7 @@ impl PackedRing {
             if u32::from(count) >= room {
                 // A loop round the ring, or descriptors still in use shown as
                 // available again (a wrap counter that lies).
-                self.break_unreported();
+                self.health.break_later();
                 return None;
             }
             let d = self.read_desc(map, pos.index)?;
@@ -496,7 +491,7 @@ impl PackedRing {
             let flags = if count == 0 { first_flags } else { d.flags };
             if !is_avail(flags, pos.wrap) {
                 // The driver made the chain available before all of it.
-                self.break_unreported();
+                self.health.break_later();
                 return None;
             }
             count += 1;
@@ -511,7 +506,7 @@ impl PackedRing {
         };
         let id = last.id;
         if id >= self.size || self.in_use[usize::from(id)] != 0 {
-            self.break_unreported();
+            self.health.break_later();
             return None;
         }
         self.in_use[usize::from(id)] = count;
@@ -598,7 +593,7 @@ impl PackedRing {
             Some(&c) if c > 0 => c,
             _ => return false,
         };
-        if self.fault.is_some() {
+        if self.health.is_broken() {
             return false;
         }
         let batched = self.batch.map_or(0, |(_, n)| n);
@@ -636,7 +631,7 @@ impl PackedRing {
         if !map.write_array(at + 8, len_id)
             || !map.store_u16(at + FLAGS_OFFSET, flags, Ordering::Release)
         {
-            self.break_unreported();
+            self.health.break_later();
             return false;
         }
         self.mark(at + 8, DESC_SIZE - 8);
@@ -707,7 +702,7 @@ impl PackedRing {
         if ok {
             self.mark(self.device_event, EVENT_SIZE);
         } else {
-            self.break_unreported();
+            self.health.break_later();
         }
     }
 
@@ -715,7 +710,7 @@ impl PackedRing {
     /// when it reaches the next descriptor we will read); returns true when a chain
     /// arrived meanwhile (process again before sleeping).
     pub fn enable_notification(&mut self, map: &GuestPageMap) -> bool {
-        if self.fault.is_some() {
+        if self.health.is_broken() {
             return false;
         }
         let flags = if self.event_idx {
@@ -732,7 +727,7 @@ impl PackedRing {
 
     /// Tell the guest not to kick while we are draining.
     pub fn disable_notification(&mut self, map: &GuestPageMap) {
-        if self.fault.is_none() {
+        if !self.health.is_broken() {
             self.write_device_event(map, EVENT_FLAGS_DISABLE);
         }
     }

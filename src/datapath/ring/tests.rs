@@ -71,7 +71,7 @@ fn available_counts_published_heads_and_unpop_replays_them() {
     assert_eq!(pop(&mut r), Some(heads[1]));
     assert_eq!(pop(&mut r), Some(heads[2]));
     assert_eq!(r.dev.indices(), (3, 0));
-    assert_eq!(r.dev.fault, None);
+    assert_eq!(r.dev.fault(), None);
     assert_counters(&r.m, &[]);
 }
 
@@ -82,7 +82,7 @@ fn a_full_ring_is_available_one_more_is_impossible() {
     assert_eq!(available(&mut r), Some(8), "a whole ring ahead is legal");
     r.drv.set_avail_idx_raw(&r.g, 9);
     assert_eq!(available(&mut r), None);
-    assert_eq!(r.dev.fault, Some(RingFault::Broken));
+    assert_eq!(r.dev.fault(), Some(RingFault::Broken));
     assert_counters(&r.m, &[("ring_errors", 1)]);
     // The ring stays broken (and is counted once) even if the index becomes sane.
     r.drv.set_avail_idx_raw(&r.g, 1);
@@ -127,7 +127,7 @@ fn avail_indices_wrap_at_65536() {
 fn an_avail_ring_outside_guest_memory_breaks_the_ring() {
     let mut r = Rig::new(8, |s| s.avail = HOLE_GPA);
     assert_eq!(available(&mut r), None);
-    assert_eq!(r.dev.fault, Some(RingFault::Broken));
+    assert_eq!(r.dev.fault(), Some(RingFault::Broken));
     assert_counters(&r.m, &[("ring_errors", 1)]);
     // Its index is the last readable pair of bytes of guest memory: unreadable too.
     let mut r = Rig::new(8, |s| s.avail = MEM_END - 2);
@@ -143,7 +143,7 @@ fn an_avail_ring_entry_outside_guest_memory_breaks_the_ring() {
     // A readable index over unreadable entries promises a head that can never be
     // popped: the ring is broken at once, not after a failed pop.
     assert_eq!(available(&mut r), None);
-    assert_eq!(r.dev.fault, Some(RingFault::Broken));
+    assert_eq!(r.dev.fault(), Some(RingFault::Broken));
     assert_eq!(pop(&mut r), None);
     assert_eq!(r.dev.indices(), (0, 0), "nothing was popped");
     signal(&mut r);
@@ -167,7 +167,7 @@ fn a_used_ring_entry_outside_guest_memory_breaks_the_ring() {
         !add_used(&mut r, b, 1),
         "the second entry is outside memory"
     );
-    assert_eq!(r.dev.fault, Some(RingFault::Broken));
+    assert_eq!(r.dev.fault(), Some(RingFault::Broken));
     signal(&mut r);
     assert_eq!(available(&mut r), None);
     assert_counters(&r.m, &[("ring_errors", 1), ("notifications", 1)]);
@@ -182,7 +182,7 @@ fn a_used_index_outside_guest_memory_breaks_the_ring() {
     assert_eq!(pop(&mut r), Some(a));
     assert!(!add_used(&mut r, a, 1));
     signal(&mut r);
-    assert_eq!(r.dev.fault, Some(RingFault::Broken));
+    assert_eq!(r.dev.fault(), Some(RingFault::Broken));
     assert_eq!(r.calls(), 0);
     assert_counters(&r.m, &[("ring_errors", 1)]);
 }
@@ -196,7 +196,8 @@ fn a_head_beyond_the_ring_is_not_returned() {
     assert_eq!(r.drv.used_idx(&r.g), 0);
     assert_eq!(r.dev.indices(), (0, 0));
     assert_eq!(
-        r.dev.fault, None,
+        r.dev.fault(),
+        None,
         "a bad head is the chain's fault, not the ring's"
     );
     assert_eq!(r.calls(), 0);

@@ -17,7 +17,7 @@
 //! | `disable_notification(map.mem())`         | `disable_notification(map)`               |
 //! | `indices()` -> (avail, used)              | `indices()` (packed: wrap bits in bit 15) |
 //! | the handler's GET_VRING_BASE answer       | `vring_base()`                            |
-//! | `fault`, `walker.queue_size`, `log()`     | `fault()`, `size()`, `log()`              |
+//! | `fault()`, `walker.queue_size`, `log()`   | `fault()`, `size()`, `log()`              |
 //! | `kick` (the worker's epoll)               | `kick()`                                  |
 //!
 //! and the worker holds an [`AnyRing`] (so TX and RX take `&mut AnyRing`, or are
@@ -106,7 +106,7 @@ impl Virtqueue for Ring {
     }
 
     fn fault(&self) -> Option<RingFault> {
-        self.fault
+        Ring::fault(self)
     }
 
     fn size(&self) -> u16 {
@@ -160,7 +160,7 @@ impl Virtqueue for PackedRing {
     }
 
     fn fault(&self) -> Option<RingFault> {
-        self.fault
+        PackedRing::fault(self)
     }
 
     fn size(&self) -> u16 {

@@ -8,7 +8,7 @@ use vm_memory::GuestAddress;
 
 use super::*;
 use crate::datapath::ring::packed::{PackedRing, PackedSetup, DESC_F_NEXT, DESC_F_WRITE};
-use crate::datapath::ring::{RingFault, Virtqueue};
+use crate::datapath::ring::RingFault;
 use crate::datapath::test_guest::driver::Buf;
 use crate::datapath::test_guest::{assert_counters, pattern, FakeUplink, TestGuest};
 use crate::datapath::test_packed_guest::{PDesc, PUsed, PackedDriver};

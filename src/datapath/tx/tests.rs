@@ -111,7 +111,7 @@ impl Tx {
             vec![(VirtioNetHdr::default(), b"ok".to_vec())]
         );
         assert_eq!(self.r.used_heads(), vec![(head, 0)]);
-        assert_eq!(self.r.dev.fault, None);
+        assert_eq!(self.r.dev.fault(), None);
     }
 }
 
@@ -366,7 +366,7 @@ fn a_head_beyond_the_ring_cannot_be_returned() {
     assert_eq!(t.process(), TxOutcome::Drained);
     assert!(t.r.up.sends.is_empty());
     assert_eq!(t.r.drv.used_idx(&t.r.g), 0, "nothing to return");
-    assert_eq!(t.r.dev.fault, None);
+    assert_eq!(t.r.dev.fault(), None);
     assert_counters(&t.r.m, &[("tx_drop_bad_chain", 1), ("tx_batches", 1)]);
 }
 
@@ -611,7 +611,7 @@ fn a_broken_ring_is_drained_and_sends_nothing() {
     t.r.post(&[t.hdr(VirtioNetHdr::default())]);
     t.r.drv.set_avail_idx_raw(&t.r.g, 100);
     assert_eq!(t.process(), TxOutcome::Drained);
-    assert_eq!(t.r.dev.fault, Some(RingFault::Broken));
+    assert_eq!(t.r.dev.fault(), Some(RingFault::Broken));
     assert!(t.r.up.sends.is_empty());
     assert_counters(&t.r.m, &[("ring_errors", 1)]);
 }
@@ -732,7 +732,7 @@ fn an_avail_ring_entry_outside_guest_memory_stops_the_ring() {
     t.r.g.write(GuestAddress(MEM_END - 2), &1u16.to_le_bytes());
     assert_eq!(t.process(), TxOutcome::Drained);
     assert_eq!(
-        t.r.dev.fault,
+        t.r.dev.fault(),
         Some(RingFault::Broken),
         "the worker stops TX"
     );

@@ -153,7 +153,7 @@ fn wrap_around_at_every_queue_size() {
             }
             same_place(&r);
         }
-        assert_eq!(r.dev.fault, None);
+        assert_eq!(r.dev.fault(), None);
         assert_counters(&r.m, &[("notifications", signals)]);
     }
 }
@@ -289,7 +289,7 @@ fn chains_are_read_when_popped_and_returned_by_id() {
     // A returned id cannot be returned again.
     assert!(!r.add_used(a, 0));
     assert!(!r.add_used(8, 0));
-    assert_eq!(r.dev.fault, None);
+    assert_eq!(r.dev.fault(), None);
 }
 
 #[test]
@@ -317,7 +317,7 @@ fn unpop_gives_chains_back_in_order() {
     r.signal();
     assert_eq!(r.used().len(), 3);
     same_place(&r);
-    assert_eq!(r.dev.fault, None);
+    assert_eq!(r.dev.fault(), None);
     assert_counters(&r.m, &[("notifications", 1)]);
 }
 
@@ -460,7 +460,7 @@ fn indirect_tables() {
     r.signal();
     r.used();
     same_place(&r);
-    assert_eq!(r.dev.fault, None);
+    assert_eq!(r.dev.fault(), None);
 }
 
 #[test]
@@ -488,7 +488,7 @@ fn indirect_descriptors_need_the_feature() {
     assert_eq!(r.used(), vec![(id, 0)]);
     assert_eq!(r.calls(), 1);
     assert_eq!(r.round(1, 3), 1);
-    assert_eq!(r.dev.fault, None);
+    assert_eq!(r.dev.fault(), None);
 }
 
 #[test]
@@ -671,7 +671,7 @@ fn a_ring_set_up_again_resumes_where_it_stood() {
         assert!(r.add_used(d, 2));
         r.signal();
         assert_eq!(r.used(), vec![(d, 2)], "size {size}");
-        assert_eq!(r.dev.fault, None);
+        assert_eq!(r.dev.fault(), None);
     }
     // From the avail half alone (QEMU's form), with nothing in flight.
     let mut r = Rig::new(3, |_| {});
@@ -764,8 +764,9 @@ fn unpop_after_out_of_order_returns_finds_the_chains_intact() {
     r.signal();
     assert_eq!(r.used(), vec![(c, 0), (d, 0), (a, 0)]);
     same_place(&r);
-    assert_eq!(r.dev.fault, None);
+    assert_eq!(r.dev.fault(), None);
 }
 
 mod hostile;
 mod in_order;
+mod resume;

@@ -55,12 +55,12 @@ fn buffers_whose_length_wraps_or_is_zero_are_the_chains_fault() {
         assert_eq!(r.used(), vec![(id, 0)]);
     }
     same_place(&r);
-    assert_eq!(r.dev.fault, None);
+    assert_eq!(r.dev.fault(), None);
 }
 
 /// The ring is broken, counted once, and stays broken.
 fn assert_broken(r: &mut Rig) {
-    assert_eq!(r.dev.fault, Some(RingFault::Broken));
+    assert_eq!(r.dev.fault(), Some(RingFault::Broken));
     r.signal();
     assert_eq!(r.available(), None);
     assert_eq!(r.pop(), None);
@@ -164,7 +164,7 @@ fn a_descriptor_made_available_twice_breaks_the_ring() {
         true,
     );
     assert_eq!(r.pop(), None);
-    assert_eq!(r.dev.fault, Some(RingFault::Broken));
+    assert_eq!(r.dev.fault(), Some(RingFault::Broken));
 }
 
 #[test]
@@ -185,7 +185,7 @@ fn a_wrap_counter_that_lies_is_not_trusted() {
         );
         assert_eq!(r.available(), Some(0), "flags {flags:#x}");
         assert_eq!(r.pop(), None);
-        assert_eq!(r.dev.fault, None);
+        assert_eq!(r.dev.fault(), None);
         assert!(!r.dev.enable_notification(&r.g.map));
     }
     // The head available, the rest of its list not: the driver exposed a partial
@@ -255,7 +255,7 @@ fn a_ring_outside_guest_memory_breaks_it() {
         if desc == MEM_END - 16 * 4 {
             // Wholly inside: a working ring.
             assert_eq!(r.available(), Some(0));
-            assert_eq!(r.dev.fault, None);
+            assert_eq!(r.dev.fault(), None);
             continue;
         }
         assert_eq!(r.available(), None, "{desc:#x}");

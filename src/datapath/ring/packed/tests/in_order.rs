@@ -55,7 +55,7 @@ fn in_order_read_only_chains_are_returned_with_one_used_descriptor() {
         assert_eq!(r.used(), ids.iter().map(|&id| (id, 0)).collect::<Vec<_>>());
         same_place(&r);
     }
-    assert_eq!(r.dev.fault, None);
+    assert_eq!(r.dev.fault(), None);
 }
 
 #[test]
