@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
         indirect,
     };
     let mut segs = Segments::new();
-    let got = walker.walk(&*map, head, &mut segs).map(|()| segs.to_vec());
+    let got = walker.walk(&*map, head, &mut segs).map(|_| segs.to_vec());
     let geom = RingGeom {
         size,
         desc,
@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
     let mut segs2 = Segments::new();
     let via_mmap = walker
         .walk(map.mem(), head, &mut segs2)
-        .map(|()| segs2.to_vec());
+        .map(|_| segs2.to_vec());
     if via_mmap != got {
         // The only allowed difference: the page map refuses a descriptor that straddles
         // two adjacent regions, which vm-memory reads across.

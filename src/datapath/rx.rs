@@ -53,6 +53,8 @@ struct Stashed {
     head: u16,
     segs: Segments,
     cap: u64,
+    /// Ring slots it takes ([`PoppedChain::slots`](crate::datapath::ring::packed::PoppedChain::slots)).
+    slots: u16,
     /// Frags this chain contributes to the batch's frag list.
     nfrags: usize,
 }
@@ -62,6 +64,8 @@ struct Stashed {
 pub struct RxPath {
     stash: VecDeque<Stashed>,
     stash_cap: u64,
+    /// Ring slots the stash holds: at the ring size the guest has nothing more to give.
+    stash_slots: u32,
     /// The stash is exactly the last chains popped (so it can be un-popped).
     contiguous: bool,
     /// Heads known to be available (from the last read of the avail index).
@@ -74,6 +78,7 @@ impl Default for RxPath {
         RxPath {
             stash: VecDeque::new(),
             stash_cap: 0,
+            stash_slots: 0,
             contiguous: true,
             ready: 0,
             log: LogLimiter::new(10),
@@ -184,10 +189,12 @@ impl RxPath {
             return true;
         }
         self.stash_cap += cap;
+        self.stash_slots += u32::from(popped.slots);
         self.stash.push_back(Stashed {
             head,
             segs,
             cap,
+            slots: popped.slots,
             nfrags: 0,
         });
         true
@@ -259,8 +266,10 @@ impl RxPath {
                 ring.disable_notification(map);
             }
             // A guest whose whole ring holds less than a maximal frame still gets
-            // packets (a larger one would be truncated by the uplink).
-            if starved && (self.stash.is_empty() || self.stash.len() < usize::from(ring.size())) {
+            // packets (a larger one would be truncated by the uplink): once the stash
+            // holds every slot of the ring (chains of several descriptors fill it with
+            // fewer chains than its size), the guest has nothing more to give.
+            if starved && (self.stash.is_empty() || self.stash_slots < u32::from(ring.size())) {
                 m.rx_no_buffers.inc();
                 outcome = RxOutcome::NoBuffers;
                 break;
@@ -285,6 +294,7 @@ impl RxPath {
                     let _ = ring.add_used(map, c.head, 0);
                 }
                 self.stash_cap = 0;
+                self.stash_slots = 0;
                 self.contiguous = true;
                 frags.clear();
                 covered = 0;
@@ -349,6 +359,7 @@ impl RxPath {
             for (head, len) in used {
                 if let Some(c) = self.stash.pop_front() {
                     self.stash_cap -= c.cap;
+                    self.stash_slots -= u32::from(c.slots);
                     frags.drain_front(c.nfrags);
                     covered -= 1;
                 }
@@ -381,6 +392,7 @@ impl RxPath {
         }
         self.stash.clear();
         self.stash_cap = 0;
+        self.stash_slots = 0;
         self.contiguous = true;
         self.ready = 0;
     }

@@ -119,12 +119,14 @@ impl ChainWalker {
     }
 
     /// Collect the segments of the chain starting at `head` into `out` (cleared first).
+    /// Returns the descriptors the chain takes in the ring's own table (an indirect
+    /// table's entries are not counted: its descriptor is).
     pub fn walk(
         &self,
         mem: &impl DescMemory,
         head: u16,
         out: &mut Segments,
-    ) -> Result<(), ChainError> {
+    ) -> Result<u16, ChainError> {
         out.clear();
         let limit = usize::from(self.queue_size);
         let mut table = self.desc_table;
@@ -132,6 +134,7 @@ impl ChainWalker {
         let mut index = head;
         let mut in_indirect = false;
         let mut seen = 0usize;
+        let mut slots = 0u16;
         loop {
             if index >= table_len {
                 return Err(ChainError::IndexOutOfRange(index));
@@ -141,6 +144,10 @@ impl ChainWalker {
                 return Err(ChainError::TooLong(limit));
             }
             let (gpa, len, flags, next) = Self::read_desc(mem, table, index)?;
+            if !in_indirect {
+                // At most the queue size (`seen` is bounded by it), so no overflow.
+                slots = slots.saturating_add(1);
+            }
             if flags & VRING_DESC_F_INDIRECT != 0 {
                 if !self.indirect
                     || in_indirect
@@ -174,7 +181,7 @@ impl ChainWalker {
                 write: flags & VRING_DESC_F_WRITE != 0,
             });
             if flags & VRING_DESC_F_NEXT == 0 {
-                return Ok(());
+                return Ok(slots);
             }
             index = next;
         }
@@ -246,7 +253,7 @@ mod tests {
 
     fn walk(m: &GuestMemoryMmap, head: u16) -> Result<Segments, ChainError> {
         let mut out = Segments::new();
-        walker().walk(m, head, &mut out).map(|()| out)
+        walker().walk(m, head, &mut out).map(|_| out)
     }
 
     #[test]
@@ -257,6 +264,8 @@ mod tests {
         let s = walk(&m, 0).unwrap();
         assert_eq!(s.len(), 2);
         assert_eq!((s[1].gpa, s[1].len, s[1].write), (0x9000, 100, true));
+        let mut out = Segments::new();
+        assert_eq!(walker().walk(&m, 0, &mut out), Ok(2), "two table entries");
     }
 
     #[test]
@@ -266,6 +275,8 @@ mod tests {
         put(&m, 0x4000, 0, 0x8000, 10, VRING_DESC_F_NEXT, 1);
         put(&m, 0x4000, 1, 0x9000, 20, 0, 0);
         assert_eq!(walk(&m, 0).unwrap().len(), 2);
+        let mut out = Segments::new();
+        assert_eq!(walker().walk(&m, 0, &mut out), Ok(1), "one table entry");
         let no_indirect = ChainWalker {
             indirect: false,
             ..walker()

@@ -202,6 +202,10 @@ pub struct PoppedChain {
     pub id: u16,
     /// Ok, or what is wrong with its buffers (drop it and return it with length 0).
     pub chain: Result<(), ChainError>,
+    /// The ring slots it takes until it is returned: a packed chain's descriptors, a
+    /// split chain's entries in the descriptor table. The driver has the ring's size
+    /// of them in all.
+    pub slots: u16,
 }
 
 /// One descriptor as read from the ring or an indirect table.
@@ -521,7 +525,11 @@ impl PackedRing {
         if chain.is_err() {
             out.clear();
         }
-        Some(PoppedChain { id, chain })
+        Some(PoppedChain {
+            id,
+            chain,
+            slots: count,
+        })
     }
 
     /// Add the buffers of ring descriptor `d` (the `count`-th of its chain) to `out`.

@@ -73,8 +73,12 @@ impl Virtqueue for Ring {
 
     fn pop_chain(&mut self, map: &GuestPageMap, segs: &mut Segments) -> Option<PoppedChain> {
         let id = self.pop_head(map)?;
-        let chain = self.walker.walk(map, id, segs);
-        Some(PoppedChain { id, chain })
+        let (chain, slots) = match self.walker.walk(map, id, segs) {
+            Ok(slots) => (Ok(()), slots),
+            // A bad chain is returned at once; what it took does not matter.
+            Err(e) => (Err(e), 1),
+        };
+        Some(PoppedChain { id, chain, slots })
     }
 
     fn unpop(&mut self, n: u16) {

@@ -239,6 +239,34 @@ fn gso_frames_gather_as_many_buffers_as_they_need() {
 }
 
 #[test]
+fn a_ring_of_multi_descriptor_chains_below_a_frame_still_gets_packets() {
+    let features = Features::from_bits(MRG.bits() | 1 << VIRTIO_NET_F_GUEST_TSO4);
+    // Six slots, three chains of two: every slot is the device's, so the packet goes
+    // into what there is.
+    let mut t = PRx::new(6, features);
+    for _ in 0..3 {
+        t.post(&[1000, 1000]);
+    }
+    let p = packet(VirtioNetHdr::default(), 3000, 7);
+    t.deliver(&[&p]);
+    // Delivered; then the ring is empty.
+    assert_eq!(t.process(), RxOutcome::NoBuffers);
+    let used = t.used();
+    assert_eq!(used.len(), 2);
+    let got: Vec<u8> = used.iter().flat_map(|u| t.used_bytes(u)).collect();
+    assert_eq!(got, delivered(&p, 2));
+    // One slot still the guest's: wait for it.
+    let mut t = PRx::new(6, features);
+    for _ in 0..2 {
+        t.post(&[1000, 1000]);
+    }
+    t.post(&[1000]);
+    t.deliver(&[&p]);
+    assert_eq!(t.process(), RxOutcome::NoBuffers);
+    assert!(t.used().is_empty());
+}
+
+#[test]
 fn bad_buffers_are_dropped_counted_and_returned() {
     let mut t = PRx::new(8, PLAIN);
     let r = t.g.buf(1, 2048);

@@ -239,6 +239,35 @@ fn a_ring_smaller_than_a_frame_still_gets_packets() {
 }
 
 #[test]
+fn a_ring_of_multi_descriptor_chains_smaller_than_a_frame_still_gets_packets() {
+    // Four descriptors, two chains of two: the stash never holds the ring's size in
+    // chains, but it holds all four descriptors, and the guest has nothing more.
+    let f = Features::from_bits(MRG.bits() | 1 << VIRTIO_NET_F_GUEST_TSO4);
+    let mut t = Rx::new(4, f);
+    let h0 = t.post(&[100, 156]);
+    let h1 = t.post(&[128, 128]);
+    let a = packet(388, 1);
+    t.deliver(&[&a]);
+    // Delivered; then the ring is empty.
+    assert_eq!(t.process(), RxOutcome::NoBuffers);
+    let used = t.r.used();
+    assert_eq!(
+        used.iter().map(|u| (u.id, u.len)).collect::<Vec<_>>(),
+        vec![(h0, 256), (h1, 144)]
+    );
+    let got: Vec<u8> = [t.r.g.used_bytes(&used[0]), t.r.g.used_bytes(&used[1])].concat();
+    assert_eq!(got, delivered(&a, 2));
+    assert_eq!(t.r.m.rx_packets.get(), 1);
+    // With a descriptor of the ring still the guest's, the stash waits for it.
+    let mut t = Rx::new(4, f);
+    t.post(&[100, 156]);
+    t.post(&[256]);
+    t.deliver(&[&a]);
+    assert_eq!(t.process(), RxOutcome::NoBuffers);
+    assert_eq!(t.r.m.rx_packets.get(), 0);
+}
+
+#[test]
 fn release_unpops_a_contiguous_stash() {
     let mut t = Rx::new(8, MRG);
     let h0 = t.post(&[1024]);

@@ -49,6 +49,11 @@ impl Rig {
         self.dev.pop_chain(&self.g.map, &mut self.segs)
     }
 
+    /// The next chain's id and verdict.
+    fn popped(&mut self) -> Option<(u16, Result<(), ChainError>)> {
+        self.pop().map(|p| (p.id, p.chain))
+    }
+
     fn add_used(&mut self, id: u16, len: u32) -> bool {
         self.dev.add_used(&self.g.map, id, len)
     }
@@ -87,7 +92,7 @@ impl Rig {
         let id = self.add(n);
         assert_eq!(self.available(), Some(1));
         let p = self.pop().expect("a chain");
-        assert_eq!(p, PoppedChain { id, chain: Ok(()) });
+        assert_eq!((p.id, p.chain), (id, Ok(())));
         assert_eq!(self.segs.len(), n);
         assert!(self.add_used(id, len));
         self.signal();
@@ -343,7 +348,7 @@ fn indirect_tables() {
         },
     ];
     let id = r.drv.add_indirect(&r.g, &bufs, 0);
-    assert_eq!(r.pop(), Some(PoppedChain { id, chain: Ok(()) }));
+    assert_eq!(r.popped(), Some((id, Ok(()))));
     let got: Vec<(u64, u32, bool)> = r.segs.iter().map(|s| (s.gpa, s.len, s.write)).collect();
     assert_eq!(
         got,
@@ -356,13 +361,7 @@ fn indirect_tables() {
     let id2 = r
         .drv
         .add_indirect(&r.g, &bufs[..2], DESC_F_NEXT | DESC_F_INDIRECT);
-    assert_eq!(
-        r.pop(),
-        Some(PoppedChain {
-            id: id2,
-            chain: Ok(())
-        })
-    );
+    assert_eq!(r.popped(), Some((id2, Ok(()))));
     assert_eq!(r.segs.len(), 2);
 
     // Bad tables are the chain's fault: the chain is returned, the ring goes on.
@@ -392,14 +391,7 @@ fn indirect_tables() {
             r.drv.track(id, 2);
         }
         let p = r.pop().expect("a chain");
-        assert_eq!(
-            p,
-            PoppedChain {
-                id,
-                chain: Err(want)
-            },
-            "{addr:#x}+{len}"
-        );
+        assert_eq!((p.id, p.chain), (id, Err(want)), "{addr:#x}+{len}");
         assert!(r.segs.is_empty(), "no segments of a bad chain");
         assert!(r.add_used(id, 0));
         r.signal();
@@ -418,13 +410,7 @@ fn indirect_tables() {
         .bytes(),
     );
     let id3 = r.drv.add_indirect_raw(&r.g, t.0, 16, 0);
-    assert_eq!(
-        r.pop(),
-        Some(PoppedChain {
-            id: id3,
-            chain: Err(ChainError::ZeroLength)
-        })
-    );
+    assert_eq!(r.popped(), Some((id3, Err(ChainError::ZeroLength))));
     assert!(r.add_used(id3, 0));
     // An indirect descriptor after a direct one in a list.
     let id4 = 5;
@@ -447,13 +433,7 @@ fn indirect_tables() {
         true,
     );
     r.drv.track(id4, 2);
-    assert_eq!(
-        r.pop(),
-        Some(PoppedChain {
-            id: id4,
-            chain: Err(ChainError::BadIndirect)
-        })
-    );
+    assert_eq!(r.popped(), Some((id4, Err(ChainError::BadIndirect))));
     assert!(r.add_used(id4, 0));
     assert!(r.add_used(id, 0));
     assert!(r.add_used(id2, 0));
@@ -476,13 +456,7 @@ fn indirect_descriptors_need_the_feature() {
         }],
         0,
     );
-    assert_eq!(
-        r.pop(),
-        Some(PoppedChain {
-            id,
-            chain: Err(ChainError::BadIndirect)
-        })
-    );
+    assert_eq!(r.popped(), Some((id, Err(ChainError::BadIndirect))));
     assert!(r.add_used(id, 0));
     r.signal();
     assert_eq!(r.used(), vec![(id, 0)]);

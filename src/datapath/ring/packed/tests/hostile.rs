@@ -43,13 +43,7 @@ fn buffers_whose_length_wraps_or_is_zero_are_the_chains_fault() {
                 },
             ],
         );
-        assert_eq!(
-            r.pop(),
-            Some(PoppedChain {
-                id,
-                chain: Err(want)
-            })
-        );
+        assert_eq!(r.popped(), Some((id, Err(want))));
         assert!(r.add_used(id, 0));
         r.signal();
         assert_eq!(r.used(), vec![(id, 0)]);
