@@ -360,28 +360,26 @@ impl GuestPageMap {
         Some(unsafe { r.host.0.as_ptr().add(off) })
     }
 
-    /// Read `N` bytes at `gpa` (one volatile copy) when they lie inside one region: the
-    /// fast path for descriptors, ring entries and packet headers.
+    /// Read `N` bytes at `gpa` (volatile, [`volatile_load`]) when they lie inside one
+    /// region: the fast path for descriptors, ring entries and packet headers.
     #[inline]
     pub fn read_array<const N: usize>(&self, gpa: u64) -> Option<[u8; N]> {
         let p = self.host_range(gpa, u64::try_from(N).ok()?)?;
         // SAFETY: `p..p + N` is inside a live mapping (host_range) that `self` keeps
-        // alive; [u8; N] has alignment 1 and every bit pattern is valid; a volatile read
-        // tolerates the guest writing concurrently.
-        Some(unsafe { std::ptr::read_volatile(p.cast::<[u8; N]>()) })
+        // alive.
+        Some(unsafe { volatile_load::<N>(p) })
     }
 
-    /// Write `bytes` at `gpa` (one volatile copy) when they lie inside one region;
-    /// false when they do not.
+    /// Write `bytes` at `gpa` (volatile, [`volatile_store`]) when they lie inside one
+    /// region; false when they do not.
     #[inline]
     pub fn write_array<const N: usize>(&self, gpa: u64, bytes: [u8; N]) -> bool {
         let Some(p) = u64::try_from(N).ok().and_then(|n| self.host_range(gpa, n)) else {
             return false;
         };
         // SAFETY: `p..p + N` is inside a live, writable shared mapping (host_range) that
-        // `self` keeps alive; [u8; N] has alignment 1; a volatile write does not assume
-        // the guest leaves the bytes alone.
-        unsafe { std::ptr::write_volatile(p.cast::<[u8; N]>(), bytes) };
+        // `self` keeps alive.
+        unsafe { volatile_store(p, bytes) };
         true
     }
 
@@ -784,6 +782,87 @@ impl SharedPageMap {
     /// Drop all memory (frontend disconnected).
     pub fn clear(&self) {
         let _ = self.set_table(Vec::new());
+    }
+}
+
+/// The widest word (8, 4, 2 or 1 bytes) that divides `n` and the alignment of `p`:
+/// a volatile `[u8; N]` access is N single-byte accesses, so guest memory is read and
+/// written in such words instead (descriptors are 16-byte aligned, used entries 8).
+#[inline(always)]
+fn word_for(p: *const u8, n: usize) -> usize {
+    let addr = p as usize;
+    [8, 4, 2]
+        .into_iter()
+        .find(|&w| n % w == 0 && addr % w == 0)
+        .unwrap_or(1)
+}
+
+/// A volatile copy of the `N` bytes at `p`, in the widest aligned words `p` allows
+/// (each word read once; the guest may write concurrently, so no reference is made).
+///
+/// # Safety
+/// `p..p + N` must be readable memory for the duration of the call.
+#[inline(always)]
+unsafe fn volatile_load<const N: usize>(p: *const u8) -> [u8; N] {
+    let mut out = [0u8; N];
+    match word_for(p, N) {
+        8 => {
+            for (i, c) in out.chunks_exact_mut(8).enumerate() {
+                // SAFETY: 8-aligned (word_for) and inside `p..p + N` (the caller's).
+                let w = unsafe { std::ptr::read_volatile(p.cast::<u64>().add(i)) };
+                c.copy_from_slice(&w.to_ne_bytes());
+            }
+        }
+        4 => {
+            for (i, c) in out.chunks_exact_mut(4).enumerate() {
+                // SAFETY: as above, 4-aligned.
+                let w = unsafe { std::ptr::read_volatile(p.cast::<u32>().add(i)) };
+                c.copy_from_slice(&w.to_ne_bytes());
+            }
+        }
+        2 => {
+            for (i, c) in out.chunks_exact_mut(2).enumerate() {
+                // SAFETY: as above, 2-aligned.
+                let w = unsafe { std::ptr::read_volatile(p.cast::<u16>().add(i)) };
+                c.copy_from_slice(&w.to_ne_bytes());
+            }
+        }
+        // SAFETY: [u8; N] has alignment 1 and every bit pattern is valid.
+        _ => out = unsafe { std::ptr::read_volatile(p.cast::<[u8; N]>()) },
+    }
+    out
+}
+
+/// A volatile store of `bytes` at `p`, in the widest aligned words `p` allows.
+///
+/// # Safety
+/// `p..p + N` must be writable memory for the duration of the call.
+#[inline(always)]
+unsafe fn volatile_store<const N: usize>(p: *mut u8, bytes: [u8; N]) {
+    match word_for(p, N) {
+        8 => {
+            for (i, c) in bytes.chunks_exact(8).enumerate() {
+                let w = u64::from_ne_bytes(c.try_into().unwrap_or_default());
+                // SAFETY: 8-aligned (word_for) and inside `p..p + N` (the caller's).
+                unsafe { std::ptr::write_volatile(p.cast::<u64>().add(i), w) };
+            }
+        }
+        4 => {
+            for (i, c) in bytes.chunks_exact(4).enumerate() {
+                let w = u32::from_ne_bytes(c.try_into().unwrap_or_default());
+                // SAFETY: as above, 4-aligned.
+                unsafe { std::ptr::write_volatile(p.cast::<u32>().add(i), w) };
+            }
+        }
+        2 => {
+            for (i, c) in bytes.chunks_exact(2).enumerate() {
+                let w = u16::from_ne_bytes(c.try_into().unwrap_or_default());
+                // SAFETY: as above, 2-aligned.
+                unsafe { std::ptr::write_volatile(p.cast::<u16>().add(i), w) };
+            }
+        }
+        // SAFETY: [u8; N] has alignment 1.
+        _ => unsafe { std::ptr::write_volatile(p.cast::<[u8; N]>(), bytes) },
     }
 }
 

@@ -275,3 +275,43 @@ fn descriptors_cost_at_most_a_fifth_of_a_percent() {
     );
     pages.put_page(12345);
 }
+
+#[test]
+fn word_copies_read_and_write_every_byte_at_every_alignment() {
+    // 8-aligned backing; every offset 0..8 exercises the 8-, 4-, 2- and 1-byte words.
+    let mut buf = [0u64; 8];
+    let base = buf.as_mut_ptr().cast::<u8>();
+    for off in 0..8usize {
+        let pattern: [u8; 16] = std::array::from_fn(|i| u8::try_from(off * 16 + i).unwrap() ^ 0x5a);
+        // SAFETY: `off + 16 <= 64` bytes of `buf`.
+        unsafe { volatile_store(base.add(off), pattern) };
+        // SAFETY: as above.
+        let back: [u8; 16] = unsafe { volatile_load(base.add(off)) };
+        assert_eq!(back, pattern, "offset {off}");
+        // SAFETY: as above.
+        let whole: [u8; 64] = unsafe { volatile_load(base) };
+        assert_eq!(
+            &whole[off..off + 16],
+            &pattern,
+            "offset {off}: stored in place"
+        );
+        // The 12-byte header and the 2-byte index forms.
+        let hdr: [u8; 12] = std::array::from_fn(|i| u8::try_from(i + 1).unwrap());
+        // SAFETY: `off + 12 <= 64`.
+        unsafe { volatile_store(base.add(off), hdr) };
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { volatile_load::<12>(base.add(off)) },
+            hdr,
+            "offset {off}"
+        );
+        // SAFETY: `off + 2 <= 64`.
+        unsafe { volatile_store(base.add(off), [0xaa, 0xbb]) };
+        // SAFETY: as above.
+        assert_eq!(unsafe { volatile_load::<2>(base.add(off)) }, [0xaa, 0xbb]);
+    }
+    assert_eq!(word_for(base, 16), 8);
+    assert_eq!(word_for(base.wrapping_add(4), 12), 4);
+    assert_eq!(word_for(base.wrapping_add(2), 16), 2);
+    assert_eq!(word_for(base.wrapping_add(1), 16), 1);
+}
