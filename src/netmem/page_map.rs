@@ -360,7 +360,7 @@ impl GuestPageMap {
         Some(unsafe { r.host.0.as_ptr().add(off) })
     }
 
-    /// Read `N` bytes at `gpa` (volatile, [`volatile_load`]) when they lie inside one
+    /// Read `N` bytes at `gpa` (volatile, in the widest aligned words) when they lie inside one
     /// region: the fast path for descriptors, ring entries and packet headers.
     #[inline]
     pub fn read_array<const N: usize>(&self, gpa: u64) -> Option<[u8; N]> {
@@ -370,7 +370,7 @@ impl GuestPageMap {
         Some(unsafe { volatile_load::<N>(p) })
     }
 
-    /// Write `bytes` at `gpa` (volatile, [`volatile_store`]) when they lie inside one
+    /// Write `bytes` at `gpa` (volatile, in the widest aligned words) when they lie inside one
     /// region; false when they do not.
     #[inline]
     pub fn write_array<const N: usize>(&self, gpa: u64, bytes: [u8; N]) -> bool {

@@ -10,7 +10,12 @@
 //! last descriptor, the first descriptor's flags stored last (so a chain is available
 //! the moment it is added: [`PackedRing::publish`] only says whether to kick). Used
 //! descriptors are read at the driver's used position, which then skips the chain's
-//! descriptors. Like [`super::ring`], it needs nothing but a [`RingMemory`].
+//! descriptors. Like [`super::ring`], it needs nothing but a [`RingMemory`], and it is
+//! the one packed driver of the project's tests: the library's unit tests include it
+//! too (`src/datapath/test_packed_guest.rs`, over a `GuestPageMap`). With
+//! VIRTIO_F_IN_ORDER ([`PackedRing::set_in_order`]) a used id stands for every id made
+//! available before it as well; [`PackedRing::add_raw`] writes whatever a hostile test
+//! wants.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{fence, Ordering};
@@ -49,7 +54,8 @@ pub struct PackedDesc {
 }
 
 impl PackedDesc {
-    fn bytes(self) -> [u8; 16] {
+    /// The 16 bytes of the descriptor.
+    pub fn bytes(self) -> [u8; 16] {
         let mut b = [0u8; 16];
         b[..8].copy_from_slice(&self.addr.to_le_bytes());
         b[8..12].copy_from_slice(&self.len.to_le_bytes());
@@ -75,7 +81,8 @@ impl Position {
         wrap: true,
     };
 
-    fn advance(self, n: u16, size: u16) -> Position {
+    /// `n` descriptors further in a ring of `size`, the wrap counter flipped at the end.
+    pub fn advance(self, n: u16, size: u16) -> Position {
         let i = u32::from(self.index) + u32::from(n);
         if i >= u32::from(size) {
             Position {
@@ -97,7 +104,7 @@ impl Position {
 }
 
 /// The AVAIL and USED bits that make a descriptor available with wrap counter `wrap`.
-fn avail_bits(wrap: bool) -> u16 {
+pub fn avail_bits(wrap: bool) -> u16 {
     if wrap {
         DESC_F_AVAIL
     } else {
@@ -108,6 +115,15 @@ fn avail_bits(wrap: bool) -> u16 {
 struct InFlight {
     descs: u16,
     bufs: Vec<Buf>,
+}
+
+/// A used descriptor the driver took: the chain, and whether the device set WRITE.
+#[derive(Clone, Debug)]
+pub struct PackedUsed {
+    /// Buffer id, length written and the chain's buffers.
+    pub used: Used,
+    /// The WRITE flag of the used descriptor (with IN_ORDER, of the last id only).
+    pub written: bool,
 }
 
 /// The driver's view of one packed virtqueue.
@@ -121,6 +137,10 @@ pub struct PackedRing {
     next_used: Position,
     free_ids: VecDeque<u16>,
     in_flight: HashMap<u16, InFlight>,
+    /// Ids in flight in the order they were made available (kept with `in_order`).
+    order: VecDeque<u16>,
+    /// VIRTIO_F_IN_ORDER: a used id means every id before it is used too.
+    in_order: bool,
 }
 
 impl PackedRing {
@@ -139,7 +159,20 @@ impl PackedRing {
             next_used: Position::START,
             free_ids: (0..size).collect(),
             in_flight: HashMap::new(),
+            order: VecDeque::new(),
+            in_order: false,
         }
+    }
+
+    /// Negotiate VIRTIO_F_IN_ORDER.
+    pub fn set_in_order(&mut self, on: bool) {
+        self.in_order = on;
+    }
+
+    /// Guest-physical addresses of the descriptor ring, the driver event structure and
+    /// the device event structure.
+    pub fn areas(&self) -> (GuestAddress, GuestAddress, GuestAddress) {
+        (self.desc, self.driver_event, self.device_event)
     }
 
     /// Follow EVENT_IDX (recorded; this driver always asks for every notification).
@@ -204,21 +237,38 @@ impl PackedRing {
         GuestAddress(self.desc.0 + 16 * u64::from(index))
     }
 
-    fn descs_in_flight(&self) -> u32 {
-        self.in_flight.values().map(|f| u32::from(f.descs)).sum()
+    /// The descriptor at `index` as it is in the ring now.
+    pub fn read_desc(&self, mem: &impl RingMemory, index: u16) -> PackedDesc {
+        let mut b = [0u8; 16];
+        mem.mem()
+            .read_slice(&mut b, self.desc_addr(index))
+            .expect("read descriptor");
+        PackedDesc {
+            addr: u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
+            len: u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")),
+            id: u16::from_le_bytes([b[12], b[13]]),
+            flags: u16::from_le_bytes([b[14], b[15]]),
+        }
     }
 
-    /// Free ring descriptors.
+    /// Descriptors the driver may write now: the ring less those made available (raw
+    /// ones too) and not yet seen used.
     pub fn room(&self) -> u16 {
-        u16::try_from(u32::from(self.size) - self.descs_in_flight()).expect("below the size")
+        let lap = 2 * u32::from(self.size);
+        let at = |p: Position| u32::from(p.index) + if p.wrap { 0 } else { u32::from(self.size) };
+        let taken = (at(self.next_avail) + lap - at(self.next_used)) % lap;
+        self.size - u16::try_from(taken).expect("below the size")
     }
 
     /// Write `descs` at the next positions (AVAIL/USED set for each position when
-    /// `mark`), the first one's flags last, with a release fence before it.
-    fn put(&mut self, mem: &impl RingMemory, descs: &[PackedDesc], mark: bool) {
+    /// `mark`), the first one's flags last, with a release fence before it. Returns
+    /// the positions written.
+    fn put(&mut self, mem: &impl RingMemory, descs: &[PackedDesc], mark: bool) -> Vec<Position> {
         let mut at = self.next_avail;
         let mut first = None;
+        let mut written = Vec::with_capacity(descs.len());
         for (i, d) in descs.iter().enumerate() {
+            written.push(at);
             let mut d = *d;
             if mark {
                 d.flags = (d.flags & !(DESC_F_AVAIL | DESC_F_USED)) | avail_bits(at.wrap);
@@ -243,6 +293,20 @@ impl PackedRing {
                 .expect("write flags");
         }
         self.next_avail = at;
+        written
+    }
+
+    fn note_in_flight(&mut self, id: u16, descs: u16, bufs: &[Buf]) {
+        self.in_flight.insert(
+            id,
+            InFlight {
+                descs,
+                bufs: bufs.to_vec(),
+            },
+        );
+        if self.in_order {
+            self.order.push_back(id);
+        }
     }
 
     /// Make one chain available (a descriptor per buffer); returns its id.
@@ -256,19 +320,14 @@ impl PackedRing {
             .map(|(i, b)| PackedDesc {
                 addr: b.addr,
                 len: b.len,
-                id,
+                // Only the last descriptor's id counts; the others carry a decoy.
+                id: if i + 1 == bufs.len() { id } else { id ^ 0x5a5a },
                 flags: if b.write { DESC_F_WRITE } else { 0 }
                     | if i + 1 < bufs.len() { DESC_F_NEXT } else { 0 },
             })
             .collect();
         self.put(mem, &descs, true);
-        self.in_flight.insert(
-            id,
-            InFlight {
-                descs: n,
-                bufs: bufs.to_vec(),
-            },
-        );
+        self.note_in_flight(id, n, bufs);
         id
     }
 
@@ -280,13 +339,24 @@ impl PackedRing {
         table: GuestAddress,
         bufs: &[Buf],
     ) -> u16 {
+        self.add_indirect_with(mem, table, bufs, 0)
+    }
+
+    /// [`Self::add_indirect`] with `extra` OR-ed into the flags of the table's entries.
+    pub fn add_indirect_with(
+        &mut self,
+        mem: &impl RingMemory,
+        table: GuestAddress,
+        bufs: &[Buf],
+        extra: u16,
+    ) -> u16 {
         assert!(self.room() > 0, "no room in the packed ring");
         for (i, b) in bufs.iter().enumerate() {
             let d = PackedDesc {
                 addr: b.addr,
                 len: b.len,
-                id: 0,
-                flags: if b.write { DESC_F_WRITE } else { 0 },
+                id: 0xdead,
+                flags: extra | if b.write { DESC_F_WRITE } else { 0 },
             };
             mem.mem()
                 .write_slice(
@@ -295,32 +365,76 @@ impl PackedRing {
                 )
                 .expect("write indirect table");
         }
-        let id = self.free_ids.pop_front().expect("a free buffer id");
         let len = u32::try_from(16 * bufs.len()).expect("fits");
+        let id = self.add_indirect_raw(mem, table.0, len, 0);
+        if let Some(f) = self.in_flight.get_mut(&id) {
+            f.bufs = bufs.to_vec();
+        }
+        id
+    }
+
+    /// One ring descriptor with INDIRECT (and `extra` flags) naming `table`+`len`,
+    /// whatever is there; returns its id.
+    pub fn add_indirect_raw(
+        &mut self,
+        mem: &impl RingMemory,
+        table: u64,
+        len: u32,
+        extra: u16,
+    ) -> u16 {
+        assert!(self.room() > 0, "no room in the packed ring");
+        let id = self.free_ids.pop_front().expect("a free buffer id");
         self.put(
             mem,
             &[PackedDesc {
-                addr: table.0,
+                addr: table,
                 len,
                 id,
-                flags: DESC_F_INDIRECT,
+                flags: DESC_F_INDIRECT | extra,
             }],
             true,
         );
-        self.in_flight.insert(
-            id,
-            InFlight {
-                descs: 1,
-                bufs: bufs.to_vec(),
-            },
-        );
+        self.note_in_flight(id, 1, &[]);
         id
     }
 
     /// Write `descs` as they are (AVAIL/USED bits set for their positions when
-    /// `mark`), tracking nothing: for hostile rings.
-    pub fn add_raw(&mut self, mem: &impl RingMemory, descs: &[PackedDesc], mark: bool) {
-        self.put(mem, descs, mark);
+    /// `mark`), tracking nothing: for hostile rings. Returns the positions written.
+    pub fn add_raw(
+        &mut self,
+        mem: &impl RingMemory,
+        descs: &[PackedDesc],
+        mark: bool,
+    ) -> Vec<Position> {
+        self.put(mem, descs, mark)
+    }
+
+    /// Record that `id` is in flight with `n` descriptors (after [`Self::add_raw`]).
+    pub fn track(&mut self, id: u16, n: u16) {
+        self.free_ids.retain(|&f| f != id);
+        self.note_in_flight(id, n, &[]);
+    }
+
+    /// Write the driver event suppression structure.
+    pub fn set_driver_event(&self, mem: &impl RingMemory, off_wrap: u16, flags: u16) {
+        let mut b = [0u8; 4];
+        b[..2].copy_from_slice(&off_wrap.to_le_bytes());
+        b[2..].copy_from_slice(&flags.to_le_bytes());
+        mem.mem()
+            .write_slice(&b, self.driver_event)
+            .expect("write driver event");
+    }
+
+    /// The device event suppression structure as (off_wrap, flags).
+    pub fn device_event(&self, mem: &impl RingMemory) -> (u16, u16) {
+        let mut b = [0u8; 4];
+        mem.mem()
+            .read_slice(&mut b, self.device_event)
+            .expect("read device event");
+        (
+            u16::from_le_bytes([b[0], b[1]]),
+            u16::from_le_bytes([b[2], b[3]]),
+        )
     }
 
     /// Whether the device wants a kick now (its event suppression structure; with
@@ -367,21 +481,52 @@ impl PackedRing {
 
     /// Take the used descriptors the device has written since the last call.
     pub fn take_used(&mut self, mem: &impl RingMemory, context: &dyn Fn() -> String) -> Vec<Used> {
+        self.take_used_flags(mem, context)
+            .into_iter()
+            .map(|u| u.used)
+            .collect()
+    }
+
+    /// [`Self::take_used`] with each used descriptor's WRITE flag. With IN_ORDER the
+    /// ids before a used one come back too (length 0: the device batches only
+    /// chains it returns empty).
+    pub fn take_used_flags(
+        &mut self,
+        mem: &impl RingMemory,
+        context: &dyn Fn() -> String,
+    ) -> Vec<PackedUsed> {
         let mut out = Vec::new();
-        while let Some((id, len, _flags)) = self.used_at(mem) {
-            let Some(f) = self.in_flight.remove(&id) else {
+        while let Some((id, len, flags)) = self.used_at(mem) {
+            if !self.in_flight.contains_key(&id) {
                 panic!(
                     "device used buffer id {id}, which is not in flight{}",
                     context()
                 );
+            }
+            let ids: Vec<u16> = if self.in_order {
+                let upto = self
+                    .order
+                    .iter()
+                    .position(|&i| i == id)
+                    .expect("an id in flight is in the order");
+                self.order.drain(..=upto).collect()
+            } else {
+                vec![id]
             };
-            self.next_used = self.next_used.advance(f.descs, self.size);
-            self.free_ids.push_back(id);
-            out.push(Used {
-                id,
-                len,
-                bufs: f.bufs,
-            });
+            for i in ids {
+                let f = self.in_flight.remove(&i).expect("in flight");
+                self.next_used = self.next_used.advance(f.descs, self.size);
+                self.free_ids.push_back(i);
+                let last = i == id;
+                out.push(PackedUsed {
+                    used: Used {
+                        id: i,
+                        len: if last { len } else { 0 },
+                        bufs: f.bufs,
+                    },
+                    written: last && flags & DESC_F_WRITE != 0,
+                });
+            }
         }
         out
     }

@@ -58,6 +58,10 @@ const DESC_SIZE: u64 = 16;
 const FLAGS_OFFSET: u64 = 14;
 /// One event suppression structure.
 const EVENT_SIZE: u64 = 4;
+/// Chains [`PackedRing::available`] counts at most: TX and RX ask again when they
+/// have popped them (a batch is 256 chains at most; each look reads the flags of
+/// every descriptor it counts, and the ring's own pops read them again).
+pub const AVAILABLE_SCAN: u16 = 64;
 /// The largest packed ring (virtio 1.2, 2.8: up to 2^15 entries).
 pub const MAX_PACKED_SIZE: u16 = 1 << 15;
 
@@ -412,9 +416,10 @@ impl PackedRing {
         map.load_u16(self.desc_addr(index) + FLAGS_OFFSET, Ordering::Acquire)
     }
 
-    /// Chains available to pop now, counted from the flags of the ring's descriptors
-    /// (a chain counts when its first descriptor is available, as the driver makes
-    /// it available last). None, and the ring marked broken, when the ring or the
+    /// Chains available to pop now (at least this many: counting stops at
+    /// [`AVAILABLE_SCAN`], so a look costs a batch's worth of flag loads, not a
+    /// ring's), counted from the flags of the ring's descriptors (a chain counts at
+    /// its last descriptor). None, and the ring marked broken, when the ring or the
     /// event areas are not wholly in guest memory.
     pub fn available(&mut self, map: &GuestPageMap, m: &QueueMetrics) -> Option<u16> {
         if self.health.is_broken() {
@@ -431,7 +436,7 @@ impl PackedRing {
         let mut pos = self.next_avail;
         let mut seen = 0u32;
         let mut chains = 0u16;
-        while seen < room {
+        while seen < room && chains < AVAILABLE_SCAN {
             let Some(flags) = self.load_flags(map, pos.index) else {
                 return self.broken(m, "a descriptor is unreadable");
             };

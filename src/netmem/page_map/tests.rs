@@ -300,15 +300,13 @@ fn word_copies_read_and_write_every_byte_at_every_alignment() {
         // SAFETY: `off + 12 <= 64`.
         unsafe { volatile_store(base.add(off), hdr) };
         // SAFETY: as above.
-        assert_eq!(
-            unsafe { volatile_load::<12>(base.add(off)) },
-            hdr,
-            "offset {off}"
-        );
+        let back12 = unsafe { volatile_load::<12>(base.add(off)) };
+        assert_eq!(back12, hdr, "offset {off}");
         // SAFETY: `off + 2 <= 64`.
         unsafe { volatile_store(base.add(off), [0xaa, 0xbb]) };
         // SAFETY: as above.
-        assert_eq!(unsafe { volatile_load::<2>(base.add(off)) }, [0xaa, 0xbb]);
+        let back2 = unsafe { volatile_load::<2>(base.add(off)) };
+        assert_eq!(back2, [0xaa, 0xbb]);
     }
     assert_eq!(word_for(base, 16), 8);
     assert_eq!(word_for(base.wrapping_add(4), 12), 4);

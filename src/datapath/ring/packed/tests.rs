@@ -132,7 +132,7 @@ fn wrap_around_at_every_queue_size() {
         // A full ring, returned in reverse order (out of order completion).
         for _ in 0..2 {
             let ids: Vec<u16> = (0..size).map(|_| r.add(1)).collect();
-            assert_eq!(r.available(), Some(size), "size {size}");
+            assert_eq!(r.available(), Some(size.min(AVAILABLE_SCAN)), "size {size}");
             for &id in &ids {
                 assert_eq!(r.pop().map(|p| p.id), Some(id));
             }
