@@ -210,19 +210,25 @@ fn one_slot_chains(r: &mut Rig, frames: &[Vec<u8>]) {
     r.g.kick_tx(0);
 }
 
+/// `rounds` rounds of 20 frames looped back in one-slot chains (seeds from `seed`),
+/// each received byte for byte and its TX chains returned.
+fn one_slot_round_trips(r: &mut Rig, seed: u32, rounds: u32, what: &str) {
+    for round in 0..rounds {
+        let frames = guest_frames(seed + round, 20, 60, 1514);
+        one_slot_chains(r, &frames);
+        let got = r.g.recv(0, frames.len(), TIMEOUT);
+        for (p, f) in got.iter().zip(&frames) {
+            assert_bytes(&p.frame, f, what);
+        }
+        r.g.wait_tx(0, frames.len());
+    }
+}
+
 #[test]
 fn a_killed_daemons_successor_resumes_packed_rings_from_a_stale_base() {
     let cfg = packed(64);
     let mut r = Rig::loopback(cfg.clone(), &[]);
-    for round in 0..5u32 {
-        let frames = guest_frames(1700 + round, 20, 60, 1514);
-        one_slot_chains(&mut r, &frames);
-        let got = r.g.recv(0, frames.len(), TIMEOUT);
-        for (p, f) in got.iter().zip(&frames) {
-            assert_bytes(&p.frame, f, "before the kill");
-        }
-        r.g.wait_tx(0, frames.len());
-    }
+    one_slot_round_trips(&mut r, 1700, 5, "before the kill");
     // RX buffers posted that the daemon has not filled when it is killed.
     for _ in 0..8 {
         r.g.add_rx(0, 2048, RxLayout::Single);
@@ -245,15 +251,7 @@ fn a_killed_daemons_successor_resumes_packed_rings_from_a_stale_base() {
         assert_bytes(&p.frame, f, "after the restart, buffers posted before it");
     }
     r.g.wait_tx(0, 8);
-    for round in 0..4u32 {
-        let frames = guest_frames(1720 + round, 20, 60, 1514);
-        one_slot_chains(&mut r, &frames);
-        let got = r.g.recv(0, frames.len(), TIMEOUT);
-        for (p, f) in got.iter().zip(&frames) {
-            assert_bytes(&p.frame, f, "after the restart");
-        }
-        r.g.wait_tx(0, frames.len());
-    }
+    one_slot_round_trips(&mut r, 1720, 4, "after the restart");
     let log = r.d.stderr();
     assert!(
         log.matches("resuming at").count() == 2,

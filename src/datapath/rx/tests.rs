@@ -218,6 +218,18 @@ fn with_gso_acked_the_stash_holds_a_64k_frame() {
     assert_eq!(got, delivered(&a, 15));
 }
 
+/// The ring's two chains came back, `heads` with 256 and 144 bytes: `a` (a 400-byte
+/// packet) spread over them with `num_buffers` 2.
+fn assert_spread_over_two(t: &mut Rx, heads: (u16, u16), a: &[u8]) {
+    let used = t.r.used();
+    assert_eq!(
+        used.iter().map(|u| (u.id, u.len)).collect::<Vec<_>>(),
+        vec![(heads.0, 256), (heads.1, 144)]
+    );
+    let got: Vec<u8> = [t.r.g.used_bytes(&used[0]), t.r.g.used_bytes(&used[1])].concat();
+    assert_eq!(got, delivered(a, 2));
+}
+
 #[test]
 fn a_ring_smaller_than_a_frame_still_gets_packets() {
     let mut t = Rx::new(2, MRG);
@@ -227,13 +239,7 @@ fn a_ring_smaller_than_a_frame_still_gets_packets() {
     t.deliver(&[&b, &a]);
     t.process();
     // The whole ring is 512 bytes: the 612-byte packet cannot fit, the next one can.
-    let used = t.r.used();
-    assert_eq!(
-        used.iter().map(|u| (u.id, u.len)).collect::<Vec<_>>(),
-        vec![(h0, 256), (h1, 144)]
-    );
-    let got: Vec<u8> = [t.r.g.used_bytes(&used[0]), t.r.g.used_bytes(&used[1])].concat();
-    assert_eq!(got, delivered(&a, 2));
+    assert_spread_over_two(&mut t, (h0, h1), &a);
     assert_eq!(t.r.m.rx_drop_truncated.get(), 1);
     assert_eq!(t.r.m.rx_packets.get(), 1);
 }
@@ -250,13 +256,7 @@ fn a_ring_of_multi_descriptor_chains_smaller_than_a_frame_still_gets_packets() {
     t.deliver(&[&a]);
     // Delivered; then the ring is empty.
     assert_eq!(t.process(), RxOutcome::NoBuffers);
-    let used = t.r.used();
-    assert_eq!(
-        used.iter().map(|u| (u.id, u.len)).collect::<Vec<_>>(),
-        vec![(h0, 256), (h1, 144)]
-    );
-    let got: Vec<u8> = [t.r.g.used_bytes(&used[0]), t.r.g.used_bytes(&used[1])].concat();
-    assert_eq!(got, delivered(&a, 2));
+    assert_spread_over_two(&mut t, (h0, h1), &a);
     assert_eq!(t.r.m.rx_packets.get(), 1);
     // With a descriptor of the ring still the guest's, the stash waits for it.
     let mut t = Rx::new(4, f);
