@@ -369,3 +369,74 @@ fn a_resumed_ring_announces_the_guest_at_once() {
     // The resumed rings carry traffic.
     r.send_to_peer(0, &guest_frames(4500, 2, 60, 200));
 }
+
+/// Expect the TAP's carrier (as the namespace's sysfs shows it) to be `up` `when`
+/// (the reply that changes it comes after the change; a frontend going is seen a
+/// while later, so this waits up to TIMEOUT).
+fn expect_carrier(r: &Rig, tap: &str, up: bool, when: &str) {
+    let want = if up { "1" } else { "0" };
+    let path = format!("/sys/class/net/{tap}/carrier");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let got = r.ns().exec(&["cat", &path]).trim().to_string();
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "carrier {got}, not {want}, {when}{}",
+            r.g.log().context()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Issue 11: the source of a migration stops the device with LOG_ALL acked; the TAP's
+/// carrier goes down with it, so the bridge beside it forgets the guest's MAC at once
+/// and floods frames for the guest to its new port, instead of queueing them here. The
+/// carrier comes back when the receive ring starts again (a migration that failed after
+/// the stop) and when the frontend goes; a device stopped without logging (a guest
+/// reboot) leaves it alone.
+#[test]
+fn a_handed_over_guest_takes_the_taps_carrier_down_until_it_resumes() {
+    let test = "a_handed_over_guest_takes_the_taps_carrier_down_until_it_resumes";
+    let tap = "vnmcar0";
+    let Some(mut r) = Rig::on_tap(test, quiet_guest(), tap) else {
+        return;
+    };
+    expect_carrier(&r, tap, true, "of an attached TAP");
+    r.send_to_peer(0, &guest_frames(4600, 2, 60, 200));
+
+    // Stopped without logging: the carrier stays.
+    for i in 0..2 {
+        r.conn().fe.get_vring_base(i).expect("GET_VRING_BASE");
+    }
+    expect_carrier(&r, tap, true, "after a stop without LOG_ALL");
+    r.connect();
+    r.send_to_peer(0, &guest_frames(4700, 2, 60, 200));
+
+    // The handover: down at the first ring's stop, and it stays down.
+    let (log, bytes) = new_log(guest_end(&r.g));
+    start_logging(&mut r, &log, bytes);
+    let rx_base = r.conn().fe.get_vring_base(0).expect("GET_VRING_BASE rx");
+    expect_carrier(&r, tap, false, "after the handover stopped RX");
+    r.conn().fe.get_vring_base(1).expect("GET_VRING_BASE tx");
+    expect_carrier(&r, tap, false, "with the device stopped");
+    r.d.wait_stderr("carrier down", TIMEOUT);
+
+    // The migration failed: the source starts RX again, and the carrier is back.
+    let kick = r.g.vq(0).kick.try_clone().expect("the kick eventfd");
+    let c = r.conn();
+    c.fe.set_vring_base(0, u16::try_from(rx_base).unwrap())
+        .expect("SET_VRING_BASE rx");
+    c.fe.set_vring_kick(0, &kick).expect("SET_VRING_KICK rx");
+    expect_carrier(&r, tap, true, "after RX resumed on the source");
+
+    // Down again at the next handover; a frontend that goes brings it back.
+    r.conn().fe.get_vring_base(0).expect("GET_VRING_BASE rx");
+    expect_carrier(&r, tap, false, "after the second handover");
+    r.disconnect();
+    expect_carrier(&r, tap, true, "after the frontend went");
+    r.connect();
+    r.send_to_peer(0, &guest_frames(4800, 2, 60, 200));
+}

@@ -29,7 +29,8 @@
 //! - [`ThreadKind::Control`]: the vhost-user request loop: `recvmsg`/`sendmsg` with
 //!   fds, `accept4` (or `connect` with `--client`), memfd `mmap`s for SET_MEM_TABLE,
 //!   ADD_MEM_REG and SET_LOG_BASE, `fstat` checks, SEND_RARP's AF_PACKET socket and
-//!   `sendto`, a `socketpair` per connection, starting and stopping workers (`clone3`,
+//!   `sendto`, `TUNSETCARRIER` around a migration's handover, a `socketpair` per
+//!   connection, starting and stopping workers (`clone3`,
 //!   eventfds, and what a new thread does before its own filter: naming itself and
 //!   installing that filter with `prctl` and `seccomp`), the final stats
 //!   file and the socket file's removal at exit. Workers are started by the control
@@ -110,6 +111,7 @@ mod tun {
     ioctl_iow_nr!(TUNSETIFF, TUNTAP_TYPE, 202, libc::c_int);
     ioctl_iow_nr!(TUNSETOFFLOAD, TUNTAP_TYPE, 208, libc::c_uint);
     ioctl_iow_nr!(TUNSETVNETHDRSZ, TUNTAP_TYPE, 216, libc::c_int);
+    ioctl_iow_nr!(TUNSETCARRIER, TUNTAP_TYPE, 226, libc::c_int);
 }
 
 /// glibc's internal SIGSETXID (`__SIGRTMIN + 1`, below the SIGRTMIN glibc reports).
@@ -324,6 +326,8 @@ fn control(rules: &mut Rules) {
     allow(rules, &[libc::SYS_unlink]);
     // SEND_RARP over AF_XDP: a raw packet socket on the interface.
     allow_arg(rules, libc::SYS_socket, 0, &[u(libc::AF_PACKET)]);
+    // A migration's handover takes the TAP's carrier down, and a resume brings it up.
+    allow_arg(rules, libc::SYS_ioctl, 1, &[tun::TUNSETCARRIER()]);
     // A new thread names itself (PR_SET_NAME) and installs its own filter
     // (PR_SET_NO_NEW_PRIVS, seccomp(SECCOMP_SET_MODE_FILTER)) under this one.
     allow_arg(

@@ -162,6 +162,16 @@ pub trait Uplink: Send + Sync {
         )))
     }
 
+    /// Take the link's carrier down or up (TAP: `TUNSETCARRIER`): down while a guest
+    /// handed over to a migration's destination is gone from here, so the bridge or
+    /// switch beside the uplink forgets its MAC at once.
+    fn set_carrier(&self, _up: bool) -> Result<(), UplinkError> {
+        Err(UplinkError::Io(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "this uplink has no carrier of its own",
+        )))
+    }
+
     /// Counters this uplink keeps for queue pair `pair` beyond the generic queue
     /// counters (AF_XDP: its page pool and its socket), each under a name that becomes
     /// its key in the pair's entry of the stats file. They are shared with the queue,

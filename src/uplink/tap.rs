@@ -46,8 +46,9 @@ mod ioctls {
     ioctl_ior_nr!(TUNGETIFF, TUNTAP_TYPE, 210, libc::c_uint);
     ioctl_iow_nr!(TUNSETOFFLOAD, TUNTAP_TYPE, 208, libc::c_uint);
     ioctl_iow_nr!(TUNSETVNETHDRSZ, TUNTAP_TYPE, 216, libc::c_int);
+    ioctl_iow_nr!(TUNSETCARRIER, TUNTAP_TYPE, 226, libc::c_int);
 }
-use ioctls::{TUNGETIFF, TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ};
+use ioctls::{TUNGETIFF, TUNSETCARRIER, TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ};
 
 const IFF_TAP: i16 = 0x0002;
 const IFF_NO_PI: i16 = 0x1000;
@@ -512,6 +513,22 @@ impl Uplink for Tap {
         // that writev only reads; the fd is a tun fd we own.
         let n = unsafe { libc::writev(control.as_raw_fd(), iov.as_ptr(), 2) };
         if n < 0 {
+            return Err(UplinkError::Io(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    fn set_carrier(&self, up: bool) -> Result<(), UplinkError> {
+        let on = libc::c_int::from(up);
+        let control = self
+            .shared
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // SAFETY: TUNSETCARRIER reads one int from the pointer, which points at a live
+        // local; the fd is a tun fd we own.
+        let ret = unsafe { libc::ioctl(control.as_raw_fd(), TUNSETCARRIER(), &on) };
+        if ret < 0 {
             return Err(UplinkError::Io(io::Error::last_os_error()));
         }
         Ok(())

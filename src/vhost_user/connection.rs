@@ -202,6 +202,17 @@ impl Conn<'_> {
 
     /// Give `msg` to the protocol layer and relay its replies; Err ends the connection.
     fn dispatch(&mut self, msg: &Message) -> Result<Result<(), VhostError>, String> {
+        let started = std::time::Instant::now();
+        let res = self.relay(msg);
+        log::trace!(
+            "{} handled in {} us",
+            request_name(msg.request()),
+            started.elapsed().as_micros()
+        );
+        res
+    }
+
+    fn relay(&mut self, msg: &Message) -> Result<Result<(), VhostError>, String> {
         let fds: Vec<RawFd> = msg.fds.iter().map(AsRawFd::as_raw_fd).collect();
         framing::send_all(&self.inner, &msg.bytes, &fds)
             .map_err(|e| format!("internal socket: {e}"))?;

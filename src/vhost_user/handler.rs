@@ -69,6 +69,9 @@ pub struct NetBackend {
     log_fd: Option<File>,
     /// Whether the guest was announced since the device last started (`announce_resume`).
     announced: bool,
+    /// Whether the uplink's carrier is down because the guest was handed over
+    /// (`hand_over_link`).
+    link_handed_over: bool,
 }
 
 impl NetBackend {
@@ -96,6 +99,7 @@ impl NetBackend {
             log: None,
             log_fd: None,
             announced: false,
+            link_handed_over: false,
             config,
         }
     }
@@ -334,6 +338,7 @@ impl NetBackend {
             0
         };
         let resumed = rx.as_ref().is_some_and(|r| r.next_avail != fresh);
+        let receives = rx.is_some();
         let spec = WorkerSpec {
             pair,
             rx,
@@ -355,8 +360,51 @@ impl NetBackend {
                 return;
             }
         }
+        if receives {
+            self.restore_link();
+        }
         if resumed {
             self.announce_resume();
+        }
+    }
+
+    /// The source of a live migration stops the device while LOG_ALL is acked: the
+    /// guest leaves this uplink. Take the uplink's carrier down (TAP: TUNSETCARRIER), so
+    /// the bridge beside it forgets the guest's MAC at once (the kernel's bridge flushes
+    /// a port's addresses when its carrier goes) instead of forwarding every frame for
+    /// the guest into a queue nobody reads until the guest announces itself from its
+    /// new port. A bridge that no longer knows the MAC floods the frames, and the
+    /// destination's TAP, attached but not yet read, keeps them for the guest. The
+    /// carrier comes back when a receive ring starts here again (a migration that
+    /// failed after the stop resumes the guest on the source) or the frontend goes.
+    fn hand_over_link(&mut self) {
+        let logging = self
+            .acked_features
+            .is_some_and(|f| Features::from_bits(f).has(VHOST_F_LOG_ALL));
+        if !logging || self.link_handed_over {
+            return;
+        }
+        self.link_handed_over = true;
+        match self.uplink.set_carrier(false) {
+            Ok(()) => log::info!(
+                "guest handed over (migration): {} carrier down",
+                self.uplink.describe()
+            ),
+            Err(e) => log::debug!("handover: carrier left as it is: {e}"),
+        }
+    }
+
+    /// Undo [`Self::hand_over_link`].
+    fn restore_link(&mut self) {
+        if !std::mem::take(&mut self.link_handed_over) {
+            return;
+        }
+        match self.uplink.set_carrier(true) {
+            Ok(()) => log::info!("{} carrier up", self.uplink.describe()),
+            Err(e) => log::warn!(
+                "{}: cannot bring the carrier up: {e}",
+                self.uplink.describe()
+            ),
         }
     }
 
@@ -396,6 +444,7 @@ impl NetBackend {
         for pair in 0..self.workers.len() {
             self.stop_pair(pair);
         }
+        self.restore_link();
         self.uplink.detach_memory();
         self.memory.clear();
         self.replace_log(None);
@@ -583,6 +632,9 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
     fn get_vring_base(&mut self, index: u32) -> VhostResult<VhostUserVringState> {
         let i = self.ring_index(index)?;
         let pair = i / 2;
+        // Before the worker stops, so what the bridge sends until it has forgotten
+        // the guest is still read into the guest's buffers.
+        self.hand_over_link();
         self.stop_pair(pair);
         // The ring is stopped until its next SET_VRING_KICK; the device stops with it
         // (the source of a migration), so a later resume announces again (a cancelled
