@@ -86,6 +86,7 @@ impl Default for RxPath {
     }
 }
 
+#[inline]
 fn write_at(map: &GuestPageMap, segs: &Segments, mut offset: u64, bytes: &[u8; 2]) -> bool {
     // Fast path: the field lies in the first buffer.
     if let Some(first) = segs.first() {
@@ -336,18 +337,17 @@ impl RxPath {
                 );
                 continue;
             }
-            // Distribute the packet over the chains in order.
+            // Distribute the packet over the chains in order: first count them (the
+            // header's num_buffers), then return each with its share.
             let mut left = n as u64;
-            let mut used: smallvec::SmallVec<[(u16, u32); 8]> = smallvec::SmallVec::new();
+            let mut num_buffers = 0u16;
             for c in self.stash.iter().take(chains) {
-                let take = c.cap.min(left);
-                used.push((c.head, u32::try_from(take).unwrap_or(u32::MAX)));
-                left -= take;
+                num_buffers += 1;
+                left -= c.cap.min(left);
                 if left == 0 {
                     break;
                 }
             }
-            let num_buffers = u16::try_from(used.len()).unwrap_or(u16::MAX);
             if let Some(first) = self.stash.front() {
                 write_at(
                     map,
@@ -356,14 +356,18 @@ impl RxPath {
                     &num_buffers.to_le_bytes(),
                 );
             }
-            for (head, len) in used {
-                if let Some(c) = self.stash.pop_front() {
-                    self.stash_cap -= c.cap;
-                    self.stash_slots -= u32::from(c.slots);
-                    frags.drain_front(c.nfrags);
-                    covered -= 1;
-                }
-                let _ = ring.add_used(map, head, len);
+            let mut left = n as u64;
+            for _ in 0..num_buffers {
+                let Some(c) = self.stash.pop_front() else {
+                    break;
+                };
+                let take = c.cap.min(left);
+                left -= take;
+                self.stash_cap -= c.cap;
+                self.stash_slots -= u32::from(c.slots);
+                frags.drain_front(c.nfrags);
+                covered -= 1;
+                let _ = ring.add_used(map, c.head, u32::try_from(take).unwrap_or(u32::MAX));
             }
             if self.stash.is_empty() {
                 self.contiguous = true;
