@@ -74,6 +74,12 @@ pub struct NetBackend {
     link_handed_over: bool,
 }
 
+/// Whether `acked` virtio features (none before SET_FEATURES) include LOG_ALL: the
+/// frontend is migrating the guest and logs the backend's writes.
+fn logs_all(acked: Option<u64>) -> bool {
+    acked.is_some_and(|f| Features::from_bits(f).has(VHOST_F_LOG_ALL))
+}
+
 impl NetBackend {
     /// A backend for one connection, offering `offered` virtio features; its workers
     /// follow `rate_limits`.
@@ -378,10 +384,7 @@ impl NetBackend {
     /// carrier comes back when a receive ring starts here again (a migration that
     /// failed after the stop resumes the guest on the source) or the frontend goes.
     fn hand_over_link(&mut self) {
-        let logging = self
-            .acked_features
-            .is_some_and(|f| Features::from_bits(f).has(VHOST_F_LOG_ALL));
-        if !logging || self.link_handed_over {
+        if !logs_all(self.acked_features) || self.link_handed_over {
             return;
         }
         self.link_handed_over = true;
@@ -390,7 +393,15 @@ impl NetBackend {
                 "guest handed over (migration): {} carrier down",
                 self.uplink.describe()
             ),
-            Err(e) => log::debug!("handover: carrier left as it is: {e}"),
+            Err(crate::uplink::UplinkError::Io(e))
+                if e.kind() == std::io::ErrorKind::Unsupported =>
+            {
+                log::debug!("handover: carrier left as it is: {e}")
+            }
+            Err(e) => log::warn!(
+                "{}: cannot take the carrier down for the handover: {e}",
+                self.uplink.describe()
+            ),
         }
     }
 
@@ -516,9 +527,7 @@ impl VhostUserBackendReqHandlerMut for NetBackend {
             log::error!("frontend acked LOG_ALL without a dirty log (SET_LOG_BASE): refused");
             return Err(VhostError::InvalidParam);
         }
-        let logging =
-            |f: Option<u64>| f.is_some_and(|f| Features::from_bits(f).has(VHOST_F_LOG_ALL));
-        match (logging(self.acked_features), logging(Some(features))) {
+        match (logs_all(self.acked_features), logs_all(Some(features))) {
             (false, true) => log::info!("dirty logging on (live migration)"),
             (true, false) => log::info!("dirty logging off"),
             _ => {}
